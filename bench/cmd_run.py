@@ -1,0 +1,174 @@
+"""Run methods over categories × shots × seeds and store one result row per job.
+
+Examples::
+
+    python -m bench run --method contrastive                     # built-in synthetic dataset
+    python -m bench run --method direct protonet --shots 1-5 --seeds 1-5
+    python -m bench run --method protonet --dataset mvtec_ad --data-root /data/mvtec_ad --categories screw
+    python -m bench run --config my_grid.yaml --set lr=1e-4
+
+Re-running the same command resumes: finished jobs are skipped. A YAML config file may give any option
+(``method: [a, b]``, ``shots: 1-5``, ``weights: random``, ...); command-line flags win over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.errors import ConfigError
+from bench.runner import RunConfig, execute
+from bench.summary import summary_table
+
+
+def parse_int_list(text: str | int | list) -> list[int]:
+    """``"1-5"`` → [1..5], ``"1,3,5"`` → [1, 3, 5], ``3`` → [3]."""
+    if isinstance(text, int):
+        return [text]
+    if isinstance(text, list):
+        return [int(x) for x in text]
+    out: list[int] = []
+    try:
+        for part in str(text).split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise ConfigError(f"cannot parse {text!r} as a list of integers: use e.g. 1-5 or 1,2,5") from None
+    if not out:
+        raise ConfigError(f"empty integer list {text!r}")
+    return out
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["lr=1e-4", "features=raw"]`` → {"lr": 0.0001, "features": "raw"} (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML file with any of these options")
+    p.add_argument("--method", "--methods", dest="methods", nargs="+", help="registered method name(s) (bench list methods)")
+    p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE", help="method option override (repeatable)")
+    p.add_argument("--dataset", help="dataset adapter (bench list datasets); default: synthetic (built-in)")
+    p.add_argument("--data-root", help="dataset root folder (for synthetic: where to generate it)")
+    p.add_argument("--categories", nargs="+", help="categories to run (default: all)")
+    p.add_argument("--shots", help="e.g. 1-5 (default) or 1,5")
+    p.add_argument("--seeds", help="e.g. 1-5 (default)")
+    p.add_argument("--protocol", choices=["paper", "random"], help="support selection: first-n (paper, default) or seeded random")
+    p.add_argument("--include-good", action="store_true", default=None, help="add test good images as a class (Appendix F)")
+    p.add_argument("--exclude-combined", action="store_true", default=None, help="drop the 'combined' defect type")
+    p.add_argument("--min-defect-types", type=int, help="skip categories with fewer defect types (default 2)")
+    p.add_argument("--backbone", help="timm backbone (default resnet50)")
+    p.add_argument("--weights", help="imagenet (default), random, or a local weights file")
+    p.add_argument("--zero-init-last", choices=["true", "false"], help="random init only: timm's zero-init of the last BN per block")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="feature extraction precision (bf16 is opt-in)")
+    p.add_argument("--coreset-ratio", type=float)
+    p.add_argument("--textures", help="DTD folder for pseudo-defects (default: built-in procedural textures)")
+    p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument("--jobs", type=int, help="worker processes (default 1)")
+    p.add_argument("--backend", choices=["loky", "dask"], help="joblib backend for --jobs > 1")
+    p.add_argument("--scheduler", help="Dask scheduler address for --backend dask (default: a local cluster)")
+    p.add_argument("--threads", type=int, help="torch threads in total (split between workers)")
+    p.add_argument("--out", help="results folder (default results/)")
+    p.add_argument("--cache-dir", help="cache folder (default $BENCH_CACHE or ~/.cache/fsad-bench)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+_SIMPLE = {
+    "dataset": "dataset", "data_root": "data_root", "categories": "categories", "protocol": "protocol",
+    "include_good": "include_good", "exclude_combined": "exclude_combined", "min_defect_types": "min_defect_types",
+    "backbone": "backbone", "weights": "weights", "precision": "precision", "coreset_ratio": "coreset_ratio",
+    "textures": "textures", "device": "device", "jobs": "jobs", "backend": "backend", "scheduler": "scheduler",
+    "threads": "threads", "out": "out", "cache_dir": "cache_dir",
+}  # fmt: skip
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    values: dict[str, Any] = {}
+    if args.config:
+        if not args.config.is_file():
+            raise ConfigError(f"config file not found: {args.config}")
+        try:
+            loaded = yaml.safe_load(args.config.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot parse config file {args.config}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {args.config} must hold a mapping of options")
+        known = {f.name for f in dataclasses.fields(RunConfig)} | {"method", "set"}
+        unknown = sorted(set(loaded) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s) in {args.config}: {', '.join(unknown)}. Known: {', '.join(sorted(known))}")
+        values.update(loaded)
+        if "method" in values:
+            values["methods"] = values.pop("method")
+        if "set" in values:
+            values["method_options"] = values.pop("set")
+    for attr, field in _SIMPLE.items():
+        v = getattr(args, attr, None)
+        if v is not None:
+            values[field] = v
+    if args.methods:
+        values["methods"] = args.methods
+    if isinstance(values.get("methods"), str):
+        values["methods"] = [values["methods"]]
+    if args.shots is not None:
+        values["shots"] = args.shots
+    if args.seeds is not None:
+        values["seeds"] = args.seeds
+    for k in ("shots", "seeds"):
+        if k in values:
+            values[k] = parse_int_list(values[k])
+    if args.zero_init_last is not None:
+        values["zero_init_last"] = args.zero_init_last == "true"
+    if args.set_:
+        values["method_options"] = {**values.get("method_options", {}), **parse_set(args.set_)}
+    if "methods" not in values:
+        raise ConfigError("no method given: pass --method NAME (see `python -m bench list methods`)")
+    if isinstance(values.get("categories"), str):
+        values["categories"] = [values["categories"]]
+    return RunConfig(**values)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = build_config(args)
+    out = Path(cfg.out)
+    try:
+        report = execute(cfg, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: every finished job is saved in {out / 'results.jsonl'}; run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 130
+    table = summary_table(out / "results.jsonl") if (out / "results.jsonl").exists() else "no results"
+    (out / "summary.md").write_text(table + "\n")
+    print()
+    print(table)
+    print(
+        f"\n{report.ok} job(s) ran, {report.skipped} already finished, {len(report.failed)} failed "
+        f"(of {report.planned} planned). Results: {out / 'results.jsonl'}; table: {out / 'summary.md'}"
+    )
+    if report.failed:
+        print("\nfailed jobs:", file=sys.stderr)
+        seen: set[str] = set()
+        for desc, err in report.failed:
+            msg = f"  {desc}: {err}"
+            if err not in seen or len(seen) < 10:
+                print(msg, file=sys.stderr)
+            seen.add(err)
+        return 1
+    return 0

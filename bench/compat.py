@@ -1,0 +1,80 @@
+"""Environment fixes that must run before torchvision or timm is imported.
+
+torchvision 0.28.0 from the registry is a CUDA build: on the CPU-only torch 2.13.0 wheel its compiled
+extension fails to load, and ``import torchvision`` (hence ``import timm``) dies with
+``operator torchvision::nms does not exist``. :func:`patch_torchvision` registers the two operator
+schemas torchvision's Python code expects and a pure-torch CPU ``nms`` so the import works. On a machine
+where torchvision's extension loads normally it does nothing. See ``../shared/docs/environment.md``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+_PATCHED = False
+
+
+def _nms_cpu(boxes, scores, iou_threshold: float):  # noqa: ANN001, ANN202 - registered as a torch op
+    import torch
+
+    if boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.long, device=boxes.device)
+    x1, y1, x2, y2 = boxes.unbind(1)
+    areas = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    order = scores.argsort(descending=True)
+    keep = []
+    suppressed = torch.zeros(boxes.shape[0], dtype=torch.bool)
+    for idx in order.tolist():
+        if suppressed[idx]:
+            continue
+        keep.append(idx)
+        xx1 = torch.maximum(x1[idx], x1)
+        yy1 = torch.maximum(y1[idx], y1)
+        xx2 = torch.minimum(x2[idx], x2)
+        yy2 = torch.minimum(y2[idx], y2)
+        inter = (xx2 - xx1).clamp(min=0) * (yy2 - yy1).clamp(min=0)
+        iou = inter / (areas[idx] + areas - inter).clamp(min=1e-12)
+        suppressed |= iou > iou_threshold
+    return torch.tensor(keep, dtype=torch.long, device=boxes.device)
+
+
+def patch_torchvision() -> bool:
+    """Make ``import torchvision`` work on CPU-only torch. Returns True if a patch was applied."""
+    global _PATCHED
+    if _PATCHED:
+        return True
+    import torch
+
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or spec.origin is None:
+        return False
+    try:
+        if hasattr(torch.ops, "torchvision") and hasattr(torch.ops.torchvision, "nms"):
+            return False
+    except (RuntimeError, AttributeError):
+        pass
+    so_files = sorted(Path(spec.origin).parent.glob("_C*.so"))
+    for so in so_files:
+        try:
+            torch.ops.load_library(str(so))
+            return False  # the real extension works: nothing to patch
+        except (OSError, RuntimeError):
+            continue
+    lib = torch.library.Library("torchvision", "DEF")
+    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.define(
+        "qnms(Tensor qdets, Tensor qscores, float iou_threshold) -> Tensor"
+    )
+    lib.impl("nms", _nms_cpu, "CPU")
+    lib.impl("qnms", _nms_cpu, "CPU")
+    globals()["_LIB"] = lib  # keep the library object alive
+    _PATCHED = True
+    return True
+
+
+def offline_defaults() -> None:
+    """Fail fast instead of retrying for ~50 s when a hub download cannot succeed (set BENCH_ONLINE=1 to skip)."""
+    if os.environ.get("BENCH_ONLINE") != "1":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,224 @@
+"""The method contract and the method registry.
+
+A method is a class with a dataclass ``Config`` that
+
+1. is built with ``(config, ctx)``, where ``ctx`` is a :class:`TaskContext` giving everything shared and
+   cached (features, memory bank, normal images, random streams, device),
+2. is ``fit`` on the support set (``SupportSet``; it may also use the category's normal training images
+   and generated pseudo-defects through ``ctx``), and
+3. ``predict``\\s class scores for query images: an array of shape (Q, C), argmax = predicted class.
+
+The torch model of a method is a plain ``nn.Module`` in the same file, separate from this glue.
+Register with the decorator; stacking it registers named variants of the same class::
+
+    @register_method("protonet", description="nearest class mean of pooled PatchCore features")
+    @register_method("protonet-residual", overrides={"features": "residual"}, description="... on residuals")
+    class ProtoNet(Method):
+        Config = ProtoNetConfig
+
+Adding a method = one new file in ``methods/``; it is imported automatically, listed by
+``python -m bench list methods`` and picked up by the registry-parametrised tests.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import hashlib
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from bench.errors import ConfigError
+from bench.registry import Registry
+from bench.seeding import numpy_rng, seed_torch_global, torch_generator
+
+if TYPE_CHECKING:
+    from bench.features import FeatureStore, MemoryBank
+
+
+@dataclass(frozen=True)
+class SupportSet:
+    """The labelled few-shot examples.
+
+    Attributes:
+        paths: (C·n,) image paths, grouped by class.
+        labels: (C·n,) class indices.
+        class_names: the C class names.
+    """
+
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]
+    class_names: tuple[str, ...]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def shots(self) -> int:
+        return len(self.paths) // max(1, self.n_classes)
+
+    def by_class(self) -> list[list[str]]:
+        groups: list[list[str]] = [[] for _ in self.class_names]
+        for p, y in zip(self.paths, self.labels):
+            groups[y].append(p)
+        return groups
+
+
+@dataclass
+class TaskContext:
+    """What a method may use besides the support set. Everything expensive is lazy and cached.
+
+    Attributes:
+        dataset, category, seed, shots: the job.
+        train_paths: the category's normal ``train/good`` images (sorted).
+        store_factory: builds the shared :class:`~bench.features.FeatureStore` on first use.
+        coreset_ratio: for the memory bank.
+        device: torch device for method training.
+        cache_root: where methods may cache artefacts (e.g. pretrained classifiers), keyed by content.
+        textures: path of a DTD folder for pseudo-defects (``None`` = built-in procedural bank).
+        log: the method may record training curves here (losses per step); they go into the result row.
+    """
+
+    dataset: str
+    category: str
+    seed: int
+    shots: int
+    train_paths: list[str]
+    store_factory: Callable[[], "FeatureStore"]
+    coreset_ratio: float = 0.1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    cache_root: Path | None = None
+    textures: str | None = None
+    log: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @cached_property
+    def features(self) -> "FeatureStore":
+        return self.store_factory()
+
+    def bank(self) -> "MemoryBank":
+        """The PatchCore memory bank of this category's normal images for this seed (cached)."""
+        if not self.train_paths:
+            raise ConfigError(
+                f"category {self.category!r} has no train/good images: this method needs normal images for the "
+                "PatchCore memory bank. Add them or choose a method that does not use residual features."
+            )
+        with self.timer("bank"):
+            return self.features.bank(self.train_paths, seed=self.seed, coreset_ratio=self.coreset_ratio)
+
+    def rng(self, stream: str) -> np.random.Generator:
+        return numpy_rng(self.seed, "method", stream)
+
+    def torch_generator(self, stream: str) -> torch.Generator:
+        return torch_generator(self.seed, "method", stream)
+
+    def seed_torch(self, stream: str) -> None:
+        seed_torch_global(self.seed, "method", stream)
+
+    @contextmanager
+    def timer(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
+
+
+class Method(abc.ABC):
+    """Base class of every few-shot defect-type classifier."""
+
+    Config: ClassVar[type]
+    name: str = ""  # set per instance by the registry (variants share the class)
+
+    def __init__(self, config: Any, ctx: TaskContext) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    @abc.abstractmethod
+    def fit(self, support: SupportSet) -> None:
+        """Learn from the support set (and, optionally, normal images / pseudo-defects via ``self.ctx``)."""
+
+    @abc.abstractmethod
+    def predict(self, query_paths: Sequence[str]) -> np.ndarray:
+        """Return class scores of shape (Q, C); higher = more likely."""
+
+    def extra_info(self) -> dict[str, Any]:
+        """Anything method-specific to store in the result row (kept small)."""
+        return {}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registry entry: a class plus the default config of this named variant."""
+
+    name: str
+    cls: type[Method]
+    overrides: dict[str, Any]
+    description: str
+    tags: tuple[str, ...]
+
+    def default_config(self) -> Any:
+        return self.cls.Config(**self.overrides)
+
+    def make_config(self, overrides: dict[str, Any] | None = None) -> Any:
+        """The variant's defaults with user overrides applied (unknown keys are an error)."""
+        values = {**self.overrides, **(overrides or {})}
+        known = {f.name for f in dataclasses.fields(self.cls.Config)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"method {self.name!r} has no option(s) {', '.join(unknown)}. Its options: {', '.join(sorted(known))}."
+            )
+        try:
+            return self.cls.Config(**values)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid options for method {self.name!r}: {exc}") from None
+
+
+METHODS: Registry[MethodSpec] = Registry("method")
+
+
+def register_method(
+    name: str,
+    description: str = "",
+    overrides: dict[str, Any] | None = None,
+    tags: Sequence[str] = (),
+) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: register ``cls`` (with config ``overrides``) under ``name``. Stack it for variants."""
+
+    def deco(cls: type[Method]) -> type[Method]:
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"@register_method({name!r}) must decorate a Method subclass, got {cls!r}")
+        if not dataclasses.is_dataclass(getattr(cls, "Config", None)):
+            raise TypeError(f"{cls.__name__}.Config must be a dataclass")
+        desc = description or (cls.__doc__ or "").strip().splitlines()[0]
+        spec = MethodSpec(name=name, cls=cls, overrides=dict(overrides or {}), description=desc, tags=tuple(tags))
+        spec.make_config()  # fail at import time if the overrides are wrong
+        METHODS.add(name, spec, description=desc)
+        return cls
+
+    return deco
+
+
+def get_method(name: str) -> MethodSpec:
+    from bench.methods import import_all
+
+    import_all()
+    return METHODS.get(name).obj
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def config_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,38 @@
+"""Per-episode metrics: the paper's micro accuracy plus what a careful reader also needs.
+
+accuracy = correct / queries (the paper's metric); macro-F1 and balanced accuracy are not inflated by
+majority classes (datasets.md §1.1); per-class recall and the confusion matrix show which defect types
+are confused; chance (1/C) and majority-class rates are reference rows for every table.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
+
+
+def episode_metrics(y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str]) -> dict:
+    """Metrics of one episode.
+
+    Args:
+        y_true: (Q,) true class indices.
+        y_pred: (Q,) predicted class indices.
+        class_names: the C class names.
+    """
+    yt, yp = np.asarray(y_true), np.asarray(y_pred)
+    labels = list(range(len(class_names)))
+    cm = confusion_matrix(yt, yp, labels=labels)
+    support = cm.sum(axis=1)
+    recall = {name: (float(cm[i, i] / support[i]) if support[i] else float("nan")) for i, name in enumerate(class_names)}
+    counts = np.bincount(yt, minlength=len(labels))
+    return {
+        "accuracy": float((yt == yp).mean()) if len(yt) else float("nan"),
+        "macro_f1": float(f1_score(yt, yp, labels=labels, average="macro", zero_division=0)),
+        "balanced_accuracy": float(balanced_accuracy_score(yt, yp)),
+        "per_class_recall": recall,
+        "confusion": cm.tolist(),
+        "chance": 1.0 / len(class_names),
+        "majority": float(counts.max() / counts.sum()) if counts.sum() else float("nan"),
+    }

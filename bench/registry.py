@@ -1,0 +1,71 @@
+"""A small name → object registry in the style of timm's ``register_model``.
+
+Used for methods (``methods/``) and dataset adapters (``datasets/``). Registering a name twice is an
+error (unless ``override=True``); looking up an unknown name raises :class:`UnknownNameError` with the
+closest registered names, so a typo on the command line gets a useful answer.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """An unknown registry name; the message lists the closest matches."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass
+class Entry(Generic[T]):
+    """One registered object with its metadata."""
+
+    name: str
+    obj: T
+    description: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry(Generic[T]):
+    """Name → :class:`Entry` map with helpful errors."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def add(self, name: str, obj: T, description: str = "", override: bool = False, **meta: Any) -> Entry[T]:
+        if not name or name != name.strip() or " " in name:
+            raise ValueError(f"invalid {self.kind} name {name!r}: use a non-empty name without spaces")
+        if name in self._entries and not override:
+            raise ValueError(f"{self.kind} {name!r} is already registered (by {self._entries[name].obj!r})")
+        entry = Entry(name=name, obj=obj, description=description, meta=dict(meta))
+        self._entries[name] = entry
+        return entry
+
+    def get(self, name: str) -> Entry[T]:
+        try:
+            return self._entries[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.4)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(self._entries))}. "
+                f"Run `python -m bench list {self.kind}s` to see them all."
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Entry[T]]:
+        return iter(self._entries[n] for n in self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,145 @@
+"""The append-only results store: one JSON object per line, one line per finished job.
+
+Writes take an exclusive ``flock`` on the file and append the whole line with a single ``write`` followed
+by ``fsync``, so concurrent runs writing to the same file never interleave, and a killed run leaves at
+most one truncated last line. Reading tolerates such a line (and any corrupt line): it is skipped and
+counted. Rows are keyed by the job key (a hash of everything that defines the job); a job is finished
+when a row with its key and ``status == "ok"`` exists, so re-running a command resumes it.
+
+Row schema (``schema: 1``), top-level keys:
+
+* identity: ``key``, ``status`` ("ok" | "error"), ``error`` (message or null), ``method``,
+  ``method_config`` (dict), ``method_config_hash``, ``features`` (feature/backbone config dict),
+  ``weights`` (what was loaded: backbone, weights, pretrained, source, sha256, zero_init_last),
+  ``dataset``, ``data_root``, ``dataset_manifest``, ``category``, ``shots``, ``seed``, ``protocol``,
+  ``class_set`` ({combined, good, min_defect_types}), ``episode`` ({hash, file, support_rule}).
+* outcome: ``class_names``, ``n_classes``, ``n_queries``, ``accuracy``, ``macro_f1``, ``balanced_accuracy``,
+  ``per_class_recall`` ({class: recall}), ``confusion`` (C×C list), ``chance``, ``majority``,
+  ``y_true``, ``y_pred`` (query labels and predictions, for paired statistics).
+* provenance: ``timing`` ({stage: seconds}), ``cache`` (hit counts), ``train_log`` (loss curves),
+  ``env`` (code version, library versions, device, threads), ``created`` (UTC ISO time).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from bench.errors import BenchError
+
+log = logging.getLogger(__name__)
+SCHEMA = 1
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+@dataclass
+class ReadResult:
+    rows: list[dict[str, Any]]
+    skipped_lines: int = 0
+    skipped_detail: list[str] = field(default_factory=list)
+
+
+class ResultsStore:
+    """A JSON-lines results file with locking, resume and tolerant reading."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Append one row atomically (whole line, locked, fsynced)."""
+        row = {"schema": SCHEMA, **row}
+        line = json.dumps(row, default=_default, allow_nan=True, separators=(",", ":")) + "\n"
+        data = line.encode()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise BenchError(
+                f"cannot write results to {self.path} ({exc.strerror}). Choose a writable folder with --out."
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # A previous writer killed mid-line leaves no trailing newline: start on a fresh line so the
+            # partial line stays one skippable line and this row stays intact.
+            size = os.fstat(fd).st_size
+            if size:
+                with open(self.path, "rb") as f:
+                    f.seek(size - 1)
+                    if f.read(1) != b"\n":
+                        data = b"\n" + data
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        except OSError as exc:
+            raise BenchError(f"failed writing results to {self.path} ({exc.strerror}); earlier rows are intact.") from None
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def read(self) -> ReadResult:
+        """All parseable rows, in file order; truncated or corrupt lines are skipped and counted."""
+        return read_rows([self.path])
+
+    def finished_keys(self) -> set[str]:
+        return {r["key"] for r in self.read().rows if r.get("status") == "ok" and "key" in r}
+
+
+def read_rows(paths: Iterable[str | Path]) -> ReadResult:
+    """Read rows from results files (or folders containing ``results.jsonl``)."""
+    out = ReadResult(rows=[])
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            p = p / "results.jsonl"
+        if not p.exists():
+            raise BenchError(f"results file not found: {p}. Pass a results.jsonl file or the folder of a run (--out).")
+        with p.open("rb") as f:
+            for i, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    row = json.loads(raw)
+                    if not isinstance(row, dict) or "key" not in row:
+                        raise ValueError("not a result row")
+                except (ValueError, UnicodeDecodeError) as exc:
+                    out.skipped_lines += 1
+                    out.skipped_detail.append(f"{p}:{i}: {str(exc)[:80]}")
+                    continue
+                out.rows.append(row)
+    if out.skipped_lines:
+        log.warning(
+            "skipped %d unreadable line(s) (e.g. a run killed mid-write): %s",
+            out.skipped_lines,
+            "; ".join(out.skipped_detail[:3]),
+        )
+    return out
+
+
+def latest_ok(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per job key: the last ``ok`` row, else the last row (so failures stay visible)."""
+    by_key: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        k = r["key"]
+        if r.get("status") == "ok" or by_key.get(k, {}).get("status") != "ok":
+            by_key[k] = r
+    return list(by_key.values())

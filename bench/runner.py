@@ -1,0 +1,369 @@
+"""Grid runner: expand (method × category × shots × seed) into jobs, run what is not finished, store rows.
+
+One job = (method config, feature config, dataset, category, shots, seed, protocol, class-set switches).
+Its key is a hash of all of that plus the episode hash, so re-running the same command skips finished jobs
+(resume) and any change to an input that matters makes a new job. Jobs of one (category, seed) form a
+group that runs in one worker, so the memory bank and cached features/pretraining of that group are
+shared; groups are spread over ``--jobs`` worker processes with joblib (torch threads split between them).
+A failed job becomes a row with its error, never a crash of the grid; the command exits non-zero at the
+end if any job failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from bench.datasets import DatasetOptions, Samples, load_dataset
+from bench.episodes import Episode, make_episode, protocol_id
+from bench.envinfo import environment
+from bench.errors import BenchError, DatasetError
+from bench.method import SupportSet, TaskContext, config_dict, config_hash, get_method
+from bench.metrics import episode_metrics
+from bench.results import ResultsStore
+
+log = logging.getLogger(__name__)
+RUNNER_VERSION = 1
+
+
+@dataclass
+class RunConfig:
+    """Everything a ``bench run`` needs. CLI flags and YAML config files fill the same fields."""
+
+    methods: list[str] = field(default_factory=lambda: ["protonet"])
+    method_options: dict[str, Any] = field(default_factory=dict)  # applied to every method (unknown keys error)
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    categories: list[str] | None = None
+    shots: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    protocol: str = "paper"
+    include_good: bool = False
+    exclude_combined: bool = False
+    min_defect_types: int = 2
+    backbone: str = "resnet50"
+    weights: str = "imagenet"
+    zero_init_last: bool | None = None
+    precision: str = "fp32"
+    coreset_ratio: float = 0.1
+    textures: str | None = None
+    device: str = "auto"
+    jobs: int = 1
+    backend: str = "loky"
+    scheduler: str | None = None
+    out: str = "results"
+    cache_dir: str | None = None
+    threads: int | None = None
+
+    def dataset_options(self) -> DatasetOptions:
+        return DatasetOptions(
+            exclude_combined=self.exclude_combined,
+            min_defect_types=self.min_defect_types,
+            categories=tuple(self.categories) if self.categories else None,
+        )
+
+    def feature_config(self):  # noqa: ANN201 - FeatureConfig, imported lazily
+        from bench.features import FeatureConfig
+
+        return FeatureConfig(
+            backbone=self.backbone, weights=self.weights, zero_init_last=self.zero_init_last, precision=self.precision
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto.")
+    return torch.device(name)
+
+
+_STORES: dict[str, Any] = {}
+
+
+def get_store(cfg: RunConfig):  # noqa: ANN201 - FeatureStore
+    """One FeatureStore per feature config per process (the backbone is loaded once)."""
+    from bench.features import FeatureStore
+
+    fcfg = cfg.feature_config()
+    k = fcfg.key() + str(cfg.cache_dir) + cfg.device
+    if k not in _STORES:
+        dev = resolve_device(cfg.device)
+        _STORES[k] = FeatureStore(fcfg, cache_root=Path(cfg.cache_dir) if cfg.cache_dir else None, device=str(dev))
+    return _STORES[k]
+
+
+@dataclass
+class Job:
+    method: str
+    method_config: dict[str, Any]
+    category: str
+    shots: int
+    seed: int
+    key: str
+    episode: Episode | None
+    error: str | None = None  # set when the job cannot even start (e.g. too few images)
+
+
+def _job_identity(cfg: RunConfig, samples: Samples, method: str, mcfg: dict, category: str, shots: int, seed: int, episode_hash: str) -> dict:
+    return {
+        "runner": RUNNER_VERSION,
+        "method": method,
+        "method_config": mcfg,
+        "features": cfg.feature_config().key(),
+        "coreset_ratio": cfg.coreset_ratio,
+        "textures": cfg.textures,
+        "dataset": samples.dataset,
+        "dataset_manifest": samples.manifest_hash(category),
+        "category": category,
+        "shots": shots,
+        "seed": seed,
+        "protocol": protocol_id(cfg.protocol),
+        "include_good": cfg.include_good,
+        "exclude_combined": cfg.exclude_combined,
+        "episode": episode_hash,
+    }
+
+
+def plan(cfg: RunConfig, samples: Samples) -> list[Job]:
+    """Expand the grid into jobs (episodes are built here; impossible episodes become failing jobs)."""
+    specs = [get_method(m) for m in cfg.methods]
+    jobs: list[Job] = []
+    for category in samples.categories():
+        for seed in cfg.seeds:
+            for shots in cfg.shots:
+                try:
+                    episode: Episode | None = make_episode(samples, category, shots, seed, cfg.protocol, cfg.include_good)
+                    ehash, err = episode.hash, None
+                except DatasetError as exc:
+                    episode, ehash, err = None, "none", str(exc)
+                for spec in specs:
+                    mcfg = config_dict(spec.make_config(cfg.method_options))
+                    ident = _job_identity(cfg, samples, spec.name, mcfg, category, shots, seed, ehash)
+                    jobs.append(Job(spec.name, mcfg, category, shots, seed, config_hash(ident), episode, err))
+    return jobs
+
+
+def _base_row(cfg: RunConfig, samples: Samples, job: Job, store: Any) -> dict[str, Any]:
+    return {
+        "key": job.key,
+        "method": job.method,
+        "method_config": job.method_config,
+        "method_config_hash": config_hash(job.method_config),
+        "features": {**dataclasses.asdict(cfg.feature_config()), "coreset_ratio": cfg.coreset_ratio, "key": cfg.feature_config().key()},
+        "weights": store.weights_info.record() if store is not None else None,
+        "dataset": samples.dataset,
+        "data_root": str(samples.root),
+        "dataset_manifest": samples.manifest_hash(job.category),
+        "category": job.category,
+        "shots": job.shots,
+        "seed": job.seed,
+        "protocol": protocol_id(cfg.protocol),
+        "class_set": {
+            "combined": "excluded" if cfg.exclude_combined else "kept",
+            "good": "included" if cfg.include_good else "excluded",
+            "min_defect_types": cfg.min_defect_types,
+        },
+        "textures": cfg.textures or "procedural",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, Any]:
+    """Run one job and return its row (status ok or error). Never raises for a job-level failure."""
+    store = None
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    try:
+        store = get_store(cfg)
+    except BenchError:
+        raise  # weights problems are fatal for the whole run (raised in preflight already)
+    row = _base_row(cfg, samples, job, store)
+    row["env"] = environment(str(device))
+    if job.error or job.episode is None:
+        row.update(status="error", error=job.error or "no episode")
+        return row
+    ep = job.episode
+    row["episode"] = {
+        "hash": ep.hash,
+        "file": str(ep.save(out / "episodes").relative_to(out)),
+        "support_rule": "first-n by sorted file name" if ep.protocol == "paper_fixed" else "seeded random draw",
+    }
+    row.update(class_names=list(ep.class_names), n_classes=ep.n_classes, n_queries=len(ep.queries))
+    stats_before = {k: dict(v) for k, v in store.stats.items()}
+    ctx = TaskContext(
+        dataset=samples.dataset,
+        category=job.category,
+        seed=job.seed,
+        shots=job.shots,
+        train_paths=samples.train_paths(job.category),
+        store_factory=lambda: store,
+        coreset_ratio=cfg.coreset_ratio,
+        device=device,
+        cache_root=Path(cfg.cache_dir) if cfg.cache_dir else None,
+        textures=cfg.textures,
+    )
+    try:
+        spec = get_method(job.method)
+        method = spec.cls(spec.make_config(cfg.method_options), ctx)
+        method.name = spec.name
+        support = SupportSet(tuple(ep.support_paths()), tuple(ep.support_labels()), ep.class_names)
+        with ctx.timer("fit"):
+            method.fit(support)
+        with ctx.timer("predict"):
+            scores = np.asarray(method.predict(list(ep.queries)))
+        if scores.shape != (len(ep.queries), ep.n_classes):
+            raise RuntimeError(f"method {job.method} returned scores of shape {scores.shape}, expected {(len(ep.queries), ep.n_classes)}")
+        y_pred = scores.argmax(axis=1).tolist()
+        row.update(episode_metrics(ep.query_labels, y_pred, ep.class_names))
+        row.update(status="ok", error=None, y_true=list(ep.query_labels), y_pred=y_pred)
+        row["train_log"] = ctx.log
+        row["method_info"] = method.extra_info()
+    except BenchError as exc:
+        row.update(status="error", error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - a failed job is a row, not a crash of the grid
+        log.debug("job failed", exc_info=True)
+        row.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
+    stats_after = store.stats
+    row["cache"] = {
+        stage: {k: v - stats_before.get(stage, {}).get(k, 0) for k, v in d.items()} for stage, d in stats_after.items()
+    }
+    row["timing"] = {**{k: round(v, 4) for k, v in ctx.timings.items()}, "total": round(time.perf_counter() - t0, 4)}
+    return row
+
+
+def run_group(cfg: RunConfig, jobs: Sequence[Job], out: Path, threads: int | None = None) -> list[tuple[str, str, str | None]]:
+    """Run jobs (normally of one category and seed) in this process, appending each row as it finishes."""
+    if threads:
+        torch.set_num_threads(threads)
+    samples = load_dataset(cfg.dataset, cfg.data_root, cfg.dataset_options())
+    store = ResultsStore(out / "results.jsonl")
+    status = []
+    for job in jobs:
+        row = run_job(cfg, samples, job, out)
+        store.append(row)
+        status.append((job.key, row["status"], row.get("error")))
+    return status
+
+
+def preflight(cfg: RunConfig) -> Samples:
+    """Fail fast, before any job, on problems that would fail every job (dataset, methods, weights)."""
+    if cfg.cache_dir:
+        os.environ["BENCH_CACHE"] = str(Path(cfg.cache_dir).expanduser().resolve())
+    samples = load_dataset(cfg.dataset, cfg.data_root, cfg.dataset_options())
+    for m in cfg.methods:
+        get_method(m).make_config(cfg.method_options)
+    get_store(cfg)  # loads the backbone: WeightsError now, not in every job
+    return samples
+
+
+def group_jobs(jobs: Sequence[Job]) -> list[list[Job]]:
+    groups: dict[tuple[str, int], list[Job]] = {}
+    for j in jobs:
+        groups.setdefault((j.category, j.seed), []).append(j)
+    return list(groups.values())
+
+
+@dataclass
+class RunReport:
+    out: Path
+    planned: int
+    skipped: int
+    ok: int
+    failed: list[tuple[str, str]]  # (job description, error)
+
+
+def _describe(job: Job) -> str:
+    return f"{job.method} {job.category} {job.shots}-shot seed {job.seed}"
+
+
+def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
+    """Run the grid of ``cfg``: preflight, plan, skip finished jobs, run the rest, return a summary."""
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise BenchError(f"cannot write to the output folder {out} ({exc.strerror}). Choose another with --out.") from None
+    samples = preflight(cfg)
+    for cat, why in samples.skipped.items():
+        print(f"note: category {cat} skipped: {why}")
+    store = get_store(cfg)
+    if not store.weights_info.pretrained:
+        print(
+            f"WARNING: backbone {cfg.backbone} uses RANDOM weights (--weights random): these results are not comparable "
+            "with the paper's ImageNet numbers; every result row records weights=random."
+        )
+    jobs = plan(cfg, samples)
+    results = ResultsStore(out / "results.jsonl")
+    done = results.finished_keys()
+    todo = [j for j in jobs if j.key not in done]
+    skipped = len(jobs) - len(todo)
+    if skipped:
+        print(f"resuming: {skipped} of {len(jobs)} jobs already finished in {results.path}")
+    failed: list[tuple[str, str]] = []
+    ok = 0
+    groups = group_jobs(todo)
+    by_key = {j.key: j for j in todo}
+    n_workers = max(1, min(cfg.jobs, len(groups)))
+    total_threads = cfg.threads or torch.get_num_threads()
+    if n_workers == 1:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        bar = tqdm(total=len(todo), desc="jobs", unit="job", disable=not progress or not todo)
+        for group in groups:
+            for job in group:
+                bar.set_postfix_str(_describe(job), refresh=False)
+                row = run_job(cfg, samples, job, out)
+                results.append(row)
+                if row["status"] == "ok":
+                    ok += 1
+                else:
+                    failed.append((_describe(job), row.get("error") or ""))
+                bar.update(1)
+        bar.close()
+    else:
+        from joblib import Parallel, delayed, parallel_config
+
+        per_worker = max(1, total_threads // n_workers)
+        backend = cfg.backend
+        ctx_kwargs: dict[str, Any] = {"backend": backend}
+        client = None
+        if backend == "dask":
+            try:
+                from dask.distributed import Client
+            except ImportError:
+                raise BenchError("--backend dask needs the optional dependency: pip install -c constraints.txt -e '.[dask]'") from None
+            client = Client(cfg.scheduler) if cfg.scheduler else Client(processes=True, n_workers=n_workers, threads_per_worker=1)
+        try:
+            with parallel_config(**ctx_kwargs, n_jobs=n_workers, inner_max_num_threads=per_worker if backend == "loky" else None):
+                stream = Parallel(return_as="generator_unordered")(
+                    delayed(run_group)(cfg, g, out, per_worker) for g in groups
+                )
+                bar = tqdm(total=len(todo), desc=f"jobs ({n_workers} workers)", unit="job", disable=not progress)
+                for status in stream:
+                    for key, st, err in status:
+                        if st == "ok":
+                            ok += 1
+                        else:
+                            failed.append((_describe(by_key[key]), err or ""))
+                    bar.update(len(status))
+                bar.close()
+        finally:
+            if client is not None:
+                client.close()
+    return RunReport(out=out, planned=len(jobs), skipped=skipped, ok=ok, failed=failed)

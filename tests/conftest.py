@@ -1,0 +1,36 @@
+"""Test set-up: offline hub, a private cache per test session, the torchvision CPU shim, shared-data fixtures."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if "BENCH_CACHE" not in os.environ or os.environ.get("CI"):
+    os.environ["BENCH_CACHE"] = tempfile.mkdtemp(prefix="bench-test-cache-")
+
+import pytest  # noqa: E402
+
+from bench.compat import patch_torchvision  # noqa: E402
+
+patch_torchvision()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real image subsets in ../shared/data (or $BENCH_SHARED_DATA); skips when absent."""
+    from bench.paths import shared_data_dir
+
+    d = shared_data_dir()
+    if d is None:
+        pytest.skip("real image subsets not found: set BENCH_SHARED_DATA or place them at ../shared/data")
+    return d
+
+
+@pytest.fixture(scope="session")
+def shared_screw(shared_data: Path) -> Path:
+    root = shared_data / "mvtec_ad"
+    if not (root / "screw").is_dir():
+        pytest.skip(f"{root}/screw not found: the real MVTec AD screw subset is needed for this test")
+    return root

@@ -1,0 +1,115 @@
+"""Registry, episodes, results store and metrics."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+
+from bench.datasets import load_dataset
+from bench.episodes import make_episode
+from bench.errors import ConfigError, DatasetError
+from bench.method import METHODS, get_method
+from bench.metrics import episode_metrics
+from bench.registry import Registry, UnknownNameError
+from bench.results import ResultsStore, latest_ok, read_rows
+from tests.test_datasets import make_tree
+
+
+def test_registry_errors() -> None:
+    r: Registry[int] = Registry("thing")
+    r.add("alpha", 1)
+    with pytest.raises(ValueError, match="already registered"):
+        r.add("alpha", 2)
+    with pytest.raises(UnknownNameError, match="Did you mean 'alpha'"):
+        r.get("alpah")
+
+
+def test_methods_registered_with_descriptions() -> None:
+    get_method("protonet")
+    assert {"direct", "direct-all", "protonet", "protonet-residual"} <= set(METHODS.names())
+    for e in METHODS:
+        assert e.description, f"method {e.name} has no description"
+        e.obj.make_config()
+    with pytest.raises(UnknownNameError, match="protonet"):
+        get_method("protonett")
+    with pytest.raises(ConfigError, match="no option"):
+        get_method("protonet").make_config({"nope": 1})
+    with pytest.raises(ConfigError, match="invalid options"):
+        get_method("protonet").make_config({"features": "bogus"})
+
+
+def test_paper_episode_first_n_sorted(tmp_path: Path) -> None:
+    s = load_dataset("folder", make_tree(tmp_path, types=("b_type", "a_type"), n_type=5))
+    ep = make_episode(s, "prod", shots=2, seed=1)
+    assert ep.class_names == ("a_type", "b_type")
+    assert [Path(p).name for p in ep.support[0]] == ["000.png", "001.png"]
+    assert len(ep.queries) == 2 * 3 and ep.query_labels == (0, 0, 0, 1, 1, 1)
+    assert set(ep.support_paths()).isdisjoint(ep.queries)
+    # paper protocol: the split does not depend on the seed
+    assert make_episode(s, "prod", 2, seed=5).hash == ep.hash
+    saved = json.loads(ep.save(tmp_path / "eps").read_text())
+    assert saved["support"][0] == ["prod/test/a_type/000.png", "prod/test/a_type/001.png"]
+
+
+def test_random_episode_seeded(tmp_path: Path) -> None:
+    s = load_dataset("folder", make_tree(tmp_path, n_type=8))
+    a = make_episode(s, "prod", 3, seed=1, protocol="random")
+    b = make_episode(s, "prod", 3, seed=1, protocol="random")
+    c = make_episode(s, "prod", 3, seed=2, protocol="random")
+    assert a == b and a.hash == b.hash
+    assert a.support != c.support
+    assert a.protocol == "random_episodes"
+
+
+def test_too_few_images_names_folder(tmp_path: Path) -> None:
+    s = load_dataset("folder", make_tree(tmp_path, n_type=3))
+    with pytest.raises(DatasetError, match=r"has 3 image\(s\) in .*crack.* needs at least 4"):
+        make_episode(s, "prod", 3, seed=1)
+
+
+def test_include_good(tmp_path: Path) -> None:
+    s = load_dataset("folder", make_tree(tmp_path, good=4))
+    ep = make_episode(s, "prod", 1, 1, include_good=True)
+    assert ep.class_names[-1] == "good"
+
+
+def test_metrics() -> None:
+    m = episode_metrics([0, 0, 1, 1, 1, 2], [0, 1, 1, 1, 0, 2], ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["per_class_recall"] == {"a": 0.5, "b": pytest.approx(2 / 3), "c": 1.0}
+    assert m["confusion"] == [[1, 1, 0], [1, 2, 0], [0, 0, 1]]
+    assert m["chance"] == pytest.approx(1 / 3) and m["majority"] == pytest.approx(0.5)
+
+
+def _writer(path: str, n: int, tag: int) -> None:
+    store = ResultsStore(path)
+    for i in range(n):
+        store.append({"key": f"{tag}-{i}", "status": "ok", "payload": "x" * 5000})
+
+
+def test_store_concurrent_appends_and_truncated_line(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    procs = [mp.get_context("fork").Process(target=_writer, args=(str(path), 50, t)) for t in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    rows = read_rows([path]).rows
+    assert len(rows) == 150 and len({r["key"] for r in rows}) == 150
+    with path.open("ab") as f:
+        f.write(b'{"key": "half-writ')  # a run killed mid-line
+    res = read_rows([path])
+    assert len(res.rows) == 150 and res.skipped_lines == 1
+    ResultsStore(path).append({"key": "after", "status": "ok"})  # starts on a fresh line
+    res = read_rows([path])
+    assert len(res.rows) == 151 and res.skipped_lines == 1
+    assert "after" in ResultsStore(path).finished_keys()
+
+
+def test_latest_ok_prefers_success() -> None:
+    rows = [{"key": "a", "status": "error"}, {"key": "a", "status": "ok", "v": 1}, {"key": "b", "status": "error"}]
+    out = {r["key"]: r for r in latest_ok(rows)}
+    assert out["a"]["status"] == "ok" and out["b"]["status"] == "error"

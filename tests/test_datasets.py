@@ -1,0 +1,126 @@
+"""Dataset adapters: real layouts, generated trees, and clear errors on bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.datasets import DatasetOptions, load_dataset
+from bench.errors import DatasetError
+from bench.images import Preprocess, load_rgb
+
+
+def _png(path: Path, value: int = 128, size: int = 32, mode: str = "RGB") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.full((size, size, 3), value, np.uint8)
+    img = Image.fromarray(arr)
+    if mode != "RGB":
+        img = img.convert(mode)
+    img.save(path)
+
+
+def make_tree(root: Path, categories=("prod",), types=("crack", "hole"), n_train=3, n_type=4, good=2) -> Path:
+    for c in categories:
+        for i in range(n_train):
+            _png(root / c / "train" / "good" / f"{i:03d}.png", 100 + i)
+        for i in range(good):
+            _png(root / c / "test" / "good" / f"{i:03d}.png", 90 + i)
+        for t in types:
+            for i in range(n_type):
+                _png(root / c / "test" / t / f"{i:03d}.png", 20 * i)
+                _png(root / c / "ground_truth" / t / f"{i:03d}_mask.png", 255)
+    return root
+
+
+def test_mvtec_layout_table(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, categories=("a", "b"), types=("crack", "hole", "combined"))
+    s = load_dataset("folder", root)
+    assert s.categories() == ["a", "b"]
+    assert s.defect_types("a") == ["combined", "crack", "hole"]
+    t = s.table
+    assert len(t[(t.category == "a") & (t.split == "train")]) == 3
+    test = t[(t.category == "a") & (t.label == "crack")]
+    assert all(Path(p).name.endswith("_mask.png") for p in test.mask_path)
+    assert s.train_paths("a") == sorted(s.train_paths("a"))
+    s2 = load_dataset("folder", root, DatasetOptions(exclude_combined=True))
+    assert s2.defect_types("a") == ["crack", "hole"]
+    assert s.manifest_hash("a") != s2.manifest_hash("a")
+
+
+def test_single_type_category_skipped_with_reason(tmp_path: Path) -> None:
+    make_tree(tmp_path, categories=("ok",))
+    make_tree(tmp_path, categories=("toothbrush",), types=("defective",))
+    s = load_dataset("mvtec_ad", tmp_path)
+    assert s.categories() == ["ok"]
+    assert "toothbrush" in s.skipped and "1 defect type" in s.skipped["toothbrush"]
+
+
+def test_only_single_type_categories_is_an_error(tmp_path: Path) -> None:
+    make_tree(tmp_path, categories=("toothbrush",), types=("defective",))
+    with pytest.raises(DatasetError, match="no usable category"):
+        load_dataset("mvtec_ad", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "setup, match",
+    [
+        (lambda r: None, "does not exist"),
+        (lambda r: r.mkdir(), "no category folders"),
+        (lambda r: (r / "prod" / "test").mkdir(parents=True), "train is missing"),
+    ],
+)
+def test_bad_roots(tmp_path: Path, setup, match: str) -> None:
+    root = tmp_path / "data"
+    setup(root)
+    with pytest.raises(DatasetError, match=match):
+        load_dataset("mvtec_ad", root)
+
+
+def test_unknown_category_lists_found(tmp_path: Path) -> None:
+    make_tree(tmp_path, categories=("prod",))
+    with pytest.raises(DatasetError, match="Categories found there: prod"):
+        load_dataset("mvtec_ad", tmp_path, DatasetOptions(categories=("prdo",)))
+
+
+def test_no_root_given() -> None:
+    with pytest.raises(DatasetError, match="needs --data-root"):
+        load_dataset("mvtec_ad", None)
+
+
+def test_load_rgb_errors_and_modes(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(DatasetError, match="empty"):
+        load_rgb(empty)
+    fake = tmp_path / "fake.png"
+    fake.write_text("this is not an image")
+    with pytest.raises(DatasetError, match="not a readable image"):
+        load_rgb(fake)
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good)
+    trunc = tmp_path / "trunc.png"
+    trunc.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(DatasetError, match="corrupt or truncated"):
+        load_rgb(trunc)
+    for mode in ("L", "RGBA", "P", "I;16"):
+        p = tmp_path / f"m_{mode.replace(';', '')}.png"
+        img = Image.fromarray(np.full((40, 30, 3), 77, np.uint8))
+        (img.convert("L").convert("I;16") if mode == "I;16" else img.convert(mode)).save(p)
+        out = load_rgb(p)
+        assert out.mode == "RGB" and out.size == (30, 40)
+    arr = Preprocess(resize=64, crop=56)(good)
+    assert arr.shape == (3, 56, 56) and arr.dtype == np.float32
+
+
+def test_real_screw_subset(shared_screw: Path) -> None:
+    s = load_dataset("mvtec_ad", shared_screw, DatasetOptions(categories=("screw",)))
+    assert s.defect_types("screw") == ["manipulated_front", "scratch_head", "scratch_neck", "thread_side", "thread_top"]
+    t = s.table
+    counts = t[t.split == "test"].groupby("label").size().to_dict()
+    assert counts == {"manipulated_front": 20, "scratch_head": 21, "scratch_neck": 20, "thread_side": 19, "thread_top": 17}
+    assert (t.split == "train").sum() == 264
+    img = load_rgb(t.image_path.iloc[0])  # stored as grayscale: must come back RGB
+    assert img.mode == "RGB"
