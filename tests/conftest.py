@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-if "BENCH_CACHE" not in os.environ or os.environ.get("CI"):
-    os.environ["BENCH_CACHE"] = tempfile.mkdtemp(prefix="bench-test-cache-")
+# Tests never read or write the user's cache: a fresh one per session, removed at exit.
+_CACHE = tempfile.mkdtemp(prefix="bench-test-cache-")
+os.environ["BENCH_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 import pytest  # noqa: E402
 

@@ -1,0 +1,160 @@
+"""Ranked configurations with 95% confidence intervals and coverage, per shot count.
+
+Examples::
+
+    python -m bench leaderboard results/                           # results/leaderboard.md
+    python -m bench leaderboard results/ --format md html csv     # + a single static HTML page and CSVs
+
+For each dataset × protocol × class-set group and each shot count: configurations ranked by mean accuracy
+(unweighted mean over categories of the per-category seed means), a 95% interval from a category-stratified
+bootstrap over seeds, the coverage (finished (category, seed) runs of the expected grid), P(> next) (the
+probability of beating the next-ranked configuration on a random paired run), backbone and weights, and
+chance / majority-class reference rows. A configuration with missing categories, seeds or failed jobs is
+marked † and listed after the ranked ones, never ranked as if complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench import paper
+from bench.cmd_report import command_line
+from bench.errors import BenchError
+from bench.render import FORMATS, Document, Section, Table, slug, write_document
+from bench.report import Results, at_shots, averages, cells, fmt, load_results, reference_rows, weights_desc
+from bench.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, prob_improvement
+
+UNIT = ("95% CI: category-stratified bootstrap over seeds, {n_boot:,} resamples; a unit = one (category, seed) run; "
+        "accuracy % = unweighted mean over categories of the per-category means over seeds")  # fmt: skip
+
+
+def shot_table(res: Results, group: str, shots: int, n_boot: int, boot_seed: int) -> Table:
+    """The ranking at one shot count: ranked complete configurations, then incomplete ones (†), then references."""
+    cats, seeds, _ = res.grid(group)
+    ok = res.ok()
+    recs, absent = [], []
+    for cid in res.config_ids(group):
+        a = averages(res, cid, n_boot, boot_seed)
+        a = a[a.shots == shots].iloc[0]
+        if a.n == 0:
+            absent.append(res.labels[cid])
+            continue
+        sub = ok[(ok.config == cid) & (ok.shots == shots)]
+        f = res.configs[cid]
+        recs.append({"cid": cid, "configuration": res.labels[cid], "paper_row": paper.ablation_name(f["method"]), "shots": shots,
+                     "mean_pct": a.mean_pct, "ci_low_pct": a.ci_low_pct, "ci_high_pct": a.ci_high_pct, "n": int(a.n), "N": int(a.N),
+                     "n_categories": int(a.n_categories), "N_categories": len(cats), "n_seeds": int(sub.seed.nunique()),
+                     "N_seeds": len(seeds), "complete": bool(a.n >= a.N), "backbone_weights": weights_desc(f)})  # fmt: skip
+    cols = ["cid", "configuration", "paper_row", "shots", "mean_pct", "ci_low_pct", "ci_high_pct", "n", "N", "n_categories",
+            "N_categories", "n_seeds", "N_seeds", "complete", "backbone_weights"]  # fmt: skip
+    d = pd.DataFrame(recs, columns=cols)
+    d["rank"] = np.nan
+    done = d.complete.astype(bool)
+    d.loc[done, "rank"] = d.loc[done, "mean_pct"].rank(method="min", ascending=False)
+    d = d.assign(_inc=~done).sort_values(["_inc", "mean_pct"], ascending=[True, False]).drop(columns="_inc").reset_index(drop=True)
+    d["p_beats_next"] = np.nan
+    ranked = d[d["rank"].notna()]
+    for i, j in zip(ranked.index[:-1], ranked.index[1:]):
+        sa, sb = (ok[(ok.config == d.at[k, "cid"]) & (ok.shots == shots)].set_index(["category", "seed"]).accuracy for k in (i, j))
+        d.at[i, "p_beats_next"] = prob_improvement(sa, sb)
+    disp = pd.DataFrame({
+        "rank": ["unranked†" if pd.isna(r) else str(int(r)) for r in d["rank"]],
+        "configuration": d.configuration,
+        "accuracy %": d.mean_pct.map(fmt),
+        "95% CI": [f"[{fmt(lo)}, {fmt(hi)}]" for lo, hi in zip(d.ci_low_pct, d.ci_high_pct)],
+        "coverage (cat. × seeds)": [_coverage(r) for _, r in d.iterrows()],
+        "P(> next)": d.p_beats_next.map(lambda p: fmt(p) if np.isfinite(p) else ""),
+        "backbone / weights": d.backbone_weights,
+        "paper row": d.paper_row,
+    })  # fmt: skip
+    ref = reference_rows(res, group)
+    refs = []
+    for kind, name in (("chance", "chance (1/C)"), ("majority", "majority class")):
+        if kind in ref.index and shots in ref.columns:
+            v = float(ref.loc[kind, shots])
+            refs.append({"configuration": kind, "shots": shots, "mean_pct": v, "complete": True})
+            disp.loc[len(disp)] = {"rank": "ref.", "configuration": name, "accuracy %": fmt(v), "95% CI": "",
+                                   "coverage (cat. × seeds)": "", "P(> next)": "", "backbone / weights": "", "paper row": "reference"}  # fmt: skip
+    disp = disp.set_index("rank")
+    notes = []
+    if not done.all():
+        notes.append("† incomplete (missing categories, seeds or failed jobs): listed with the mean of the runs it has, "
+                     "not ranked; coverage = finished runs of the expected grid.")  # fmt: skip
+    if absent:
+        notes.append(f"not run at {shots}-shot: {', '.join(absent)}.")
+    if d.backbone_weights.str.contains("random init").any():
+        notes.append("random-init backbones are NOT comparable with the paper's ImageNet numbers.")
+    data = pd.concat([d.drop(columns=["cid"]), pd.DataFrame(refs)], ignore_index=True).assign(group=group)
+    cap = (f"{shots}-shot, {group}. " + UNIT.format(n_boot=n_boot)
+           + "; P(> next) = probability of beating the next-ranked configuration on a random paired (category, seed) run, ties ½")  # fmt: skip
+    return Table(f"leaderboard-{group}-{shots}shot", f"{shots}-shot", disp, data, cap, notes)
+
+
+def _coverage(r: pd.Series) -> str:
+    text = f"{int(r.n_categories)}×{int(r.n_seeds)} of {int(r.N_categories)}×{int(r.N_seeds)} ({int(r.n)}/{int(r.N)} runs)"
+    return text if r.complete else text + " †"
+
+
+def build_leaderboard(res: Results, n_boot: int, boot_seed: int, plots_dir: Path | None, command: str | None) -> Document:
+    """The leaderboard document: per group, one ranked table per shot count, plus plots."""
+    from bench import plots
+
+    doc = Document("Leaderboard: few-shot defect-type classification", res.intro(), command=command)
+    for group in res.groups():
+        cats, seeds, shots = res.grid(group)
+        text = [f"Expected grid: {len(cats)} categories ({', '.join(cats)}) × {len(seeds)} seeds {seeds}; shots {shots}.",
+                UNIT.format(n_boot=n_boot) + "."]  # fmt: skip
+        sec = Section(group, text, [shot_table(res, group, s, n_boot, boot_seed) for s in shots])
+        if plots_dir is not None and (res.ok().group == group).any():
+            ids = res.config_ids(group)
+            curves = {res.labels[c]: averages(res, c, n_boot, boot_seed) for c in ids}
+            curves = {k: v[v.n > 0] for k, v in curves.items() if (v.n > 0).any()}
+            ref = reference_rows(res, group)
+            sec.figures.append(plots.accuracy_vs_shots(curves, plots_dir / slug(f"lb-acc-vs-shots-{group}"), f"Accuracy vs shots ({group})",
+                                                       {k: ref.loc[k] for k in ref.index}, f"band = {UNIT.format(n_boot=n_boot)}"))  # fmt: skip
+            s = max(shots)
+            cs = {res.labels[c]: at_shots(cells(res, c), s) for c in ids}
+            sec.figures.append(plots.category_bars(pd.DataFrame({k: v.mean_pct for k, v in cs.items()}),
+                                                   pd.DataFrame({k: v.ci_high_pct - v.mean_pct for k, v in cs.items()}),
+                                                   plots_dir / slug(f"lb-categories-{s}shot-{group}"), f"Per-category accuracy, {s}-shot ({group})",
+                                                   "mean over seeds; error bar = 95% t-interval across seeds"))  # fmt: skip
+        doc.sections.append(sec)
+    return doc
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", nargs="+", help="results.jsonl files or run folders")
+    p.add_argument("--out", default="results/leaderboard.md", help="output file (default results/leaderboard.md); "
+                   "other formats are written next to it with their own suffix (CSV: a folder)")  # fmt: skip
+    p.add_argument("--format", nargs="+", choices=[*FORMATS, "all"], help="formats (default: from the --out suffix, else md)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG/SVG plots")
+    p.add_argument("--boot", type=int, default=DEFAULT_BOOT, help=f"bootstrap resamples (default {DEFAULT_BOOT:,})")
+    p.add_argument("--boot-seed", type=int, default=DEFAULT_BOOT_SEED, help="seed of the bootstrap generator (default 0)")
+
+
+FLAGS = {"out": "--out", "format": "--format", "no_plots": "--no-plots", "boot": "--boot", "boot_seed": "--boot-seed"}
+_BY_SUFFIX = {".md": "md", ".html": "html", ".htm": "html", ".tex": "latex", ".csv": "csv"}
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.boot < 100:
+        raise BenchError(f"--boot {args.boot} is too few bootstrap resamples for a 95% interval; use ≥ 1000 (default 10,000).")
+    out = Path(args.out)
+    formats = args.format or [_BY_SUFFIX.get(out.suffix.lower(), "md")]
+    formats = list(FORMATS) if "all" in formats else list(dict.fromkeys(formats))
+    res = load_results(args.results)
+    plots_dir = None if args.no_plots else out.parent / f"{out.stem}_plots"
+    doc = build_leaderboard(res, args.boot, args.boot_seed, plots_dir, command_line("leaderboard", args, FLAGS))
+    written: list[Path] = []
+    for f in formats:
+        target = out.with_suffix("") if f == "csv" else out.with_suffix({"latex": ".tex"}.get(f, "." + f))
+        written += write_document(doc, f, target)
+    print(f"wrote {', '.join(str(p) for p in written[:6])}{' ...' if len(written) > 6 else ''}")
+    if res.skipped_lines:
+        print(f"skipped {res.skipped_lines} unreadable line(s) in the results (e.g. a run killed mid-write)", file=sys.stderr)
+    return 0

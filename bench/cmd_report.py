@@ -1,0 +1,358 @@
+"""Tables (and plots) from results files, in the paper's shapes; everything generated, nothing typed by hand.
+
+Examples::
+
+    python -m bench report results/                                   # Markdown: report/report.md
+    python -m bench report results/ --format md csv latex html --out report
+    python -m bench report results/ --compare paper                   # the paper's numbers next to ours
+    python -m bench report results/ --category bottle --detail-shots 5
+
+Per configuration: categories × shots (mean ± sample std over seeds, an average row over categories);
+categories (classes, queries, chance, majority); an ablation table (configurations × shots averaged over
+categories, rows named as the paper names them); paired P(A > B); per-class recall and confusion matrices
+for a chosen category. Configurations that differ in anything but category, shots and seed are separate
+lines labelled by what differs; incomplete grids show (n/N) and a †. CSV files hold the tidy numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench import paper
+from bench.errors import BenchError
+from bench.render import FORMATS, Document, Section, Table, slug, to_markdown, write_document
+from bench.report import (
+    Results, at_shots, averages, cell_text, cells, fmt, group_label, load_results, reference_rows, weights_desc,
+)  # fmt: skip
+from bench.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, prob_improvement
+
+INCOMPLETE = "† incomplete: (n/N) = finished runs of the N expected (missing seeds, failed jobs or categories); not averaged as if complete."
+
+
+def _f(res: Results, cid: str) -> dict[str, str]:
+    return res.configs[cid]
+
+
+def configs_table(res: Results) -> Table:
+    """Every configuration with what identifies it and how many of its jobs finished."""
+    recs = []
+    for cid, f in res.configs.items():
+        sub = res.frame[res.frame.config == cid]
+        recs.append({"configuration": res.labels[cid], "paper row": paper.ablation_name(f["method"]), "group": group_label(f),
+                     "backbone / weights": weights_desc(f), "harness": f["harness"], "options hash": f["method_config_hash"][:10],
+                     "ok": int((sub.status == "ok").sum()), "failed": int((sub.status != "ok").sum())})  # fmt: skip
+    d = pd.DataFrame(recs).sort_values("configuration").set_index("configuration")
+    return Table("configurations", "Configurations", d, d.reset_index(),
+                 "one line per configuration; rows differing in anything but category, shots and seed are never pooled")  # fmt: skip
+
+
+def category_table(res: Results, group: str) -> Table:
+    """Per category: classes C, chance, and per shots the query count and the majority-class rate."""
+    ok = res.ok()
+    ok = ok[ok.group == group]
+    data = ok.groupby(["category", "shots"]).agg(n_classes=("n_classes", "max"), n_queries=("n_queries", "median"),
+                                                  chance_pct=("chance", "mean"), majority_pct=("majority", "mean")).reset_index()  # fmt: skip
+    disp = data.groupby("category").agg(C=("n_classes", "max"), chance=("chance_pct", "mean"))
+    disp["C"] = disp.C.map(lambda c: str(int(c)) if pd.notna(c) else "–")
+    disp["chance"] = disp.chance.map(fmt)
+    for s, g in data.groupby("shots"):
+        g = g.set_index("category")
+        disp[f"{s}-shot queries (majority %)"] = [f"{int(g.n_queries[c])} ({fmt(g.majority_pct[c])})" if c in g.index else "–" for c in disp.index]
+    disp.index.name = "category"
+    return Table(f"categories-{group}", "Categories: classes and queries", disp, data.assign(group=group),
+                 "C = defect types (classes); queries = defective test images left after the support; chance = 1/C; "
+                 "majority = accuracy of always predicting the largest query class (datasets.md §1.1)")  # fmt: skip
+
+
+def method_table(res: Results, cid: str, n_boot: int, boot_seed: int) -> Table:
+    """The paper's table shape for one configuration: categories × shots, plus an average row."""
+    f = _f(res, cid)
+    c, a = cells(res, cid), averages(res, cid, n_boot, boot_seed)
+    disp = c.assign(cell=[cell_text(*r) for r in c[["mean_pct", "std_pct", "n", "N"]].itertuples(index=False)])
+    disp = disp.pivot(index="category", columns="shots", values="cell")
+    disp.loc["average"] = [cell_text(r.mean_pct, r.std_pct, r.n, r.N) for r in a.itertuples()]
+    disp.columns = [f"{s}-shot" for s in disp.columns]
+    disp.index.name = "category"
+    seeds = res.grid(group_label(f))[1]
+    data = pd.concat([c, a], ignore_index=True).assign(configuration=res.labels[cid], method=f["method"], group=group_label(f))
+    cap = (f"accuracy %, mean ± sample std (ddof=1) over seeds {seeds} per category (unit of variance: seed); average row = "
+           f"unweighted mean over categories ± std of the per-seed category means; {weights_desc(f)}")  # fmt: skip
+    notes = [INCOMPLETE] if (c.n < c.N).any() else []
+    return Table(f"method-{res.labels[cid]}-{group_label(f)}", f"{res.labels[cid]}: {paper.ablation_name(f['method'])}", disp, data, cap, notes)
+
+
+def paper_compare_table(res: Results, cid: str) -> Table | None:
+    """The run's own figures next to the paper's for the same method, category and shots (None if no paper table)."""
+    f = _f(res, cid)
+    found = paper.paper_numbers(f["method"], f["dataset"], f.get("class_set.good") == "included")
+    if found is None:
+        return None
+    name, body, printed = found
+    c = cells(res, cid)
+    cats = sorted(set(c.category))  # the run's grid; the paper's other categories are not compared
+    rows, disp = [], pd.DataFrame(index=pd.Index(cats + ["average"], name="category"))
+    for s in sorted(set(c.shots)):
+        ours = c[c.shots == s].set_index("category")
+        p = body[s].dropna() if s in body.columns else pd.Series(dtype=float)
+        col_o, col_p = [], []
+        for cat in cats:
+            o, pv = ours.loc[cat], float(p.get(cat, np.nan))
+            col_o.append(cell_text(o.mean_pct, o.std_pct, int(o.n), int(o.N)))
+            col_p.append(fmt(pv))
+            rows.append({"category": cat, "shots": s, "ours_mean_pct": o.mean_pct, "ours_std_pct": o.std_pct, "ours_n": int(o.n),
+                         "ours_N": int(o.N), "paper_pct": pv, "diff_pct": o.mean_pct - pv, "paper_table": name})  # fmt: skip
+        both = [cat for cat in cats if ours.loc[cat].n > 0 and cat in p.index]
+        ours_avg = float(np.mean([ours.loc[x].mean_pct for x in both])) if both else np.nan
+        paper_avg = float(np.mean([p[x] for x in both])) if both else np.nan
+        part = "" if len(both) == len(p) else f" ({len(both)}/{len(p)} cat.)"
+        col_o.append(fmt(ours_avg) + part)
+        shown_printed = not part and s in printed.index and abs(printed[s] - paper_avg) > 0.005
+        col_p.append(fmt(paper_avg) + part + (f" (printed {fmt(printed[s])})" if shown_printed else ""))
+        disp[f"{s}-shot ours"], disp[f"{s}-shot paper"] = col_o, col_p
+        rows.append({"category": "average", "shots": s, "ours_mean_pct": ours_avg, "ours_n": len(both), "ours_N": len(p),
+                     "paper_pct": paper_avg, "diff_pct": ours_avg - paper_avg, "paper_table": name})  # fmt: skip
+    cap = (f"ours: accuracy % mean ± std over seeds; paper: {name} of arXiv 2406.05645 as printed; average row = mean over the categories "
+           f"present in both (k/K cat. when not all K paper categories ran), recomputed; the printed average is shown where it differs; "
+           f"{weights_desc(f)}")  # fmt: skip
+    notes = ["paper numbers are one source's reading of the PDF (method-spec §3); gaps of a few points are within the paper's own noise."]
+    if f["weights"] == "random":
+        notes.insert(0, "WARNING: random-init backbone: these results are NOT comparable with the paper's ImageNet numbers.")
+    return Table(f"paper-{res.labels[cid]}-{group_label(f)}", f"{res.labels[cid]} vs paper ({name})", disp,
+                 pd.DataFrame(rows).assign(configuration=res.labels[cid]), cap, notes)  # fmt: skip
+
+
+def ablation_table(res: Results, group: str, n_boot: int, boot_seed: int, compare: bool) -> Table:
+    """Configurations × shots, averaged over categories, rows named as the paper's ablation names them."""
+    rows, data = {}, []
+    for cid in res.config_ids(group):
+        f, a = _f(res, cid), averages(res, cid, n_boot, boot_seed)
+        label = res.labels[cid]
+        name = paper.ablation_name(f["method"]) + (label[len(f["method"]):] if label != f["method"] else "")
+        cell = {f"{r.shots}-shot": f"{fmt(r.mean_pct)} [{fmt(r.ci_low_pct)}, {fmt(r.ci_high_pct)}]" + ("" if r.n >= r.N else f" ({r.n}/{r.N})†")
+                for r in a.itertuples()}  # fmt: skip
+        found = paper.paper_numbers(f["method"], f["dataset"], f.get("class_set.good") == "included") if compare else None
+        if found is not None:
+            body = found[1]
+            for s in [x for x in body.columns if x in res.grid(group)[2]]:
+                col = body[s].dropna()
+                sub = col[col.index.isin(res.grid(group)[0])]
+                cell[f"{s}-shot paper"] = fmt(sub.mean() if len(sub) else np.nan) + ("" if len(sub) == len(col) else f" ({len(sub)}/{len(col)} cat.)")
+        rows[name] = {"configuration": label, **cell}
+        data.append(a.assign(configuration=label, paper_row=name, group=group))
+    ref = reference_rows(res, group)
+    for kind in ref.index:
+        rows[kind] = {"configuration": "reference", **{f"{s}-shot": fmt(ref.loc[kind, s]) for s in ref.columns}}
+        data.append(pd.DataFrame({"shots": ref.columns, "mean_pct": ref.loc[kind].values, "configuration": kind, "paper_row": kind, "group": group}))
+    disp = pd.DataFrame.from_dict(rows, orient="index")
+    disp.index.name = "row (paper's name)"
+    cols = ["configuration"] + sorted([c for c in disp.columns if c != "configuration"], key=lambda c: (int(c.split("-")[0]), c))
+    cap = (f"accuracy %, unweighted mean over categories of the seed means [95% CI: category-stratified bootstrap over seeds, "
+           f"{n_boot:,} resamples; unit of variance = one (category, seed) run]; chance / majority = mean over categories")  # fmt: skip
+    if compare:
+        cap += "; paper = average of the paper table named in the row, recomputed over this grid's categories (k/K cat. when partial)"
+    notes = [INCOMPLETE] if any("†" in str(v) for v in disp.values.ravel()) else []
+    return Table(f"ablation-{group}", "Ablation: configurations × shots", disp[cols], pd.concat(data, ignore_index=True), cap, notes)
+
+
+def paired_table(res: Results, group: str) -> Table | None:
+    """P(A > B) on a random paired (category, seed) run, per shots, for every pair of configurations."""
+    ids = res.config_ids(group)
+    if len(ids) < 2:
+        return None
+    ok = res.ok()
+    rows, data = {}, []
+    for a, b in combinations(ids, 2):
+        cell = {}
+        for s in res.grid(group)[2]:
+            sa, sb = (ok[(ok.config == c) & (ok.shots == s)].set_index(["category", "seed"]).accuracy for c in (a, b))
+            p = prob_improvement(sa, sb)
+            n = len(sa.index.intersection(sb.index))
+            cell[f"{s}-shot"] = f"{fmt(p)} (n={n})"
+            data.append({"a": res.labels[a], "b": res.labels[b], "shots": s, "p_a_beats_b": p, "n_pairs": n})
+        rows[f"{res.labels[a]} > {res.labels[b]}"] = cell
+    disp = pd.DataFrame.from_dict(rows, orient="index")
+    disp.index.name = "A > B"
+    return Table(f"paired-{group}", "Paired comparison: probability of improvement", disp, pd.DataFrame(data),
+                 "P(A > B) on a random (category, seed) run both finished, ties ½, categories weighted equally; n = paired runs")  # fmt: skip
+
+
+def _detail_rows(res: Results, cid: str, category: str, shots: int | None = None) -> list[dict]:
+    ok = res.ok()
+    sel = ok[(ok.config == cid) & (ok.category == category)]
+    if shots is not None:
+        sel = sel[sel.shots == shots]
+    return list(sel.row)
+
+
+def per_class_table(res: Results, cid: str, category: str) -> Table | None:
+    """Recall per defect type × shots for one configuration and category (mean ± std over seeds)."""
+    rows = _detail_rows(res, cid, category)
+    if not rows:
+        return None
+    data = pd.DataFrame([{"class": k, "shots": r["shots"], "seed": r["seed"], "recall_pct": 100 * float(v)}
+                         for r in rows for k, v in (r.get("per_class_recall") or {}).items()])  # fmt: skip
+    if data.empty:
+        return None
+    g = data.groupby(["class", "shots"]).recall_pct.agg(["mean", "std", "count"]).reset_index()
+    disp = g.assign(cell=[f"{fmt(m)} ± {fmt(s)} ({n})" for m, s, n in g[["mean", "std", "count"]].itertuples(index=False)])
+    disp = disp.pivot(index="class", columns="shots", values="cell")
+    disp.columns = [f"{s}-shot" for s in disp.columns]
+    disp.index.name = "defect type"
+    return Table(f"perclass-{res.labels[cid]}-{category}-{group_label(_f(res, cid))}", f"{res.labels[cid]}: recall per defect type, {category}",
+                 disp, g.rename(columns={"mean": "recall_mean_pct", "std": "recall_std_pct", "count": "n_seeds"}).assign(configuration=res.labels[cid], category=category),
+                 "recall % per true class, mean ± std over seeds (number of seeds); few queries per class make these coarse")  # fmt: skip
+
+
+def confusion(res: Results, cid: str, category: str, shots: int) -> tuple[Table, np.ndarray, list[str]] | None:
+    """Confusion matrix summed over seeds (rows = true, columns = predicted), as a table and an array."""
+    rows = _detail_rows(res, cid, category, shots)
+    rows = [r for r in rows if r.get("confusion") and r.get("class_names")]
+    if not rows:
+        return None
+    names = list(rows[0]["class_names"])
+    total = sum(np.asarray(r["confusion"], dtype=int) for r in rows if list(r["class_names"]) == names)
+    disp = pd.DataFrame(total, index=pd.Index(names, name="true \\ predicted"), columns=names)
+    data = disp.stack().rename("count").reset_index().set_axis(["true", "predicted", "count"], axis=1)
+    t = Table(f"confusion-{res.labels[cid]}-{category}-{shots}-{group_label(_f(res, cid))}",
+              f"{res.labels[cid]}: confusion matrix, {category}, {shots}-shot", disp, data.assign(configuration=res.labels[cid]),
+              f"query counts summed over {len(rows)} seed(s); rows = true defect type, columns = predicted")  # fmt: skip
+    return t, total, names
+
+
+def build_report(
+    res: Results,
+    compare: bool = False,
+    categories: list[str] | None = None,
+    detail_shots: int | None = None,
+    n_boot: int = DEFAULT_BOOT,
+    boot_seed: int = DEFAULT_BOOT_SEED,
+    plots_dir: Path | None = None,
+    command: str | None = None,
+) -> Document:
+    """The full report document (tables, and plots when ``plots_dir`` is given)."""
+    from bench import plots
+
+    doc = Document("Few-shot defect-type classification: report", res.intro(), command=command)
+    doc.sections.append(Section("Configurations", tables=[configs_table(res)]))
+    for group in res.groups():
+        cats, seeds, shots = res.grid(group)
+        ids = res.config_ids(group)
+        detail = detail_shots if detail_shots in shots else max(shots)
+        head = [f"Expected grid: {len(cats)} categories × {len(seeds)} seeds {seeds} × shots {shots}."]
+        doc.sections.append(Section(f"{group}: categories", head, [category_table(res, group)]))
+        tables = []
+        for cid in ids:
+            tables.append(method_table(res, cid, n_boot, boot_seed))
+            cmp_t = paper_compare_table(res, cid) if compare else None
+            if cmp_t is not None:
+                tables.append(cmp_t)
+        text = []
+        dataset = res.configs[ids[0]]["dataset"]
+        if compare and dataset not in paper.PAPER_DATASETS:
+            text.append(f"--compare paper: the paper reports no numbers for dataset {dataset!r} (only {', '.join(paper.PAPER_DATASETS)}).")
+        elif compare and not any(paper.paper_table_name(res.configs[c]["method"], dataset) for c in ids):
+            text.append(f"--compare paper: the paper reports none of these methods on {dataset!r}.")
+        doc.sections.append(Section(f"{group}: per configuration", text, tables))
+        abl = Section(f"{group}: ablation", tables=[ablation_table(res, group, n_boot, boot_seed, compare)])
+        pt = paired_table(res, group)
+        if pt is not None:
+            abl.tables.append(pt)
+        if plots_dir is not None and (res.ok().group == group).any():
+            curves = {res.labels[c]: averages(res, c, n_boot, boot_seed) for c in ids}
+            ref = reference_rows(res, group)
+            abl.figures.append(plots.accuracy_vs_shots(
+                curves, plots_dir / slug(f"acc-vs-shots-{group}"), f"Accuracy vs shots ({group})",
+                {k: ref.loc[k] for k in ref.index},
+                f"mean over categories; band = 95% category-stratified bootstrap CI over seeds ({n_boot:,} resamples); {group}"))  # fmt: skip
+            cs = {res.labels[c]: at_shots(cells(res, c), detail) for c in ids}
+            means = pd.DataFrame({k: v.mean_pct for k, v in cs.items()})
+            errs = pd.DataFrame({k: v.ci_high_pct - v.mean_pct for k, v in cs.items()})
+            abl.figures.append(plots.category_bars(means, errs, plots_dir / slug(f"categories-{detail}shot-{group}"),
+                                                   f"Per-category accuracy, {detail}-shot ({group})",
+                                                   f"mean over seeds; error bar = 95% t-interval across seeds; {group}"))  # fmt: skip
+        doc.sections.append(abl)
+        for cat in [c for c in (categories or cats[:1]) if c in cats]:
+            sec = Section(f"{group}: per class, {cat}")
+            for cid in ids:
+                pc = per_class_table(res, cid, cat)
+                if pc is not None:
+                    sec.tables.append(pc)
+                cm = confusion(res, cid, cat, detail)
+                if cm is not None:
+                    sec.tables.append(cm[0])
+                    if plots_dir is not None:
+                        sec.figures.append(plots.confusion_heatmap(cm[1], cm[2], plots_dir / slug(cm[0].key), cm[0].title,
+                                                                   cm[0].title + " (row-normalised; numbers = counts summed over seeds)"))  # fmt: skip
+            doc.sections.append(sec)
+    return doc
+
+
+def command_line(name: str, args: argparse.Namespace, flags: dict[str, str]) -> str:
+    """Reconstruct ``python -m bench NAME ...`` from parsed arguments (the exact regenerating command)."""
+    parts = ["python", "-m", "bench", name, *[str(p) for p in args.results]]
+    for dest, flag in flags.items():
+        v = getattr(args, dest, None)
+        if v is None or v is False:
+            continue
+        if v is True:
+            parts.append(flag)
+        elif isinstance(v, (list, tuple)):
+            parts += [flag, *[str(x) for x in v]]
+        else:
+            parts += [flag, str(v)]
+    return shlex.join(parts)
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", nargs="+", help="results.jsonl files or run folders")
+    p.add_argument("--format", nargs="+", default=["md"], choices=[*FORMATS, "all"], help="output formats (default md)")
+    p.add_argument("--out", default="report", help="output folder (default report/); '-' prints Markdown to stdout")
+    p.add_argument("--compare", choices=["paper"], help="put the paper's reported numbers next to ours")
+    p.add_argument("--category", nargs="+", help="categories for per-class tables and confusion matrices (default: the first)")
+    p.add_argument("--detail-shots", type=int, help="shots for confusion matrices and per-category bars (default: the largest)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG/SVG plots")
+    p.add_argument("--boot", type=int, default=DEFAULT_BOOT, help=f"bootstrap resamples (default {DEFAULT_BOOT:,})")
+    p.add_argument("--boot-seed", type=int, default=DEFAULT_BOOT_SEED, help="seed of the bootstrap generator (default 0)")
+
+
+FLAGS = {"format": "--format", "out": "--out", "compare": "--compare", "category": "--category", "detail_shots": "--detail-shots",
+         "no_plots": "--no-plots", "boot": "--boot", "boot_seed": "--boot-seed"}  # fmt: skip
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.boot < 100:
+        raise BenchError(f"--boot {args.boot} is too few bootstrap resamples for a 95% interval; use ≥ 1000 (default 10,000).")
+    res = load_results(args.results)
+    grids = [res.grid(g) for g in res.groups()]
+    unknown = sorted(set(args.category or []) - {c for cats, _, _ in grids for c in cats})
+    if unknown:
+        raise BenchError(f"--category {', '.join(unknown)}: not in these results; they hold {', '.join(sorted({c for g in grids for c in g[0]}))}.")
+    if args.detail_shots is not None and not any(args.detail_shots in shots for _, _, shots in grids):
+        raise BenchError(f"--detail-shots {args.detail_shots}: no results at that shot count; they hold {sorted({s for g in grids for s in g[2]})}.")
+    formats = list(FORMATS) if "all" in args.format else list(dict.fromkeys(args.format))
+    cmd = command_line("report", args, FLAGS)
+    if args.out == "-":
+        doc = build_report(res, args.compare == "paper", args.category, args.detail_shots, args.boot, args.boot_seed, None, cmd)
+        sys.stdout.write(to_markdown(doc))
+    else:
+        out = Path(args.out)
+        plots_dir = None if args.no_plots else out / "plots"
+        doc = build_report(res, args.compare == "paper", args.category, args.detail_shots, args.boot, args.boot_seed, plots_dir, cmd)
+        written: list[Path] = []
+        for fmt_ in formats:
+            target = out / "csv" if fmt_ == "csv" else out / f"report{'.tex' if fmt_ == 'latex' else '.' + fmt_}"
+            written += write_document(doc, fmt_, target)
+        if plots_dir is not None:
+            written += sorted(plots_dir.glob("*.*"))
+        print(f"wrote {len(written)} file(s) to {out}/: " + ", ".join(str(p.relative_to(out)) for p in written[:8])
+              + (" ..." if len(written) > 8 else ""))  # fmt: skip
+    if res.skipped_lines:
+        print(f"skipped {res.skipped_lines} unreadable line(s) in the results (e.g. a run killed mid-write)", file=sys.stderr)
+    return 0

@@ -1,0 +1,124 @@
+"""t-SNE of support and query embeddings before and after a method (as in the paper's Figures 7–8).
+
+Examples::
+
+    python -m bench tsne --method contrastive --category bottle --shots 5 --seed 1 --out tsne/
+    python -m bench tsne --method contrastive --dataset mvtec_ad --data-root /data/mvtec_ad --category screw --shots 2
+
+Runs ONE job in this process (the same episode, features and method as ``bench run``): "before" is the
+spatial mean of the raw PatchCore features (``FeatureStore.patch_features``), "after" is the method's own
+embedding (its ``embed(paths) -> (N, E)`` method; methods without one cannot be shown). Writes
+``tsne-<method>-<category>-<shots>shot-seed<seed>.{png,svg,csv}`` (the CSV holds both 2-D maps per image).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import BenchError, ConfigError
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", required=True, help="registered method name with an embedding (e.g. contrastive)")
+    p.add_argument("--category", required=True, help="category to show")
+    p.add_argument("--shots", type=int, default=5, help="support images per defect type (default 5)")
+    p.add_argument("--seed", type=int, default=1, help="run seed (default 1)")
+    p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE", help="method option override (repeatable)")
+    p.add_argument("--dataset", default="synthetic", help="dataset adapter (default synthetic)")
+    p.add_argument("--data-root", help="dataset root folder")
+    p.add_argument("--protocol", choices=["paper", "random"], default="paper", help="support selection (default paper)")
+    p.add_argument("--backbone", default="resnet50", help="timm backbone (default resnet50)")
+    p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a local weights file")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--cache-dir", help="cache folder (default $BENCH_CACHE or ~/.cache/fsad-bench)")
+    p.add_argument("--perplexity", type=float, help="t-SNE perplexity (default min(30, (N-1)/3))")
+    p.add_argument("--tsne-seed", type=int, default=0, help="t-SNE random state (default 0)")
+    p.add_argument("--out", default="tsne", help="output folder (default tsne/)")
+
+
+def _numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def tsne_2d(x: np.ndarray, perplexity: float | None, seed: int) -> np.ndarray:
+    """2-D t-SNE (scikit-learn, PCA init, fixed random state, exact gradients up to 1000 points) of (N, D) vectors."""
+    from sklearn.manifold import TSNE
+
+    n = len(x)
+    if n < 4:
+        raise BenchError(f"t-SNE needs at least 4 images, this episode has {n}: use a category with more images or more shots.")
+    perp = perplexity if perplexity is not None else min(30.0, max(2.0, (n - 1) / 3))
+    if perp >= n:
+        raise ConfigError(f"--perplexity {perp} must be smaller than the number of images ({n}).")
+    method = "exact" if n <= 1000 else "barnes_hut"  # one category has at most a few hundred images: exact is fast
+    return TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed, method=method).fit_transform(x)
+
+
+def main(args: argparse.Namespace) -> int:
+    from bench import plots
+    from bench.cmd_run import parse_set
+    from bench.episodes import make_episode
+    from bench.method import SupportSet, TaskContext, get_method
+    from bench.runner import RunConfig, get_store, preflight, resolve_device
+
+    spec = get_method(args.method)
+    if not callable(getattr(spec.cls, "embed", None)):
+        raise BenchError(
+            f"method {args.method!r} exposes no embedding (its class {spec.cls.__name__} has no embed(paths) method), so there "
+            "is no 'after' space to show. Use a method that learns an embedding, e.g. --method contrastive."
+        )
+    cfg = RunConfig(
+        methods=[args.method], method_options=parse_set(args.set_), dataset=args.dataset, data_root=args.data_root,
+        categories=[args.category], shots=[args.shots], seeds=[args.seed], protocol=args.protocol,
+        backbone=args.backbone, weights=args.weights, device=args.device, cache_dir=args.cache_dir,
+    )  # fmt: skip
+    samples = preflight(cfg)
+    if args.category not in samples.categories():
+        why = samples.skipped.get(args.category)
+        raise BenchError(f"category {args.category!r} is not usable in dataset {args.dataset!r}" + (f": {why}" if why else ""))
+    ep = make_episode(samples, args.category, args.shots, args.seed, cfg.protocol, cfg.include_good)
+    store = get_store(cfg)
+    ctx = TaskContext(
+        dataset=samples.dataset, category=args.category, seed=args.seed, shots=args.shots,
+        train_paths=samples.train_paths(args.category), store_factory=lambda: store, coreset_ratio=cfg.coreset_ratio,
+        device=resolve_device(cfg.device), cache_root=Path(cfg.cache_dir) if cfg.cache_dir else None, textures=cfg.textures,
+    )  # fmt: skip
+    method = spec.cls(spec.make_config(cfg.method_options), ctx)
+    method.name = spec.name
+    support = SupportSet(tuple(ep.support_paths()), tuple(ep.support_labels()), ep.class_names)
+    method.fit(support)
+    paths = list(ep.support_paths()) + list(ep.queries)
+    labels = np.array(list(ep.support_labels()) + list(ep.query_labels))
+    is_support = np.arange(len(paths)) < len(support.paths)
+    before = _numpy(ctx.features.patch_features(paths).mean((2, 3)))
+    after = _numpy(method.embed(paths))
+    if after.ndim != 2 or after.shape[0] != len(paths):
+        raise BenchError(f"method {args.method!r}: embed() returned shape {after.shape}, expected ({len(paths)}, E)")
+    y_pred = np.asarray(method.predict(list(ep.queries))).argmax(axis=1)
+    acc = float((y_pred == np.asarray(ep.query_labels)).mean()) if len(ep.queries) else float("nan")
+    xy_b, xy_a = tsne_2d(before, args.perplexity, args.tsne_seed), tsne_2d(after, args.perplexity, args.tsne_seed)
+    out = Path(args.out)
+    stem = out / f"tsne-{args.method}-{args.category}-{args.shots}shot-seed{args.seed}"
+    weights = store.weights_info.record()
+    title = (f"{args.method}, {args.dataset}/{args.category}, {args.shots}-shot, seed {args.seed} (query accuracy {100 * acc:.1f}%); "
+             f"{weights['backbone']} / {weights['weights']}")  # fmt: skip
+    fig = plots.tsne_scatter(
+        {f"before: pooled PatchCore features ({before.shape[1]}-d)": xy_b, f"after: {args.method} embedding ({after.shape[1]}-d)": xy_a},
+        labels, is_support, ep.class_names, stem, title,
+    )  # fmt: skip
+    pd.DataFrame({
+        "path": paths, "class": [ep.class_names[i] for i in labels], "role": np.where(is_support, "support", "query"),
+        "before_x": xy_b[:, 0], "before_y": xy_b[:, 1], "after_x": xy_a[:, 0], "after_y": xy_a[:, 1],
+    }).to_csv(stem.with_suffix(".csv"), index=False)  # fmt: skip
+    print(f"wrote {fig.png}, {fig.svg}, {stem.with_suffix('.csv')} ({len(paths)} images: {int(is_support.sum())} support, "
+          f"{len(ep.queries)} queries; query accuracy {100 * acc:.1f}%)")  # fmt: skip
+    if not weights.get("pretrained", True):
+        print("note: random-init backbone (--weights random): not comparable with the paper's figures.")
+    return 0

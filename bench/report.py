@@ -1,0 +1,269 @@
+"""Result tables built from results files: loading, configurations, coverage and the report's tables.
+
+Rows are read with :func:`bench.results.read_rows` (truncated or corrupt lines are skipped and counted)
+and deduplicated per job key with :func:`bench.results.latest_ok`. A *configuration* is everything in a
+row except category, shots, seed and bookkeeping (key, timing, env, created, metrics): method, method
+options, feature options, backbone weights, dataset, protocol, class set, textures and harness version.
+Rows of different configurations are never averaged together; each configuration gets a readable label
+(the method name plus only the fields that differ between configurations of that method). A *group* is a
+dataset × protocol × class-set universe; its categories, seeds and shots (the union over all its rows,
+failed ones included) are the expected grid, so missing seeds, failed jobs and missing categories show as
+n/N instead of being averaged as if complete. Accuracies are in percent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.results import latest_ok, read_rows
+from bench.seeding import stable_int
+from bench.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, Interval, stratified_bootstrap_mean, t_interval
+
+# Fields that follow from another one: not repeated in labels when that one already differs.
+IMPLIED = {"weights": ("weights.source", "weights.sha256", "zero_init_last"), "weights.sha256": ("weights.source",)}
+SHORT = {"weights.sha256": "sha256", "weights.source": "source", "method_config_hash": "config"}
+
+
+def _s(v: Any) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v, sort_keys=True, default=str)
+    return str(v)
+
+
+def config_fields(row: dict[str, Any]) -> dict[str, str]:
+    """The fields that identify a row's configuration (all values as strings)."""
+    feats = dict(row.get("features") or {})
+    w = dict(row.get("weights") or {})
+    sha = w.get("sha256") or ""
+    f = {
+        "method": _s(row.get("method")),
+        "method_config_hash": _s(row.get("method_config_hash")),
+        "backbone": _s(w.get("backbone") or feats.get("backbone")),
+        "weights": _s(w.get("weights") or feats.get("weights")),
+        "weights.source": "" if sha else _s(w.get("source")),
+        "weights.sha256": sha[:12],
+        "zero_init_last": _s(w.get("zero_init_last", feats.get("zero_init_last"))),
+        "dataset": _s(row.get("dataset")),
+        "protocol": _s(row.get("protocol")),
+        "textures": _s(row.get("textures")),
+        "harness": _s((row.get("env") or {}).get("harness")),
+    }
+    for k, v in sorted((row.get("method_config") or {}).items()):
+        f[f"option.{k}"] = _s(v)
+    for k, v in sorted(feats.items()):
+        if k not in ("key", "backbone", "weights", "zero_init_last"):
+            f[f"features.{k}"] = _s(v)
+    for k, v in sorted((row.get("class_set") or {}).items()):
+        f[f"class_set.{k}"] = _s(v)
+    return f
+
+
+def group_label(f: dict[str, str]) -> str:
+    """The comparison universe of a configuration: dataset · protocol · class set."""
+    cs = f"combined {f.get('class_set.combined', '?')}, good {f.get('class_set.good', '?')}"
+    return f"{f['dataset']} · {f['protocol']} · {cs}"
+
+
+def short_name(key: str) -> str:
+    return SHORT.get(key, key.split(".", 1)[1] if "." in key else key)
+
+
+def make_labels(configs: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Method name, plus ``[field=value, ...]`` for the fields that differ between configs of that method in a group.
+
+    Groups (dataset · protocol · class set) are never compared with each other, so they are named by their
+    section, not in the label.
+    """
+    by_method: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for cid, f in configs.items():
+        by_method[(f["method"], group_label(f))].append(cid)
+    labels = {}
+    for (method, _), ids in by_method.items():
+        if len(ids) == 1:
+            labels[ids[0]] = method
+            continue
+        keys = sorted({k for i in ids for k in configs[i]})
+        diff = [k for k in keys if k != "method_config_hash" and len({configs[i].get(k, "none") for i in ids}) > 1]
+        diff = diff or ["method_config_hash"]
+        implied = {d for k in diff for d in IMPLIED.get(k, ())}
+        for keys_ in ([k for k in diff if k not in implied], diff):  # shortest labels that are still unique
+            cand = {i: f"{method} [" + ", ".join(f"{short_name(k)}={configs[i].get(k, 'none')}" for k in keys_) + "]" for i in ids}
+            if len(set(cand.values())) == len(ids):
+                break
+        labels.update(cand)
+    return labels
+
+
+def weights_desc(f: dict[str, str]) -> str:
+    """Backbone and weights, with random-init results flagged as not comparable with the paper."""
+    if f["weights"] == "random":
+        return f"{f['backbone']} / random init (NOT comparable with the paper)"
+    if f["weights"] == "file" or f["weights.sha256"]:
+        return f"{f['backbone']} / {f['weights']} sha256:{f['weights.sha256']}"
+    return f"{f['backbone']} / {f['weights']}"
+
+
+@dataclass
+class Results:
+    """Rows of one or more results files, one per job, with configuration ids and labels.
+
+    Attributes:
+        frame: one row per job; columns config, label, group, method, dataset, category, shots, seed,
+            status, error, accuracy (percent), chance, majority (percent), n_classes, n_queries, row (the raw dict).
+        configs: per configuration id: label, group, method and the identifying fields.
+    """
+
+    frame: pd.DataFrame
+    configs: dict[str, dict[str, str]]
+    labels: dict[str, str]
+    sources: list[str]
+    skipped_lines: int = 0
+    skipped_detail: list[str] = field(default_factory=list)
+    superseded: int = 0
+
+    def ok(self) -> pd.DataFrame:
+        f = self.frame
+        return f[(f.status == "ok") & np.isfinite(f.accuracy.astype(float))]
+
+    def groups(self) -> list[str]:
+        return sorted(self.frame.group.unique())
+
+    def grid(self, group: str) -> tuple[list[str], list[int], list[int]]:
+        """Expected categories, seeds and shots of a group (union over all its rows, failed ones included)."""
+        g = self.frame[self.frame.group == group]
+        return sorted(g.category.unique()), sorted(int(s) for s in g.seed.unique()), sorted(int(s) for s in g.shots.unique())
+
+    def config_ids(self, group: str) -> list[str]:
+        from bench.paper import ablation_order
+
+        ids = [c for c in self.configs if group_label(self.configs[c]) == group]
+        return sorted(ids, key=lambda c: (ablation_order(self.configs[c]["method"]), self.labels[c]))
+
+    def intro(self) -> list[str]:
+        lines = [f"Sources: {', '.join(self.sources)}; {len(self.frame)} job(s), {len(self.configs)} configuration(s)."]
+        if self.skipped_lines:
+            lines.append(f"skipped {self.skipped_lines} unreadable line(s) (e.g. a run killed mid-write): "
+                         + "; ".join(self.skipped_detail[:3]))  # fmt: skip
+        failed = self.frame[self.frame.status != "ok"]
+        if len(failed):
+            errors = failed.error.fillna("no message").astype(str).str.slice(0, 120).value_counts()
+            lines.append(f"{len(failed)} failed job(s), counted as missing in every table: "
+                         + "; ".join(f"{n}× {e}" for e, n in errors.head(3).items()))  # fmt: skip
+        if self.superseded:
+            lines.append(f"{self.superseded} older run(s) of the same (configuration, category, shots, seed) under "
+                         "another job key were superseded by the latest one.")  # fmt: skip
+        return lines
+
+
+def load_results(paths: Iterable[str | Path]) -> Results:
+    """Read results files (or run folders) into :class:`Results`."""
+    paths = [str(p) for p in paths]
+    read = read_rows(paths)
+    rows = latest_ok(read.rows)
+    if not rows:
+        raise BenchError(f"no result rows in {', '.join(paths)}: run `python -m bench run ...` first.")
+    configs: dict[str, dict[str, str]] = {}
+    recs = []
+    for r in rows:
+        f = config_fields(r)
+        cid = str(stable_int(*sorted(f.items())))
+        configs.setdefault(cid, f)
+        acc = r.get("accuracy")
+        recs.append({
+            "config": cid, "group": group_label(f), "method": f["method"], "dataset": f["dataset"],
+            "category": str(r.get("category")), "shots": int(r.get("shots", -1)), "seed": int(r.get("seed", -1)),
+            "status": r.get("status"), "error": r.get("error"),
+            "accuracy": 100 * float(acc) if acc is not None else np.nan,
+            "chance": 100 * float(r["chance"]) if r.get("chance") is not None else np.nan,
+            "majority": 100 * float(r["majority"]) if r.get("majority") is not None else np.nan,
+            "n_classes": r.get("n_classes"), "n_queries": r.get("n_queries"),
+            "created": str(r.get("created") or ""), "row": r,
+        })  # fmt: skip
+    frame = pd.DataFrame(recs)
+    frame["_ok"] = (frame.status == "ok") & np.isfinite(frame.accuracy.astype(float))
+    frame = frame.sort_values(["_ok", "created"], kind="stable")
+    unit = ["config", "category", "shots", "seed"]
+    superseded = int(frame.duplicated(unit, keep="last").sum())
+    frame = frame.drop_duplicates(unit, keep="last").drop(columns="_ok").reset_index(drop=True)
+    labels = make_labels(configs)
+    frame["label"] = frame.config.map(labels)
+    return Results(frame, configs, labels, paths, read.skipped_lines, read.skipped_detail, superseded)
+
+
+# ------------------------------------------------------------------------------------------ numbers
+def cells(res: Results, cid: str) -> pd.DataFrame:
+    """Per (category, shots) of the group's grid: mean, std (ddof 1), t-interval, n finished seeds, N expected."""
+    group = group_label(res.configs[cid])
+    cats, seeds, shots = res.grid(group)
+    ok = res.ok()
+    ok = ok[ok.config == cid]
+    out = []
+    for c in cats:
+        for s in shots:
+            v = ok[(ok.category == c) & (ok.shots == s)].accuracy.to_numpy(float)
+            ti = t_interval(v)
+            std = float(np.std(v, ddof=1)) if len(v) > 1 else np.nan
+            out.append({"category": c, "shots": s, "mean_pct": ti.mean, "std_pct": std, "ci_low_pct": ti.low,
+                        "ci_high_pct": ti.high, "n": len(v), "N": len(seeds)})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def boot_rng(seed: int, cid: str, shots: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, stable_int("bootstrap", cid, shots)]))
+
+
+def averages(res: Results, cid: str, n_boot: int = DEFAULT_BOOT, boot_seed: int = DEFAULT_BOOT_SEED) -> pd.DataFrame:
+    """Per shots: mean over categories of category means, bootstrap CI, std of per-seed means, coverage."""
+    group = group_label(res.configs[cid])
+    cats, seeds, shots = res.grid(group)
+    ok = res.ok()
+    ok = ok[ok.config == cid]
+    out = []
+    for s in shots:
+        sub = ok[ok.shots == s]
+        wide = sub.pivot_table(index="category", columns="seed", values="accuracy").reindex(index=cats, columns=seeds)
+        iv: Interval = stratified_bootstrap_mean(wide, n_boot=n_boot, rng=boot_rng(boot_seed, cid, s))
+        per_seed = wide.dropna(axis=1, how="any").mean(axis=0)  # seeds with every category
+        n_cat = int(wide.notna().any(axis=1).sum())
+        out.append({"category": "average", "shots": s, "mean_pct": iv.mean,
+                    "std_pct": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else np.nan,
+                    "ci_low_pct": iv.low, "ci_high_pct": iv.high, "n": int(wide.notna().sum().sum()),
+                    "N": len(cats) * len(seeds), "n_categories": n_cat, "N_categories": len(cats)})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def fmt(x: float, nd: int = 2) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{x:.{nd}f}"
+
+
+def cell_text(mean: float, std: float, n: int, big_n: int) -> str:
+    """``mean ± std``, with ``(n/N)†`` when not every expected run finished; ``—`` when none did."""
+    if n == 0:
+        return f"— (0/{big_n})"
+    text = f"{fmt(mean)} ± {fmt(std)}"
+    return text if n >= big_n else f"{text} ({n}/{big_n})†"
+
+
+def reference_rows(res: Results, group: str) -> pd.DataFrame:
+    """Chance and majority-class accuracy (percent) per shots: mean over categories of the rows' values."""
+    ok = res.ok()
+    ok = ok[ok.group == group]
+    per_cat = ok.groupby(["shots", "category"])[["chance", "majority"]].mean()
+    return per_cat.groupby("shots").mean().T  # index chance/majority, columns shots
+
+
+def at_shots(frame: pd.DataFrame, shots: int) -> pd.DataFrame:
+    """Rows of a :func:`cells` frame at one shot count, indexed by category."""
+    return frame[frame.shots == shots].set_index("category")

@@ -1,0 +1,168 @@
+"""Statistics for result tables (rliable-style; prior-art §7 and §9, method-spec §12.3 and §12.5).
+
+* :func:`t_interval`: mean and Student-t confidence interval across seeds within one category
+  (sample std, ddof = 1; scipy's t quantile, e.g. t₀.₉₇₅,₄ = 2.776 for 5 seeds).
+* :func:`stratified_bootstrap_mean`: the dataset score (unweighted mean over categories of the per-category
+  means) with a percentile interval from a bootstrap that resamples seeds *within* each category
+  (the unit of variance is one (category, seed) run; categories are the strata and are never resampled).
+* :func:`prob_improvement`: P(A > B) on a random (category, seed) unit, paired, ties counted ½.
+
+Every random draw takes an explicit, seeded :class:`numpy.random.Generator`, so tables are reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence, Union
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+DEFAULT_BOOT = 10_000
+DEFAULT_BOOT_SEED = 0
+Groups = Union[Mapping[object, Sequence[float]], pd.DataFrame, np.ndarray, Sequence[Sequence[float]]]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a confidence interval.
+
+    Attributes:
+        mean: the point estimate.
+        low, high: interval bounds (NaN when it cannot be computed, e.g. one seed).
+        n: number of units behind the estimate.
+        method: how the interval was computed, for captions.
+    """
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    method: str
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+
+def _finite(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    a = np.asarray(values, dtype=float).ravel()
+    return a[np.isfinite(a)]
+
+
+def t_interval(values: Sequence[float] | np.ndarray, conf: float = 0.95) -> Interval:
+    """Mean ± Student-t interval (sample std, ddof = 1); NaNs are ignored.
+
+    Args:
+        values: one value per seed.
+        conf: confidence level.
+
+    Returns:
+        The interval; bounds are NaN for fewer than 2 values, everything NaN for none.
+    """
+    a = _finite(values)
+    n = len(a)
+    if n == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), 0, "t-interval")
+    m = float(a.mean())
+    if n < 2:
+        return Interval(m, float("nan"), float("nan"), 1, "t-interval")
+    half = float(stats.t.ppf(0.5 + conf / 2, df=n - 1) * a.std(ddof=1) / np.sqrt(n))
+    return Interval(m, m - half, m + half, n, f"{conf:.0%} t-interval across seeds (n={n}, ddof=1)")
+
+
+def _strata(data: Groups) -> list[np.ndarray]:
+    """Turn the accepted input shapes into a list of per-category arrays of seed values (NaN dropped)."""
+    if isinstance(data, pd.DataFrame):
+        if {"category", "value"} <= set(data.columns):  # long format
+            groups = [_finite(g["value"].to_numpy()) for _, g in data.groupby("category", sort=True)]
+        else:  # wide: one row per category, one column per seed
+            groups = [_finite(row) for row in data.to_numpy(dtype=float)]
+    elif isinstance(data, Mapping):
+        groups = [_finite(v) for _, v in sorted(data.items(), key=lambda kv: str(kv[0]))]
+    else:
+        arr = np.asarray(data, dtype=object)
+        if arr.ndim == 2:
+            groups = [_finite(np.asarray(row, dtype=float)) for row in np.asarray(data, dtype=float)]
+        else:
+            groups = [_finite(g) for g in data]
+    return [g for g in groups if len(g)]
+
+
+def stratified_bootstrap_mean(
+    data: Groups,
+    n_boot: int = DEFAULT_BOOT,
+    rng: np.random.Generator | int | None = None,
+    conf: float = 0.95,
+) -> Interval:
+    """Mean over categories of the per-category seed means, with a category-stratified bootstrap interval.
+
+    Each repetition resamples, independently in every category, that category's seeds with replacement
+    and recomputes the unweighted mean over categories; the interval is the percentile interval of those
+    ``n_boot`` means. Categories with no values are dropped (callers report coverage separately); when
+    a category has a single value the bounds are NaN (a lone seed carries no spread to resample).
+
+    Args:
+        data: per-category seed values: a mapping category → values, a (categories × seeds) array or wide
+            DataFrame (NaN = missing run), or a long DataFrame with columns ``category`` and ``value``.
+        n_boot: bootstrap repetitions.
+        rng: a Generator, or a seed for one (default seed 0): the result is deterministic.
+        conf: confidence level.
+    """
+    groups = _strata(data)
+    n_units = int(sum(len(g) for g in groups))
+    if not groups:
+        return Interval(float("nan"), float("nan"), float("nan"), 0, "stratified bootstrap")
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(DEFAULT_BOOT_SEED if rng is None else rng)
+    point = float(np.mean([g.mean() for g in groups]))
+    total = np.zeros(n_boot)
+    for g in groups:
+        idx = gen.integers(0, len(g), size=(n_boot, len(g)))
+        total += g[idx].mean(axis=1)
+    total /= len(groups)
+    lo, hi = np.quantile(total, [(1 - conf) / 2, 1 - (1 - conf) / 2])
+    if min(len(g) for g in groups) < 2:  # a single seed carries no spread to resample: no honest interval
+        lo = hi = float("nan")
+    method = (
+        f"{conf:.0%} percentile CI, category-stratified bootstrap over seeds, {n_boot:,} resamples "
+        f"({len(groups)} categories, {n_units} runs)"
+    )
+    return Interval(point, float(lo), float(hi), n_units, method)
+
+
+def prob_improvement(
+    a: Sequence[float] | np.ndarray | pd.Series,
+    b: Sequence[float] | np.ndarray | pd.Series,
+    categories: Sequence[object] | None = None,
+) -> float:
+    """P(A > B) on a random paired (category, seed) unit; ties count ½.
+
+    Args:
+        a, b: paired scores. Plain sequences must have equal length (unit i of ``a`` pairs with unit i of
+            ``b``); two pandas Series are paired on their index (inner join), and when that index has a
+            ``category`` level it is used as ``categories``.
+        categories: the category of each unit. When given, categories weigh equally (the mean over
+            categories of the within-category probability), matching the category-mean dataset score.
+
+    Returns:
+        The probability in [0, 1], NaN when there is no pair.
+    """
+    if isinstance(a, pd.Series) and isinstance(b, pd.Series):
+        joined = pd.concat({"a": a, "b": b}, axis=1, join="inner").dropna()
+        if categories is None and "category" in (joined.index.names or []):
+            categories = list(joined.index.get_level_values("category"))
+        x, y = joined["a"].to_numpy(float), joined["b"].to_numpy(float)
+    else:
+        x, y = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+        if x.shape != y.shape:
+            raise ValueError(f"paired scores need equal shapes, got {x.shape} and {y.shape}")
+    if len(x) == 0:
+        return float("nan")
+    wins = (x > y).astype(float) + 0.5 * (x == y)
+    if categories is None:
+        return float(wins.mean())
+    cats = np.asarray(categories, dtype=object)
+    if len(cats) != len(wins):
+        raise ValueError("categories must give one category per paired unit")
+    return float(pd.Series(wins).groupby(cats).mean().mean())
