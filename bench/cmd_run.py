@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,12 @@ def main(args: argparse.Namespace) -> int:
         )
         return 130
     table = summary_table(out / "results.jsonl") if (out / "results.jsonl").exists() else "no results"
-    (out / "summary.md").write_text(table + "\n")
+    try:  # atomically: runs sharing the folder may write it at the same time
+        tmp = out / f".summary.md.tmp-{os.getpid()}"
+        tmp.write_text(table + "\n")
+        os.replace(tmp, out / "summary.md")
+    except OSError as exc:
+        print(f"warning: could not write {out / 'summary.md'} ({exc.strerror}); the results are intact.", file=sys.stderr)
     print()
     print(table)
     print(

@@ -90,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
         train_paths=samples.train_paths(args.category), store_factory=lambda: store, coreset_ratio=cfg.coreset_ratio,
         device=resolve_device(cfg.device), cache_root=Path(cfg.cache_dir) if cfg.cache_dir else None, textures=cfg.textures,
     )  # fmt: skip
-    method = spec.cls(spec.make_config(cfg.method_options), ctx)
+    method = spec.cls(spec.make_config(spec.select_options(cfg.method_options)), ctx)
     method.name = spec.name
     support = SupportSet(tuple(ep.support_paths()), tuple(ep.support_labels()), ep.class_names)
     method.fit(support)

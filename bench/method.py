@@ -169,10 +169,31 @@ class MethodSpec:
     def default_config(self) -> Any:
         return self.cls.Config(**self.overrides)
 
+    def option_names(self) -> set[str]:
+        return {f.name for f in dataclasses.fields(self.cls.Config)}
+
+    def select_options(self, options: dict[str, Any] | None) -> dict[str, Any]:
+        """The user options that apply to this method.
+
+        ``key`` applies to every method of a run whose config has that field (``--set epochs=3`` with
+        ``direct protonet`` changes ``direct`` only); ``name.key`` applies to method ``name`` only.
+        :func:`check_options` makes sure each option applies somewhere.
+        """
+        known = self.option_names()
+        out: dict[str, Any] = {}
+        for k, v in (options or {}).items():
+            if "." in k:
+                name, key = k.split(".", 1)
+                if name == self.name:
+                    out[key] = v
+            elif k in known:
+                out[k] = v
+        return out
+
     def make_config(self, overrides: dict[str, Any] | None = None) -> Any:
         """The variant's defaults with user overrides applied (unknown keys are an error)."""
         values = {**self.overrides, **(overrides or {})}
-        known = {f.name for f in dataclasses.fields(self.cls.Config)}
+        known = self.option_names()
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(
@@ -214,6 +235,25 @@ def get_method(name: str) -> MethodSpec:
 
     import_all()
     return METHODS.get(name).obj
+
+
+def check_options(specs: Sequence[MethodSpec], options: dict[str, Any] | None) -> None:
+    """Raise :class:`ConfigError` for a ``--set`` option that applies to none of the run's methods."""
+    by_name = {s.name: s for s in specs}
+    for k in options or {}:
+        if "." in k:
+            name, key = k.split(".", 1)
+            if name not in by_name:
+                raise ConfigError(f"--set {k}=...: method {name!r} is not part of this run ({', '.join(by_name)}).")
+            if key not in by_name[name].option_names():
+                raise ConfigError(
+                    f"method {name!r} has no option {key!r}. Its options: {', '.join(sorted(by_name[name].option_names()))}."
+                )
+        elif not any(k in s.option_names() for s in specs):
+            opts = "; ".join(f"{s.name}: {', '.join(sorted(s.option_names()))}" for s in specs)
+            raise ConfigError(f"no method of this run has an option {k!r} (--set). Options: {opts}.")
+    for s in specs:
+        s.make_config(s.select_options(options))
 
 
 def config_dict(config: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ Row schema (``schema: 1``), top-level keys:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -62,21 +63,74 @@ class ResultsStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        # Incremental view of the finished keys (see `is_finished`/`append_new`): bytes already scanned.
+        self._scanned = 0
+        self._finished: set[str] = set()
 
     def append(self, row: dict[str, Any]) -> None:
         """Append one row atomically (whole line, locked, fsynced)."""
+        self._append(row, unique=False)
+
+    def append_new(self, row: dict[str, Any]) -> bool:
+        """Append ``row`` unless a finished (``ok``) row with its key is already in the file.
+
+        The check and the write happen under the same exclusive lock, so two runs (or a resumed run and a
+        straggling worker of a killed one) that finish the same job never store it twice. Returns whether the
+        row was written.
+        """
+        return self._append(row, unique=True)
+
+    def is_finished(self, key: str) -> bool:
+        """Whether an ``ok`` row with ``key`` is in the file now (reads only what was appended since last time)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return key in self._finished
+        try:
+            self._scan(fd)
+        finally:
+            os.close(fd)
+        return key in self._finished
+
+    def _scan(self, fd: int) -> None:
+        """Add the keys of ``ok`` rows appended since the last scan (complete lines only)."""
+        size = os.fstat(fd).st_size
+        if size < self._scanned:  # the file was replaced or truncated: start again
+            self._scanned, self._finished = 0, set()
+        if size == self._scanned:
+            return
+        data = os.pread(fd, size - self._scanned, self._scanned)
+        end = data.rfind(b"\n") + 1  # a line still being written (or cut by a kill) waits for its newline
+        for raw in data[:end].splitlines():
+            if b'"ok"' not in raw:
+                continue
+            try:
+                row = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if isinstance(row, dict) and row.get("status") == "ok" and "key" in row:
+                self._finished.add(row["key"])
+        self._scanned += end
+
+    def _append(self, row: dict[str, Any], unique: bool) -> bool:
         row = {"schema": SCHEMA, **row}
         line = json.dumps(row, default=_default, allow_nan=True, separators=(",", ":")) + "\n"
         data = line.encode()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
             raise BenchError(
                 f"cannot write results to {self.path} ({exc.strerror}). Choose a writable folder with --out."
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            if unique:
+                self._scan(fd)
+                if row.get("key") in self._finished:
+                    return False
             # A previous writer killed mid-line leaves no trailing newline: start on a fresh line so the
             # partial line stays one skippable line and this row stays intact.
             size = os.fstat(fd).st_size
@@ -91,13 +145,25 @@ class ResultsStore:
                 view = view[n:]
             os.fsync(fd)
         except OSError as exc:
-            raise BenchError(f"failed writing results to {self.path} ({exc.strerror}); earlier rows are intact.") from None
+            raise BenchError(
+                f"failed writing results to {self.path} ({exc.strerror}); earlier rows are intact. "
+                + ("Free some space on that disk (or choose another --out), then " if exc.errno == errno.ENOSPC else "")
+                + "run the same command again to resume."
+            ) from None
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+        if row.get("status") == "ok" and "key" in row:
+            self._finished.add(row["key"])
+        return True
 
     def read(self) -> ReadResult:
-        """All parseable rows, in file order; truncated or corrupt lines are skipped and counted."""
+        """All parseable rows, in file order; truncated or corrupt lines are skipped and counted.
+
+        A results file that does not exist yet (a fresh ``--out`` folder) reads as no rows.
+        """
+        if not self.path.exists():
+            return ReadResult(rows=[])
         return read_rows([self.path])
 
     def finished_keys(self) -> set[str]:

@@ -12,10 +12,13 @@ end if any job failed.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
+import threading
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,8 +30,8 @@ import torch
 from bench.datasets import DatasetOptions, Samples, load_dataset
 from bench.episodes import Episode, make_episode, protocol_id
 from bench.envinfo import environment
-from bench.errors import BenchError, DatasetError
-from bench.method import SupportSet, TaskContext, config_dict, config_hash, get_method
+from bench.errors import BenchError, DatasetError, WeightsError
+from bench.method import SupportSet, TaskContext, check_options, config_dict, config_hash, get_method
 from bench.metrics import episode_metrics
 from bench.results import ResultsStore
 
@@ -148,7 +151,7 @@ def plan(cfg: RunConfig, samples: Samples) -> list[Job]:
                 except DatasetError as exc:
                     episode, ehash, err = None, "none", str(exc)
                 for spec in specs:
-                    mcfg = config_dict(spec.make_config(cfg.method_options))
+                    mcfg = config_dict(spec.make_config(spec.select_options(cfg.method_options)))
                     ident = _job_identity(cfg, samples, spec.name, mcfg, category, shots, seed, ehash)
                     jobs.append(Job(spec.name, mcfg, category, shots, seed, config_hash(ident), episode, err))
     return jobs
@@ -179,8 +182,27 @@ def _base_row(cfg: RunConfig, samples: Samples, job: Job, store: Any) -> dict[st
     }
 
 
+# Errors of the machine, not of the job: every later job would fail the same way (and its error row might not
+# even be writable), so the run stops with one message instead of filling the results with error rows.
+_FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def _fatal_disk_error(exc: OSError, cfg: RunConfig, out: Path) -> BenchError:
+    where = f" ({exc.filename})" if exc.filename else ""
+    cache = cfg.cache_dir or os.environ.get("BENCH_CACHE") or "~/.cache/fsad-bench"
+    return BenchError(
+        f"{exc.strerror or exc}{where} while running the grid. The cache is at {cache} (--cache-dir) and the "
+        f"results at {out} (--out): free space there or point them at another disk, then run the same command "
+        f"again to resume. Every finished job is saved in {out / 'results.jsonl'}."
+    )
+
+
 def run_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, Any]:
-    """Run one job and return its row (status ok or error). Never raises for a job-level failure."""
+    """Run one job and return its row (status ok or error). Never raises for a job-level failure.
+
+    Raises:
+        BenchError: for problems that would fail every job (weights, a full or read-only disk).
+    """
     store = None
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
@@ -194,9 +216,18 @@ def run_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, 
         row.update(status="error", error=job.error or "no episode")
         return row
     ep = job.episode
+    try:
+        episode_file = ep.save(out / "episodes")
+    except OSError as exc:
+        episode_file = out / "episodes" / f"{ep.hash}.json"
+        if not episode_file.is_file():  # (a run saving the same episode at the same time may win the rename)
+            if exc.errno in _FATAL_ERRNOS:
+                raise _fatal_disk_error(exc, cfg, out) from None
+            row.update(status="error", error=f"cannot write the episode file {episode_file} ({exc.strerror or exc})")
+            return row
     row["episode"] = {
         "hash": ep.hash,
-        "file": str(ep.save(out / "episodes").relative_to(out)),
+        "file": str(episode_file.relative_to(out)),
         "support_rule": "first-n by sorted file name" if ep.protocol == "paper_fixed" else "seeded random draw",
     }
     row.update(class_names=list(ep.class_names), n_classes=ep.n_classes, n_queries=len(ep.queries))
@@ -215,7 +246,7 @@ def run_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, 
     )
     try:
         spec = get_method(job.method)
-        method = spec.cls(spec.make_config(cfg.method_options), ctx)
+        method = spec.cls(spec.make_config(spec.select_options(cfg.method_options)), ctx)
         method.name = spec.name
         support = SupportSet(tuple(ep.support_paths()), tuple(ep.support_labels()), ep.class_names)
         with ctx.timer("fit"):
@@ -231,6 +262,11 @@ def run_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, 
         row["method_info"] = method.extra_info()
     except BenchError as exc:
         row.update(status="error", error=str(exc))
+    except OSError as exc:
+        if exc.errno in _FATAL_ERRNOS:
+            raise _fatal_disk_error(exc, cfg, out) from None
+        log.debug("job failed", exc_info=True)
+        row.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
     except Exception as exc:  # noqa: BLE001 - a failed job is a row, not a crash of the grid
         log.debug("job failed", exc_info=True)
         row.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
@@ -242,16 +278,51 @@ def run_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, 
     return row
 
 
-def run_group(cfg: RunConfig, jobs: Sequence[Job], out: Path, threads: int | None = None) -> list[tuple[str, str, str | None]]:
-    """Run jobs (normally of one category and seed) in this process, appending each row as it finishes."""
+_WATCHDOG: threading.Thread | None = None
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    """In a local worker process: exit as soon as the process that started it is gone.
+
+    loky workers do not notice on POSIX when the main process is killed (SIGKILL, OOM killer): they would go
+    on running queued groups and appending rows next to a resumed run. Finished rows are safe either way
+    (complete lines, never two ``ok`` rows per key); this stops the orphans from burning the CPU.
+    """
+    global _WATCHDOG
+    if _WATCHDOG is not None or os.getppid() != parent_pid:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.25)
+        os._exit(3)
+
+    _WATCHDOG = threading.Thread(target=watch, name="bench-parent-watchdog", daemon=True)
+    _WATCHDOG.start()
+
+
+def run_group(
+    cfg: RunConfig, jobs: Sequence[Job], out: Path, threads: int | None = None, parent_pid: int | None = None
+) -> list[tuple[str, str, str | None]]:
+    """Run jobs (normally of one category and seed) in this process, appending each row as it finishes.
+
+    Jobs finished meanwhile by another run into the same folder are skipped (status ``"skipped"``).
+    """
+    if parent_pid is not None:
+        _exit_when_orphaned(parent_pid)
     if threads:
         torch.set_num_threads(threads)
+    if cfg.cache_dir:  # a reused or remote worker: the cache root of this run, not the one it started with
+        os.environ["BENCH_CACHE"] = str(Path(cfg.cache_dir).expanduser().resolve())
     samples = load_dataset(cfg.dataset, cfg.data_root, cfg.dataset_options())
     store = ResultsStore(out / "results.jsonl")
     status = []
     for job in jobs:
+        if store.is_finished(job.key):
+            status.append((job.key, "skipped", None))
+            continue
         row = run_job(cfg, samples, job, out)
-        store.append(row)
+        store.append_new(row)
         status.append((job.key, row["status"], row.get("error")))
     return status
 
@@ -261,8 +332,13 @@ def preflight(cfg: RunConfig) -> Samples:
     if cfg.cache_dir:
         os.environ["BENCH_CACHE"] = str(Path(cfg.cache_dir).expanduser().resolve())
     samples = load_dataset(cfg.dataset, cfg.data_root, cfg.dataset_options())
-    for m in cfg.methods:
-        get_method(m).make_config(cfg.method_options)
+    check_options([get_method(m) for m in cfg.methods], cfg.method_options)
+    if cfg.weights not in ("imagenet", "random") and not Path(cfg.weights).expanduser().is_file():
+        # checked here because the feature key hashes the file before the backbone code can say so
+        raise WeightsError(
+            f"weights file not found: {Path(cfg.weights).expanduser()}. Pass --weights imagenet, --weights random, "
+            "or the path of a local state-dict file."
+        )
     get_store(cfg)  # loads the backbone: WeightsError now, not in every job
     return samples
 
@@ -294,7 +370,7 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # unique: runs may share the folder
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
@@ -328,8 +404,12 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
         for group in groups:
             for job in group:
                 bar.set_postfix_str(_describe(job), refresh=False)
+                if results.is_finished(job.key):  # finished meanwhile by another run into the same folder
+                    skipped += 1
+                    bar.update(1)
+                    continue
                 row = run_job(cfg, samples, job, out)
-                results.append(row)
+                results.append_new(row)
                 if row["status"] == "ok":
                     ok += 1
                 else:
@@ -348,21 +428,48 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
                 from dask.distributed import Client
             except ImportError:
                 raise BenchError("--backend dask needs the optional dependency: pip install -c constraints.txt -e '.[dask]'") from None
-            client = Client(cfg.scheduler) if cfg.scheduler else Client(processes=True, n_workers=n_workers, threads_per_worker=1)
+            try:
+                client = Client(cfg.scheduler) if cfg.scheduler else Client(processes=True, n_workers=n_workers, threads_per_worker=1)
+            except (OSError, TimeoutError) as exc:
+                raise BenchError(
+                    f"cannot connect to the Dask scheduler {cfg.scheduler or '(local cluster)'} ({type(exc).__name__}: "
+                    f"{str(exc)[:200]}). Check --scheduler (e.g. tcp://HOST:8786) and that the scheduler is running "
+                    "and reachable from this machine."
+                ) from None
+        # Workers load the dataset themselves: give them the exact folder and cache this process resolved (a
+        # worker started elsewhere, or reused from an earlier run, has its own $BENCH_CACHE). Keys do not change.
+        wcfg = dataclasses.replace(
+            cfg,
+            data_root=str(samples.root),
+            cache_dir=str(Path(cfg.cache_dir or os.environ.get("BENCH_CACHE", "~/.cache/fsad-bench")).expanduser().resolve()),
+        )
+        parent_pid = os.getpid() if backend == "loky" else None  # local workers exit if this process is killed
         try:
             with parallel_config(**ctx_kwargs, n_jobs=n_workers, inner_max_num_threads=per_worker if backend == "loky" else None):
                 stream = Parallel(return_as="generator_unordered")(
-                    delayed(run_group)(cfg, g, out, per_worker) for g in groups
+                    delayed(run_group)(wcfg, g, out, per_worker, parent_pid) for g in groups
                 )
                 bar = tqdm(total=len(todo), desc=f"jobs ({n_workers} workers)", unit="job", disable=not progress)
                 for status in stream:
                     for key, st, err in status:
                         if st == "ok":
                             ok += 1
+                        elif st == "skipped":
+                            skipped += 1
                         else:
                             failed.append((_describe(by_key[key]), err or ""))
                     bar.update(len(status))
                 bar.close()
+        except Exception as exc:
+            # A worker process that died (OOM killer, segfault, kill -9) is a machine problem, not a bug: say
+            # what happened and how to go on instead of printing joblib's or Dask's traceback.
+            if type(exc).__name__ not in ("TerminatedWorkerError", "BrokenProcessPool", "KilledWorker"):
+                raise
+            raise BenchError(
+                f"a worker process died while running the grid ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+                "It may have been killed by the system for lack of memory: try fewer --jobs. Every finished job is "
+                f"saved in {out / 'results.jsonl'}; run the same command again to resume."
+            ) from None
         finally:
             if client is not None:
                 client.close()

@@ -1,0 +1,322 @@
+"""A generic content-addressed on-disk cache (features, memory banks, nearest-neighbour assignments, ...).
+
+Layout: ``<root>/<kind>/<namespace>/<name><suffix>`` where ``root`` is :func:`bench.paths.cache_dir`
+(``$BENCH_CACHE``) unless given, ``kind`` is a top-level folder (``features``, ``banks``, ``nn``, and the
+folders other modules keep there), and names are hashes of everything that changes the content
+(:func:`stable_hash`). A key never has to be invalidated: when an input that matters changes, the key changes.
+
+Safety:
+
+* every write goes to a temporary file in the destination folder and is then renamed into place with
+  :func:`os.replace` (atomic on POSIX and Windows). Two processes writing the same entry both write complete
+  files; the last rename wins and the content is identical. A killed process leaves at most a ``.tmp-*``
+  file, which is never read as an entry (``clear`` removes them; ``info`` counts them).
+* ``.npy`` entries are validated on read (header, dtype, shape and exact file size); an entry that fails is
+  reported as a miss, so the caller recomputes and overwrites it.
+
+:func:`info` and :func:`clear` back ``python -m bench cache info|clear``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bench.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = ".tmp-"
+
+
+def stable_hash(obj: Any, length: int = 32) -> str:
+    """Hex sha256 of ``obj`` serialised as canonical JSON (sorted keys); the same in every process.
+
+    Args:
+        obj: JSON-serialisable data (tuples become lists; other objects are converted with ``str``).
+        length: number of hex characters to keep.
+    """
+    payload = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+_FILE_HASH_LOCK = threading.Lock()
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, memoised per process by (resolved path, size, mtime_ns)."""
+    p = Path(path)
+    st = p.stat()
+    memo = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    with _FILE_HASH_LOCK:
+        hit = _FILE_HASHES.get(memo)
+    if hit is not None:
+        return hit
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    with _FILE_HASH_LOCK:
+        _FILE_HASHES[memo] = digest
+    return digest
+
+
+def forget_file_hashes() -> None:
+    """Drop the in-process memo of :func:`file_sha256` (benchmarks use it to time a cold second run)."""
+    with _FILE_HASH_LOCK:
+        _FILE_HASHES.clear()
+
+
+def atomic_write(path: Path, write: Callable[[Any], None]) -> Path:
+    """Write ``path`` atomically: ``write(fileobj)`` fills a temporary file in the same folder, then rename.
+
+    Args:
+        path: final location (parent folders are created).
+        write: called with a binary file object opened for writing.
+
+    Returns:
+        ``path``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    try:
+        with tmp.open("wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_npy(path: Path, array: np.ndarray) -> Path:
+    """Atomically save ``array`` as a ``.npy`` file (no pickle)."""
+    arr = np.ascontiguousarray(array)
+    return atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
+
+
+def check_npy(path: Path, shape: Sequence[int] | None = None, dtype: np.dtype | str | None = None) -> int | None:
+    """Validate a ``.npy`` entry without reading its data.
+
+    Args:
+        path: the entry.
+        shape: expected shape (``None`` = any).
+        dtype: expected dtype (``None`` = any).
+
+    Returns:
+        The byte offset of the data, or ``None`` when the file is missing, truncated, not C-ordered or of
+        the wrong shape/dtype (a warning is logged for an existing but bad file; callers recompute it).
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                hdr_shape, fortran, hdr_dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                hdr_shape, fortran, hdr_dtype = np.lib.format.read_array_header_2_0(f)
+            offset = f.tell()
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("cache entry %s is unreadable (%s); recomputing it", path, exc)
+        return None
+    expected = offset + math.prod(hdr_shape) * hdr_dtype.itemsize
+    if (
+        fortran
+        or size != expected
+        or (shape is not None and tuple(hdr_shape) != tuple(shape))
+        or (dtype is not None and hdr_dtype != np.dtype(dtype))
+    ):
+        log.warning("cache entry %s is incomplete or has the wrong shape/dtype; recomputing it", path)
+        return None
+    return offset
+
+
+def load_npy(
+    path: Path,
+    shape: Sequence[int] | None = None,
+    dtype: np.dtype | str | None = None,
+    mmap: bool = False,
+) -> np.ndarray | None:
+    """Load a ``.npy`` entry if it exists and is complete (see :func:`check_npy`), else ``None``.
+
+    Args:
+        path: the entry.
+        shape: expected shape (``None`` = any).
+        dtype: expected dtype (``None`` = any).
+        mmap: return a read-only memory map instead of reading the data.
+    """
+    if check_npy(path, shape, dtype) is None:
+        return None
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        log.warning("cache entry %s is unreadable (%s); recomputing it", path, exc)
+        return None
+
+
+def read_npy_into(path: Path, out: np.ndarray, dtype: np.dtype | str | None = None) -> bool:
+    """Read a ``.npy`` entry straight into ``out`` (one read, no memory map, no extra copy for equal dtypes).
+
+    Args:
+        path: the entry; it must have ``out.shape`` and dtype ``dtype``.
+        out: C-contiguous destination (its dtype may differ from the stored one: then converted).
+        dtype: stored dtype expected (``None`` = ``out.dtype``).
+
+    Returns:
+        False (``out`` untouched or partly written) when the entry is missing or invalid.
+    """
+    stored = np.dtype(dtype) if dtype is not None else out.dtype
+    offset = check_npy(path, out.shape, stored)
+    if offset is None:
+        return False
+    dest = out if stored == out.dtype and out.flags.c_contiguous else np.empty(out.shape, stored)
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            n = f.readinto(memoryview(dest).cast("B"))
+    except OSError as exc:
+        log.warning("cache entry %s is unreadable (%s); recomputing it", path, exc)
+        return False
+    if n != dest.nbytes:
+        return False
+    if dest is not out:
+        out[...] = dest
+    return True
+
+
+def save_json(path: Path, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON."""
+    data = json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def load_json(path: Path) -> Any | None:
+    """Read a JSON entry, ``None`` when missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class DiskCache:
+    """Entry paths under a cache root.
+
+    Args:
+        root: cache root; ``None`` = :func:`bench.paths.cache_dir` (``$BENCH_CACHE``).
+    """
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root).expanduser() if root is not None else cache_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, kind: str, namespace: str, name: str, suffix: str = ".npy") -> Path:
+        """``<root>/<kind>/<namespace>/<name><suffix>``."""
+        return self.root / kind / namespace / f"{name}{suffix}"
+
+    def __repr__(self) -> str:
+        return f"DiskCache({str(self.root)!r})"
+
+
+def _walk(folder: Path) -> Iterable[tuple[Path, int]]:
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            p = Path(dirpath) / name
+            try:
+                yield p, p.stat().st_size
+            except FileNotFoundError:  # removed by a concurrent writer/clear
+                continue
+
+
+def info(root: str | Path | None = None) -> pd.DataFrame:
+    """Size of the cache per kind (top-level folder).
+
+    Args:
+        root: cache root (``None`` = ``$BENCH_CACHE``).
+
+    Returns:
+        One row per kind with columns ``kind``, ``files``, ``bytes``, ``size`` (human readable) and
+        ``tmp_files`` (left-overs of interrupted writes), plus a ``total`` row; ``df.attrs["root"]`` is the root.
+    """
+    base = Path(root).expanduser() if root is not None else cache_dir()
+    rows = []
+    if base.is_dir():
+        for kind in sorted(p for p in base.iterdir()):
+            entries = list(_walk(kind)) if kind.is_dir() else [(kind, kind.stat().st_size)]
+            rows.append(
+                dict(
+                    kind=kind.name,
+                    files=sum(1 for p, _ in entries if not p.name.startswith(TMP_PREFIX)),
+                    bytes=sum(s for _, s in entries),
+                    tmp_files=sum(1 for p, _ in entries if p.name.startswith(TMP_PREFIX)),
+                )
+            )
+    df = pd.DataFrame(rows, columns=["kind", "files", "bytes", "tmp_files"])
+    total = dict(kind="total", files=int(df.files.sum()), bytes=int(df.bytes.sum()), tmp_files=int(df.tmp_files.sum()))
+    df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
+    df["size"] = [human_bytes(b) for b in df["bytes"]]
+    df = df[["kind", "files", "size", "bytes", "tmp_files"]]
+    df.attrs["root"] = str(base)
+    return df
+
+
+def format_info(df: pd.DataFrame) -> str:
+    """The :func:`info` table as text, headed by the cache root."""
+    return f"cache root: {df.attrs.get('root', '?')}\n" + df.to_string(index=False)
+
+
+def clear(root: str | Path | None = None, kinds: Sequence[str] | None = None) -> pd.DataFrame:
+    """Delete cache entries.
+
+    Args:
+        root: cache root (``None`` = ``$BENCH_CACHE``).
+        kinds: only these top-level folders (``None`` = everything under the root).
+
+    Returns:
+        What was removed, in the format of :func:`info` (one row per kind removed, plus ``total``).
+    """
+    base = Path(root).expanduser() if root is not None else cache_dir()
+    before = info(base)
+    before = before[before.kind != "total"]
+    if kinds is not None:
+        unknown = sorted(set(kinds) - set(before.kind))
+        if unknown:
+            log.info("cache kinds not present (nothing to clear): %s", ", ".join(unknown))
+        before = before[before.kind.isin(list(kinds))]
+    for kind in before.kind:
+        p = base / kind
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    total = dict(
+        kind="total", files=int(before.files.sum()), size=human_bytes(int(before.bytes.sum())),
+        bytes=int(before.bytes.sum()), tmp_files=int(before.tmp_files.sum()),
+    )
+    out = pd.concat([before, pd.DataFrame([total])], ignore_index=True)
+    out.attrs["root"] = str(base)
+    return out
+
+
+def human_bytes(n: int | float) -> str:
+    """``1536`` → ``'1.5 KiB'``."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -1,0 +1,278 @@
+"""End-to-end speed of a grid: the paper's ablation grid on an MVTec-AD-sized category, serial and in parallel.
+
+Runs ``python -m bench run`` as a user would (a subprocess per mode, each with a fresh cache and results
+folder, the same generated data) on ``synthetic-mvtec`` (the 15 MVTec AD category names with MVTec AD's
+exact per-folder image counts, drawn images) and prints, per mode:
+
+* total wall time, jobs per minute and the speed-up over the first mode;
+* time per stage (features, bank, pretrain, fit/finetune, predict: sums over jobs from the rows' ``timing``),
+  and the time outside jobs (start-up, preflight, planning);
+* peak memory: the largest sum of the resident memory of the run's whole process tree (main process and
+  workers), sampled every 0.2 s, and the largest single process;
+* cache hit rates per stage (features, bank, nn) from the rows' ``cache`` counts;
+* the targets: whole grid for one category (all variants × 5 shots × 5 seeds) under 30 min serial with
+  resnet50 and random weights, peak memory under 8 GiB, ``--jobs 2`` at least the serial throughput.
+  A reduced grid is extrapolated linearly in the number of jobs (rough: pretraining is shared per seed).
+
+Usage::
+
+    python benchmarks/grid.py                                   # the paper grid, screw, 5 shots × 5 seeds, jobs 1 and 2
+    python benchmarks/grid.py --methods contrastive direct --shots 1-5 --seeds 1-2   # a quicker version
+    python benchmarks/grid.py --backbone resnet18 --category tile --jobs 1,2 --keep --work /tmp/grid
+
+Prints figures and writes them to ``<work>/grid-benchmark.json``; asserts nothing. The machine may be shared:
+the 1-minute load average is printed with every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import bench  # noqa: E402,F401  (torchvision shim, offline hub)
+
+PAPER_METHODS = [
+    "relationnet-residual-pretrain", "contrastive", "contrastive-residual", "contrastive-raw-pretrain",
+    "contrastive-maml", "direct",
+]  # fmt: skip
+TARGET_SERIAL_S = 30 * 60
+TARGET_MEMORY = 8 * 1024**3
+FULL_GRID_SHOTS, FULL_GRID_SEEDS = 5, 5
+
+
+def gib(n: float) -> str:
+    return f"{n / 1024**3:.2f} GiB"
+
+
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+
+
+def available_methods(wanted: list[str]) -> tuple[list[str], list[str]]:
+    from bench.method import METHODS
+    from bench.methods import import_all
+
+    import_all()
+    return [m for m in wanted if m in METHODS], [m for m in wanted if m not in METHODS]
+
+
+class TreeMemory:
+    """Samples the resident memory of a process and all its descendants (psutil; ru_maxrss without it)."""
+
+    def __init__(self, pid: int, every: float = 0.2) -> None:
+        self.pid, self.every = pid, every
+        self.peak_total = 0
+        self.peak_single = 0
+        self.peak_processes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            import psutil
+        except ImportError:
+            return
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.Error:
+            return
+        while not self._stop.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                break
+            rss = []
+            for p in procs:
+                try:
+                    rss.append(p.memory_info().rss)
+                except psutil.Error:
+                    pass
+            if rss:
+                self.peak_total = max(self.peak_total, sum(rss))
+                self.peak_single = max(self.peak_single, max(rss))
+                self.peak_processes = max(self.peak_processes, len(rss))
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "TreeMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_mode(args: argparse.Namespace, methods: list[str], data_root: Path, work: Path, jobs: int) -> dict[str, Any]:
+    """One ``bench run`` of the grid with ``--jobs jobs``, from a cold cache; its figures."""
+    import resource
+
+    out, cache = work / f"out-jobs{jobs}", work / f"cache-jobs{jobs}"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    cmd = [sys.executable, "-m", "bench", "run", "--dataset", "synthetic-mvtec", "--data-root", str(data_root),
+           "--categories", args.category, "--method", *methods, "--shots", args.shots, "--seeds", args.seeds,
+           "--backbone", args.backbone, "--weights", args.weights, "--jobs", str(jobs), "--out", str(out),
+           "--cache-dir", str(cache), "--no-progress"]  # fmt: skip
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    for s in args.set:
+        cmd += ["--set", s]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_CACHE": str(cache)}
+    print(f"\n[jobs={jobs}] {' '.join(cmd[1:])}\n[jobs={jobs}] start ({load()})", flush=True)
+    log = (work / f"log-jobs{jobs}.txt").open("w")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
+    with TreeMemory(proc.pid) as mem:
+        code = proc.wait()
+    wall = time.perf_counter() - t0
+    log.close()
+    ru_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # largest child so far (Linux: KiB)
+    print(f"[jobs={jobs}] exit {code} after {wall:.1f} s ({load()})", flush=True)
+    if code != 0:
+        print((work / f"log-jobs{jobs}.txt").read_text()[-3000:])
+
+    from bench.results import read_rows
+
+    rows = read_rows([out / "results.jsonl"]).rows if (out / "results.jsonl").exists() else []
+    ok = [r for r in rows if r.get("status") == "ok"]
+    stages: dict[str, float] = defaultdict(float)
+    per_method: dict[str, float] = defaultdict(float)
+    hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in rows:
+        for k, v in (r.get("timing") or {}).items():
+            if k != "total":
+                stages[k] += v
+        per_method[r["method"]] += (r.get("timing") or {}).get("total", 0.0)
+        for stage, d in (r.get("cache") or {}).items():
+            hits[stage][0] += int(d.get("hits", 0))
+            hits[stage][1] += int(d.get("misses", 0))
+    job_total = sum((r.get("timing") or {}).get("total", 0.0) for r in rows)
+    groups = {(r["category"], r["seed"]) for r in rows}  # the runner's unit of work per worker
+    workers = max(1, min(jobs, len(groups)))
+    threads = sorted({(r.get("env") or {}).get("torch_threads") for r in rows} - {None})
+    return {
+        "jobs": jobs,
+        "exit_code": code,
+        "wall_s": round(wall, 2),
+        "n_rows": len(rows),
+        "n_ok": len(ok),
+        "n_failed": len(rows) - len(ok),
+        "jobs_per_min": round(60 * len(rows) / wall, 3) if wall else None,
+        "stage_s": {k: round(v, 2) for k, v in sorted(stages.items())},
+        "method_s": {k: round(v, 2) for k, v in sorted(per_method.items())},
+        "job_time_s": round(job_total, 2),
+        "groups": len(groups),
+        "workers": workers,
+        "outside_jobs_s": round(wall - job_total / workers, 2),
+        "peak_tree_rss": mem.peak_total or ru_peak,
+        "peak_process_rss": mem.peak_single or ru_peak,
+        "max_processes": mem.peak_processes,
+        "torch_threads_per_worker": threads,
+        "cache_hit_rate": {k: (round(h / (h + m), 3) if h + m else None, h, m) for k, (h, m) in sorted(hits.items())},
+        "load_after": os.getloadavg()[0],
+        "out": str(out),
+    }
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace, methods: list[str], n_full: int) -> None:
+    base = results[0]
+    print("\n" + "=" * 100)
+    print(f"grid: {len(methods)} method(s) {methods}\n      category {args.category}, shots {args.shots}, seeds {args.seeds}, "
+          f"{args.backbone} ({args.weights} weights), dataset synthetic-mvtec")  # fmt: skip
+    for r in results:
+        print(f"\n--jobs {r['jobs']}: {r['n_ok']}/{r['n_rows']} jobs ok, wall {r['wall_s']:.1f} s, "
+              f"{r['jobs_per_min']:.2f} jobs/min (x{r['jobs_per_min'] / base['jobs_per_min']:.2f} vs --jobs {base['jobs']}), "
+              f"{r['workers']} worker(s) for {r['groups']} (category, seed) group(s), torch threads per worker "
+              f"{r['torch_threads_per_worker']}")  # fmt: skip
+        print(f"  peak memory: {gib(r['peak_tree_rss'])} whole process tree ({r['max_processes']} processes), "
+              f"{gib(r['peak_process_rss'])} largest process")  # fmt: skip
+        print(f"  time in jobs {r['job_time_s']:.1f} s (summed over workers); outside jobs ~{r['outside_jobs_s']:.1f} s")
+        print("  per stage (s, summed over jobs): " + ", ".join(f"{k} {v:.1f}" for k, v in r["stage_s"].items()))
+        print("  per method (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r["method_s"].items()))
+        print("  cache hit rate: " + ", ".join(
+            f"{k} {'-' if rate is None else f'{100 * rate:.0f}%'} ({h} hits / {m} misses)" for k, (rate, h, m) in r["cache_hit_rate"].items()
+        ))  # fmt: skip
+    print("\ntargets:")
+    serial = next((r for r in results if r["jobs"] == 1), None)
+    if serial and serial["n_rows"]:
+        est = serial["wall_s"] * n_full / serial["n_rows"]
+        scope = "measured" if serial["n_rows"] >= n_full else f"extrapolated from {serial['n_rows']} to {n_full} jobs"
+        print(f"  full grid for one category, serial: {est / 60:.1f} min ({scope}); target < 30 min: "
+              f"{'OK' if est < TARGET_SERIAL_S else 'MISSED'}")  # fmt: skip
+    peak = max(r["peak_tree_rss"] for r in results)
+    print(f"  peak memory {gib(peak)}; target < 8 GiB: {'OK' if peak < TARGET_MEMORY else 'MISSED'}")
+    two = next((r for r in results if r["jobs"] == 2), None)
+    if serial and two:
+        ratio = two["jobs_per_min"] / serial["jobs_per_min"]
+        print(f"  --jobs 2 throughput {ratio:.2f}x serial; target >= 1: {'OK' if ratio >= 1 else 'MISSED'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=PAPER_METHODS, help="default: the paper's methods that are registered")
+    p.add_argument("--category", default="screw", help="synthetic-mvtec category (MVTec AD name; default screw)")
+    p.add_argument("--shots", default="1-5")
+    p.add_argument("--seeds", default="1-5")
+    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--weights", default="random")
+    p.add_argument("--jobs", default="1,2", help="modes to run, e.g. 1,2 (each from a cold cache)")
+    p.add_argument("--threads", type=int, help="torch threads in total (default: all cores, split between workers)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method option for every method")
+    p.add_argument("--data-root", help="where synthetic-mvtec is (generated once; default: the bench cache)")
+    p.add_argument("--work", help="folder for caches, results and logs (default: a temporary folder)")
+    p.add_argument("--keep", action="store_true", help="keep the caches and results of the runs")
+    args = p.parse_args(argv)
+
+    from bench.cmd_run import parse_int_list
+    from bench.datasets.synthetic import MVTEC_AD_COUNTS, default_root, generate
+
+    methods, missing = available_methods(args.methods)
+    if missing:
+        print(f"note: not registered (yet), left out: {', '.join(missing)}")
+    if not methods:
+        print("no method to run")
+        return 2
+    if args.category not in MVTEC_AD_COUNTS:
+        print(f"unknown category {args.category!r}; choose one of {', '.join(MVTEC_AD_COUNTS)}")
+        return 2
+    modes = [int(x) for x in args.jobs.split(",")]
+    n_jobs = len(methods) * len(parse_int_list(args.shots)) * len(parse_int_list(args.seeds))
+    n_full = len(methods) * FULL_GRID_SHOTS * FULL_GRID_SEEDS
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-grid-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    data_root = Path(args.data_root) if args.data_root else default_root("mvtec")
+    t0 = time.perf_counter()
+    generate(data_root, "mvtec", categories=[args.category])
+    train, test_good, types = MVTEC_AD_COUNTS[args.category]
+    print(f"dataset: synthetic-mvtec/{args.category} at {data_root} ({train} train, {test_good} test good, "
+          f"{sum(types.values())} defective in {len(types)} types), ready in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+    print(f"grid: {n_jobs} jobs per mode ({len(methods)} methods x {args.shots} shots x {args.seeds} seeds); work folder {work}")
+
+    results = [run_mode(args, methods, data_root, work, j) for j in modes]
+    report(results, args, methods, n_full)
+    summary = {"methods": methods, "category": args.category, "shots": args.shots, "seeds": args.seeds,
+               "backbone": args.backbone, "weights": args.weights, "cpu_count": os.cpu_count(), "modes": results}  # fmt: skip
+    (work / "grid-benchmark.json").write_text(json.dumps(summary, indent=1))
+    print(f"\nfigures written to {work / 'grid-benchmark.json'}")
+    if not args.keep:
+        for r in results:
+            shutil.rmtree(work / f"cache-jobs{r['jobs']}", ignore_errors=True)
+        print("(caches removed; --keep keeps them)")
+    return 0 if all(r["exit_code"] == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""Bad input, tried for real: the CLI run as a user would against broken inputs.
+
+Each case checks the exit status (2: a user problem that stops the run; 1: some jobs failed, the others
+ran), a message that names the path or the problem and the fix, no traceback, and that the rows already in
+the results folder are untouched (byte for byte). Most cases call :func:`bench.cli.main` in this process
+(the same code path as ``python -m bench``, without paying the start-up of torch for each case); a few run
+``python -m bench`` in a subprocess to check what a user really sees.
+
+The data is a copy of synthetic-tiny in the MVTec layout (``--dataset folder``) broken on purpose.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import bench.results
+from bench.cli import main
+from bench.results import read_rows
+
+REPO = Path(__file__).resolve().parents[1]
+COMMON = ["--backbone", "resnet18", "--weights", "random", "--no-progress"]
+QUICK = ["--method", "protonet", "--shots", "3", "--seeds", "1"]  # the earlier run (`prior`) has shots 1 and 2
+
+
+# --------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from bench.datasets.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("tiny-data"), "tiny")
+
+
+@pytest.fixture(scope="module")
+def prior(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Path]:
+    """Rows of an earlier, finished run (copied into each test's --out) and its warm cache."""
+    base = tmp_path_factory.mktemp("prior")
+    code = main(["run", "--dataset", "folder", "--data-root", str(tiny_root), *COMMON, "--method", "protonet",
+                 "--shots", "1,2", "--seeds", "1", "--out", str(base / "out"), "--cache-dir", str(base / "cache")])  # fmt: skip
+    assert code == 0
+    data = (base / "out" / "results.jsonl").read_bytes()
+    assert data.count(b"\n") == 4  # 2 categories x 2 shots
+    return data, base / "cache"
+
+
+@pytest.fixture
+def data(tiny_root: Path, tmp_path: Path) -> Path:
+    """A private copy of the dataset to break."""
+    return Path(shutil.copytree(tiny_root, tmp_path / "data", ignore=shutil.ignore_patterns("ground_truth", ".*")))
+
+
+@pytest.fixture
+def out(prior: tuple[bytes, Path], tmp_path: Path) -> Path:
+    """A results folder that already holds finished rows."""
+    d = tmp_path / "out"
+    d.mkdir()
+    (d / "results.jsonl").write_bytes(prior[0])
+    return d
+
+
+@pytest.fixture
+def cache(prior: tuple[bytes, Path], tmp_path: Path) -> Path:
+    """A private copy of the warm cache (features are keyed by image content, so unchanged images hit)."""
+    return Path(shutil.copytree(prior[1], tmp_path / "cache"))
+
+
+def run(capsys: pytest.CaptureFixture[str], data: Path | str, out: Path, cache: Path, *extra: str, dataset: str = "folder") -> tuple[int, str, str]:
+    code = main(["run", "--dataset", dataset, "--data-root", str(data), *COMMON,
+                 "--out", str(out), "--cache-dir", str(cache), *extra])  # fmt: skip
+    cap = capsys.readouterr()
+    assert "Traceback" not in cap.err, cap.err
+    return code, cap.out, cap.err
+
+
+def assert_prior_intact(out: Path, prior: tuple[bytes, Path]) -> None:
+    assert (out / "results.jsonl").read_bytes().startswith(prior[0]), "rows of the earlier run were changed or lost"
+
+
+def png(path: Path) -> Path:
+    return sorted(path.glob("*.png"))[0]
+
+
+# --------------------------------------------------------------------------------------------- dataset
+def test_missing_dataset_root(capsys, out, cache, prior, tmp_path) -> None:  # noqa: ANN001
+    missing = tmp_path / "no" / "such" / "dataset"
+    code, _, err = run(capsys, missing, out, cache, *QUICK)
+    assert code == 2
+    assert f"dataset root does not exist: {missing}" in err and "--data-root" in err
+    assert_prior_intact(out, prior)
+
+
+def test_wrong_layout_no_test_folder(capsys, data, out, cache, prior) -> None:  # noqa: ANN001
+    for cat in ("tile", "screw"):
+        shutil.rmtree(data / cat / "test")
+    code, _, err = run(capsys, data, out, cache, *QUICK)
+    assert code == 2
+    assert "no category folders with a test/ sub-folder" in err and str(data) in err
+    assert "<category>/{train/good,test/<defect_type>}" in err
+    # a named category without test/
+    code, _, err = run(capsys, data, out, cache, *QUICK, "--categories", "tile")
+    assert code == 2 and f"{data / 'tile' / 'test'} is missing" in err
+    assert_prior_intact(out, prior)
+
+
+def test_category_with_one_defect_type(capsys, data, out, cache, prior) -> None:  # noqa: ANN001
+    for t in ("crack", "stain"):
+        shutil.rmtree(data / "tile" / "test" / t)
+    # asked for explicitly: nothing left to run
+    code, _, err = run(capsys, data, out, cache, *QUICK, "--categories", "tile")
+    assert code == 2
+    assert "tile: 1 defect type(s) (contamination) < min_defect_types=2" in err and "--min-defect-types" in err
+    # among others: skipped with a note (MVTec AD's toothbrush), the rest runs
+    code, stdout, _ = run(capsys, data, out, cache, *QUICK)
+    assert code == 0 and "category tile skipped: 1 defect type(s)" in stdout
+    rows = read_rows([out / "results.jsonl"]).rows
+    assert {r["category"] for r in rows[4:]} == {"screw"}
+    assert_prior_intact(out, prior)
+
+
+def test_defect_type_with_too_few_images(capsys, data, out, cache, prior) -> None:  # noqa: ANN001
+    folder = data / "tile" / "test" / "crack"
+    for p in sorted(folder.glob("*.png"))[2:]:
+        p.unlink()
+    code, _, err = run(capsys, data, out, cache, "--method", "protonet", "--shots", "1,2", "--seeds", "1", "--categories", "tile")
+    assert code == 1  # the 1-shot job ran, the 2-shot job could not
+    assert f"defect type 'crack' of category 'tile' has 2 image(s) in {folder}" in err
+    assert "2-shot needs at least 3" in err and "Use fewer --shots or add images" in err
+    rows = read_rows([out / "results.jsonl"]).rows[4:]
+    assert {(r["shots"], r["status"]) for r in rows} == {(1, "ok"), (2, "error")}
+    assert_prior_intact(out, prior)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("zero-byte", "image file is empty (0 bytes): {path}"),
+        ("truncated", "corrupt or truncated image: {path}"),
+        ("not-an-image", "not a readable image: {path}"),
+    ],
+)
+def test_broken_image_files(capsys, data, out, cache, prior, damage: str, message: str) -> None:  # noqa: ANN001
+    path = sorted((data / "tile" / "test" / "crack").glob("*.png"))[3]  # a query image of every episode
+    raw = path.read_bytes()
+    if damage == "zero-byte":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+    else:
+        path.write_text("this is a text file with a .png name\n")
+    code, _, err = run(capsys, data, out, cache, *QUICK)
+    assert code == 1, err  # tile's job failed; screw's ran
+    assert message.format(path=path) in err
+    assert "Re-copy it" in err or "replace it" in err
+    rows = read_rows([out / "results.jsonl"]).rows[4:]
+    assert {(r["category"], r["status"]) for r in rows} == {("tile", "error"), ("screw", "ok")}
+    assert_prior_intact(out, prior)
+
+
+def test_grayscale_and_rgba_images_work(capsys, data, out, cache, prior) -> None:  # noqa: ANN001
+    converted = []
+    for folder, mode in [("train/good", "L"), ("test/crack", "L"), ("test/stain", "RGBA"), ("test/contamination", "LA")]:
+        for p in sorted((data / "tile" / folder).glob("*.png"))[:3]:
+            Image.open(p).convert(mode).save(p)
+            converted.append(p)
+    assert {Image.open(p).mode for p in converted} == {"L", "RGBA", "LA"}
+    code, _, err = run(capsys, data, out, cache, "--method", "protonet", "protonet-residual", "--shots", "3", "--seeds", "1", "--categories", "tile")
+    assert code == 0, err
+    rows = read_rows([out / "results.jsonl"]).rows[4:]
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert_prior_intact(out, prior)
+
+
+# --------------------------------------------------------------------------------------------- names, weights
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "protonett"], "unknown method 'protonett'. Did you mean 'protonet'"),
+        (["--method", "protonet", "--dataset", "synthetic-tiyn"], "unknown dataset 'synthetic-tiyn'. Did you mean 'synthetic-tiny'"),
+        (["--method", "protonet", "--backbone", "resnet1"], "unknown backbone 'resnet1'. Did you mean resnet18"),
+        (["--method", "protonet", "--device", "cuda"], "no CUDA device is available; use --device cpu or auto"),
+    ],
+)
+def test_unknown_names(capsys, out, cache, prior, tiny_root, args: list[str], message: str) -> None:  # noqa: ANN001
+    if "--device" in args:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA device is available here")
+    code = main(["run", "--dataset", "synthetic-tiny", "--data-root", str(tiny_root), *COMMON, "--shots", "1", "--seeds", "1",
+                 "--out", str(out), "--cache-dir", str(cache), *args])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert_prior_intact(out, prior)
+
+
+def test_unknown_method_as_a_user_sees_it(tmp_path: Path) -> None:
+    """The real command line: one line on stderr, exit 2, no traceback."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--method", "contrastiv", "--dataset", "synthetic-tiny", "--weights", "random",
+         "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: unknown method 'contrastiv'. Did you mean 'contrastive'")
+    assert "Traceback" not in proc.stderr
+
+
+def test_unreadable_weights_file(capsys, out, cache, prior, tiny_root, tmp_path) -> None:  # noqa: ANN001
+    bad = tmp_path / "resnet18.pth"
+    bad.write_bytes(os.urandom(4096))
+    code = main(["run", "--dataset", "synthetic-tiny", "--data-root", str(tiny_root), "--backbone", "resnet18", "--weights", str(bad),
+                 "--no-progress", *QUICK, "--out", str(out), "--cache-dir", str(cache)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"cannot read weights file {bad}" in err and "re-download it" in err
+    missing = tmp_path / "nowhere.pth"
+    code = main(["run", "--dataset", "synthetic-tiny", "--data-root", str(tiny_root), "--backbone", "resnet18", "--weights", str(missing),
+                 "--no-progress", *QUICK, "--out", str(out), "--cache-dir", str(cache)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and f"weights file not found: {missing}" in err
+    assert_prior_intact(out, prior)
+
+
+def test_mismatched_weights_file(capsys, out, cache, prior, tiny_root, tmp_path) -> None:  # noqa: ANN001
+    import timm
+    import torch
+
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    path = tmp_path / "resnet18-for-resnet34.pth"
+    torch.save(state, path)
+    code = main(["run", "--dataset", "synthetic-tiny", "--data-root", str(tiny_root), "--backbone", "resnet34", "--weights", str(path),
+                 "--no-progress", *QUICK, "--out", str(out), "--cache-dir", str(cache)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"weights file {path} does not match backbone 'resnet34'" in err and "choose the matching --backbone" in err
+    assert_prior_intact(out, prior)
+
+
+# --------------------------------------------------------------------------------------------- results, disk
+def test_results_file_with_corrupt_lines(capsys, caplog, out, cache, prior, tiny_root) -> None:  # noqa: ANN001
+    """A garbage line in the middle and a line cut by a kill: warned about (file and line), left in place,
+    their jobs run again; every other row stays as it was."""
+    lines = prior[0].splitlines(keepends=True)
+    broken_key = __import__("json").loads(lines[1])["key"]
+    corrupt = lines[0] + b"\x00\x00garbage {not json\n" + b"".join(lines[2:]) + lines[1][:40]
+    (out / "results.jsonl").write_bytes(corrupt)
+    args = ["run", "--dataset", "folder", "--data-root", str(tiny_root), *COMMON, "--method", "protonet", "--shots", "1,2",
+            "--seeds", "1", "--out", str(out), "--cache-dir", str(cache)]  # fmt: skip
+    with caplog.at_level("WARNING"):
+        code = main(args)
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert "skipped 2 unreadable line(s)" in caplog.text and f"{out / 'results.jsonl'}:2" in caplog.text
+    assert "resuming: 3 of 4 jobs already finished" in cap.out
+    data = (out / "results.jsonl").read_bytes()
+    assert data.startswith(corrupt)  # nothing rewritten or dropped
+    res = read_rows([out / "results.jsonl"])
+    assert res.skipped_lines == 2
+    ok = [r["key"] for r in res.rows if r["status"] == "ok"]
+    assert len(ok) == len(set(ok)) == 4 and broken_key in ok
+
+
+class _OsWithFullDisk:
+    """``os`` as bench.results sees it, with a disk that is full."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    @staticmethod
+    def write(fd: int, data: Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_full_disk_while_writing_the_cache(capsys, monkeypatch, data, out, prior, tmp_path) -> None:  # noqa: ANN001
+    """ENOSPC from the cache write (simulated in np.save): one clear message, exit 2, rows and cache intact;
+    once there is space again the same command resumes."""
+    cache = tmp_path / "fresh-cache"  # cold: features have to be written
+
+    def full(*a: Any, **k: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full)
+    code, _, err = run(capsys, data, out, cache, *QUICK)
+    assert code == 2
+    assert "No space left on device" in err and "--cache-dir" in err and "run the same command again to resume" in err
+    assert_prior_intact(out, prior)
+    assert not [p for p in (cache / "features").rglob("*") if p.is_file()], "a partial cache entry was left"
+    assert (out / "results.jsonl").read_bytes() == prior[0], "an error row was written for a full disk"
+    monkeypatch.undo()
+    code, stdout, err = run(capsys, data, out, cache, *QUICK)
+    assert code == 0, err
+    assert len(read_rows([out / "results.jsonl"]).rows) == 6
+
+
+def test_full_disk_while_writing_results(capsys, monkeypatch, data, out, cache, prior) -> None:  # noqa: ANN001
+    monkeypatch.setattr(bench.results, "os", _OsWithFullDisk())
+    code, _, err = run(capsys, data, out, cache, *QUICK)
+    assert code == 2
+    assert f"failed writing results to {out / 'results.jsonl'}" in err and "earlier rows are intact" in err
+    assert "Free some space" in err
+    monkeypatch.undo()
+    assert_prior_intact(out, prior)
+    assert read_rows([out / "results.jsonl"]).skipped_lines == 0
+
+
+@pytest.mark.parametrize("how", ["chmod-555", "file-in-the-way", "proc"])
+def test_read_only_output_folder(capsys, data, cache, prior, tmp_path, how: str) -> None:  # noqa: ANN001
+    if how == "chmod-555":
+        out = tmp_path / "ro"
+        out.mkdir()
+        (out / "results.jsonl").write_bytes(prior[0])
+        out.chmod(0o555)
+        probe = out / "probe"
+        try:
+            probe.write_text("")
+        except PermissionError:
+            pass
+        else:  # root ignores permission bits: the other two cases cover a folder that cannot be written
+            probe.unlink()
+            out.chmod(0o755)
+            pytest.skip("running as root: chmod 555 does not stop root (covered by file-in-the-way and proc)")
+    elif how == "file-in-the-way":
+        (tmp_path / "not-a-folder").write_text("a file where the output folder's parent should be\n")
+        out = tmp_path / "not-a-folder" / "results"
+    else:
+        out = Path("/proc/fsad-bench-results")  # procfs: nothing can be created there, not even by root
+    try:
+        code, _, err = run(capsys, data, out, cache, *QUICK)
+    finally:
+        if how == "chmod-555":
+            out.chmod(0o755)
+    assert code == 2
+    assert f"cannot write to the output folder {out}" in err and "Choose another with --out" in err
+    if how == "chmod-555":
+        assert (out / "results.jsonl").read_bytes() == prior[0]
