@@ -108,6 +108,29 @@ def save_npy(path: Path, array: np.ndarray) -> Path:
     return atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
 
 
+def _npy_offset(f: Any, size: int, path: Path, shape: Sequence[int] | None, dtype: np.dtype | str | None) -> int | None:
+    """Parse the header of an open ``.npy`` file; the data offset, or None when it does not validate."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            hdr_shape, fortran, hdr_dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            hdr_shape, fortran, hdr_dtype = np.lib.format.read_array_header_2_0(f)
+    except (OSError, ValueError) as exc:
+        log.warning("cache entry %s is unreadable (%s); recomputing it", path, exc)
+        return None
+    offset = f.tell()
+    if (
+        fortran
+        or size != offset + math.prod(hdr_shape) * hdr_dtype.itemsize
+        or (shape is not None and tuple(hdr_shape) != tuple(shape))
+        or (dtype is not None and hdr_dtype != np.dtype(dtype))
+    ):
+        log.warning("cache entry %s is incomplete or has the wrong shape/dtype; recomputing it", path)
+        return None
+    return offset
+
+
 def check_npy(path: Path, shape: Sequence[int] | None = None, dtype: np.dtype | str | None = None) -> int | None:
     """Validate a ``.npy`` entry without reading its data.
 
@@ -121,29 +144,13 @@ def check_npy(path: Path, shape: Sequence[int] | None = None, dtype: np.dtype | 
         the wrong shape/dtype (a warning is logged for an existing but bad file; callers recompute it).
     """
     try:
-        size = path.stat().st_size
         with path.open("rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                hdr_shape, fortran, hdr_dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                hdr_shape, fortran, hdr_dtype = np.lib.format.read_array_header_2_0(f)
-            offset = f.tell()
+            return _npy_offset(f, os.fstat(f.fileno()).st_size, path, shape, dtype)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         log.warning("cache entry %s is unreadable (%s); recomputing it", path, exc)
         return None
-    expected = offset + math.prod(hdr_shape) * hdr_dtype.itemsize
-    if (
-        fortran
-        or size != expected
-        or (shape is not None and tuple(hdr_shape) != tuple(shape))
-        or (dtype is not None and hdr_dtype != np.dtype(dtype))
-    ):
-        log.warning("cache entry %s is incomplete or has the wrong shape/dtype; recomputing it", path)
-        return None
-    return offset
 
 
 def load_npy(
@@ -181,14 +188,14 @@ def read_npy_into(path: Path, out: np.ndarray, dtype: np.dtype | str | None = No
         False (``out`` untouched or partly written) when the entry is missing or invalid.
     """
     stored = np.dtype(dtype) if dtype is not None else out.dtype
-    offset = check_npy(path, out.shape, stored)
-    if offset is None:
-        return False
     dest = out if stored == out.dtype and out.flags.c_contiguous else np.empty(out.shape, stored)
     try:
         with path.open("rb") as f:
-            f.seek(offset)
+            if _npy_offset(f, os.fstat(f.fileno()).st_size, path, out.shape, stored) is None:
+                return False
             n = f.readinto(memoryview(dest).cast("B"))
+    except FileNotFoundError:
+        return False
     except OSError as exc:
         log.warning("cache entry %s is unreadable (%s); recomputing it", path, exc)
         return False

@@ -131,40 +131,54 @@ def from_patches(p: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return p.reshape(-1, h, w, p.shape[-1]).permute(0, 3, 1, 2)
 
 
-def adaptive_pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """(n_out, n_in) matrix of ``F.adaptive_avg_pool1d`` (window i = [⌊i·n_in/n_out⌋, ⌈(i+1)·n_in/n_out⌉))."""
-    a = torch.zeros(n_out, n_in, dtype=torch.float64)
-    for i in range(n_out):
-        s, e = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
-        a[i, s:e] = 1.0 / (e - s)
-    return a
+def pool_windows(n_in: int, n_out: int) -> list[tuple[int, int]]:
+    """Windows of ``F.adaptive_avg_pool1d`` from n_in to n_out: output i averages [⌊i·n_in/n_out⌋, ⌈(i+1)·n_in/n_out⌉)."""
+    return [((i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)) for i in range(n_out)]
 
 
-def _grouped_plan(w: torch.Tensor, channels: int, max_group_channels: int = 8) -> tuple[int, int, int, torch.Tensor] | None:
-    """Express a layer's (T, C·k²) pooling map as a grouped conv, if its non-zero rows allow it.
+def layer_pooling_map(layer: int, channels: int, k2: int, n_layers: int, pretrain_dim: int, target_dim: int) -> list[list[tuple[int, int, float]]]:
+    """The linear map from one layer's unfolded patch vector (C·k², channel-major) to the D output dims.
+
+    ``MeanMapper`` (C·k² → pretrain_dim) followed by this layer's share of ``Aggregator``
+    (n_layers·pretrain_dim → target_dim), kept sparse.
+
+    Returns:
+        For each of the target_dim outputs, its terms (start, end, weight): weight × sum of inputs [start, end).
+    """
+    a_win = pool_windows(channels * k2, pretrain_dim)
+    lo, hi = layer * pretrain_dim, (layer + 1) * pretrain_dim
+    rows = []
+    for s, e in pool_windows(n_layers * pretrain_dim, target_dim):
+        rows.append([(a_win[j - lo][0], a_win[j - lo][1], 1.0 / ((e - s) * (a_win[j - lo][1] - a_win[j - lo][0])))
+                     for j in range(max(s, lo), min(e, hi))])
+    return rows
+
+
+def _grouped_plan(rows: list[list[tuple[int, int, float]]], channels: int, k2: int, max_group_channels: int = 8) -> tuple[int, int, int, torch.Tensor] | None:
+    """Express a layer's sparse pooling map as a grouped k×k conv, if its non-zero rows allow it.
 
     Returns:
         (row_start, row_end, groups, weight (rows, C/groups, k, k)) or None.
     """
-    nz = (w != 0).any(1).nonzero().flatten()
-    if len(nz) == 0:
+    nz = [t for t, terms in enumerate(rows) if terms]
+    if not nz or nz != list(range(nz[0], nz[-1] + 1)):
         return None
-    r0, r1 = int(nz[0]), int(nz[-1]) + 1
-    if len(nz) != r1 - r0:
-        return None
-    rows = w[r0:r1].reshape(r1 - r0, channels, -1)
-    used = (rows != 0).any(2)  # (rows, C)
+    r0, r1 = nz[0], nz[-1] + 1
     n_rows = r1 - r0
+    lo = [min(s for s, _, _ in rows[t]) // k2 for t in nz]  # first and last channel each row reads
+    hi = [(max(e for _, e, _ in rows[t]) - 1) // k2 for t in nz]
     for groups in sorted({g for g in range(1, channels + 1) if channels % g == 0 and n_rows % g == 0}, reverse=True):
         cg, rg = channels // groups, n_rows // groups
         if cg > max_group_channels:
             break
-        row_group = torch.arange(n_rows) // rg
-        chan_group = torch.arange(channels) // cg
-        if bool((used & (row_group[:, None] != chan_group[None, :])).any()):
+        if any(lo[r] // cg != r // rg or hi[r] // cg != r // rg for r in range(n_rows)):
             continue
-        k = int(round(math.sqrt(rows.shape[2])))
-        weight = torch.stack([rows[r, (r // rg) * cg : (r // rg + 1) * cg] for r in range(n_rows)])
+        weight = torch.zeros(n_rows, cg * k2, dtype=torch.float64)
+        for r in range(n_rows):
+            base = (r // rg) * cg * k2
+            for s, e, v in rows[r0 + r]:
+                weight[r, s - base : e - base] += v
+        k = int(round(math.sqrt(k2)))
         return r0, r1, groups, weight.reshape(n_rows, cg, k, k).float()
     return None
 
@@ -206,11 +220,10 @@ class PatchCoreExtractor(nn.Module):
         self.target_dim = target_dim
         self.precision = precision
         k2 = patch_size * patch_size
-        agg = adaptive_pool_matrix(len(self.channels) * pretrain_dim, target_dim)
-        plans = []
-        for i, c in enumerate(self.channels):
-            w = agg[:, i * pretrain_dim : (i + 1) * pretrain_dim] @ adaptive_pool_matrix(c * k2, pretrain_dim)
-            plans.append(_grouped_plan(w, c))
+        plans = [
+            _grouped_plan(layer_pooling_map(i, c, k2, len(self.channels), pretrain_dim, target_dim), c, k2)
+            for i, c in enumerate(self.channels)
+        ]
         contiguous = all(p is not None for p in plans) and [p[0] for p in plans] == [0] + [p[1] for p in plans[:-1]]
         self.fast = bool(fast and contiguous and plans[-1][1] == target_dim)
         self.groups: list[int] = []

@@ -164,7 +164,9 @@ class PseudoSource:
         self.method = method
         self.textures = load_textures(Path(ctx.textures) if ctx.textures else None, seed=cfg.pseudo_seed)
         self.pseudo_config = PseudoConfig(mask=cfg.pseudo_mask, texture_bgr=cfg.texture_bgr)
-        self.gen = PseudoDefectGenerator(ctx.train_paths, self.textures, ctx.category, self.pseudo_config, seed=cfg.pseudo_seed)
+        self.gen = PseudoDefectGenerator(
+            ctx.train_paths, self.textures, ctx.category, self.pseudo_config, seed=cfg.pseudo_seed
+        )
         self.seconds = 0.0  # generation + features
 
     def identity(self) -> dict[str, Any]:
@@ -198,7 +200,10 @@ class PseudoSource:
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:32]
 
     def episode(
-        self, rng: np.random.Generator, only_classes: Sequence[int] | None = None, exclude_classes: Sequence[int] | None = None
+        self,
+        rng: np.random.Generator,
+        only_classes: Sequence[int] | None = None,
+        exclude_classes: Sequence[int] | None = None,
     ) -> tuple[list[int], PretrainBatch]:
         """Draw one episode; returns (its generator classes, its tensors)."""
         cfg = self.method.config
@@ -237,7 +242,9 @@ class _LazyImages(SequenceABC):
 StepFn = Callable[[PretrainBatch], tuple[torch.Tensor, float]]
 
 
-def pretrain_loop(method: "PaperMethod", model: nn.Module, opt: torch.optim.Optimizer, step: StepFn, source: PseudoSource) -> dict[str, Any]:
+def pretrain_loop(
+    method: "PaperMethod", model: nn.Module, opt: torch.optim.Optimizer, step: StepFn, source: PseudoSource
+) -> dict[str, Any]:
     """Episodic pretraining (§7): one optimiser step per episode, stop rule on the current batch accuracy.
 
     Args:
@@ -288,7 +295,10 @@ class PaperMethod(Method):
         """(N, D, H, W) raw or residual grids of real images, in the configured layout, on the device."""
         store = self.ctx.features
         with self.ctx.timer("features"):
-            x = store.patch_features(list(paths)) if self.config.features == "raw" else store.residuals(list(paths), self.ctx.bank())
+            if self.config.features == "raw":
+                x = store.patch_features(list(paths))
+            else:
+                x = store.residuals(list(paths), self.ctx.bank())
         return head_input(x, self.config.residual_layout, self.ctx.device)
 
     def grids_arrays(self, images: list[np.ndarray], keys: list[str]) -> torch.Tensor:
@@ -306,7 +316,8 @@ class PaperMethod(Method):
         groups = support.by_class()
         n = len(groups[0])
         if any(len(g) != n for g in groups) or n == 0:
-            raise ConfigError(f"{self.name}: every class needs the same number of support images, got {[len(g) for g in groups]}")
+            sizes = [len(g) for g in groups]
+            raise ConfigError(f"{self.name}: every class needs the same number of support images, got {sizes}")
         x = self.grids([p for g in groups for p in g])
         return x.view(len(groups), n, *x.shape[1:])
 
@@ -329,7 +340,8 @@ class PaperMethod(Method):
                 continue
             ims = [load_rgb(p) for p in paths]
             size = ims[0].size
-            stack = np.stack([np.asarray(im if im.size == size else im.resize(size, Image.BILINEAR), np.float64) for im in ims])
+            ims = [im if im.size == size else im.resize(size, Image.BILINEAR) for im in ims]
+            stack = np.stack([np.asarray(im, np.float64) for im in ims])
             mean = np.clip(np.rint(stack.mean(0)), 0, 255).astype(np.uint8)
             arrays.append(mean)
             keys.append("pixel-mean:" + hashlib.sha256(mean.tobytes() + str(mean.shape).encode()).hexdigest()[:32])
@@ -357,7 +369,9 @@ class PaperMethod(Method):
         }
         return config_hash(ident)
 
-    def load_or_pretrain(self, model: nn.Module, opt: torch.optim.Optimizer, train: Callable[[PseudoSource], dict[str, Any]]) -> None:
+    def load_or_pretrain(
+        self, model: nn.Module, opt: torch.optim.Optimizer, train: Callable[[PseudoSource], dict[str, Any]]
+    ) -> None:
         """Load the cached pretrained model and Adam state for this job's key, or pretrain and cache them."""
         from bench.paths import cache_dir
 
@@ -388,4 +402,5 @@ class PaperMethod(Method):
 
 def describe_config(config: PaperConfig) -> dict[str, Any]:
     """The switches that matter for reading a result row (kept small)."""
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in _CHOICES or f.name == "pretrain"}
+    names = [f.name for f in dataclasses.fields(config) if f.name in _CHOICES or f.name == "pretrain"]
+    return {n: getattr(config, n) for n in names}

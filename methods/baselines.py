@@ -44,14 +44,15 @@ class KNNConfig:
 
 
 @register_method("knn-residual", description="k-NN (k=1, cosine) on pooled PatchCore residuals (training-free)")
-@register_method("knn", overrides={"features": "raw"}, description="k-NN (k=1, cosine) on pooled raw PatchCore features")
+@register_method("knn", overrides={"features": "raw"}, description="k-NN (k=1, cosine) on pooled raw features")
 class KNN(Method):
     """Cosine k-nearest-neighbour classifier over the support images."""
 
     Config = KNNConfig
 
     def _embed(self, paths: Sequence[str]) -> torch.Tensor:
-        return torch.nn.functional.normalize(pooled_features(self, paths, self.config.features, self.config.pool), dim=1)
+        x = pooled_features(self, paths, self.config.features, self.config.pool)
+        return torch.nn.functional.normalize(x, dim=1)
 
     def fit(self, support: SupportSet) -> None:
         self.x = self._embed(support.paths)  # (S, D)
@@ -82,7 +83,9 @@ class LogRegConfig:
 
 
 @register_method("logreg", description="logistic-regression probe on standardised pooled raw PatchCore features")
-@register_method("logreg-residual", overrides={"features": "residual"}, description="logistic-regression probe on pooled residuals")
+@register_method(
+    "logreg-residual", overrides={"features": "residual"}, description="logistic-regression probe on pooled residuals"
+)
 class LogReg(Method):
     """Linear probe: StandardScaler + LogisticRegression fitted on the n-shot support."""
 

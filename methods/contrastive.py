@@ -52,7 +52,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.method import SupportSet, register_method
-from bench.methods._pretrain import PaperConfig, PaperMethod, PretrainBatch, PseudoSource, describe_config, make_adam, pretrain_loop
+from bench.methods._pretrain import (
+    PaperConfig,
+    PaperMethod,
+    PretrainBatch,
+    PseudoSource,
+    describe_config,
+    make_adam,
+    pretrain_loop,
+)
 
 Encode = Callable[[torch.Tensor], torch.Tensor]
 
@@ -65,7 +73,9 @@ class ContrastiveEncoder(nn.Module):
         hidden, mid, embed_dim: widths of the two 1×1 convolutions and of the output (paper 256, 128, 128).
     """
 
-    def __init__(self, in_dim: int, height: int, width: int, hidden: int = 256, mid: int = 128, embed_dim: int = 128) -> None:
+    def __init__(
+        self, in_dim: int, height: int, width: int, hidden: int = 256, mid: int = 128, embed_dim: int = 128
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_dim, hidden, 1)
         self.bn1 = nn.BatchNorm2d(hidden)
@@ -175,11 +185,27 @@ class ContrastiveConfig(PaperConfig):
         return self.finetune_passes[min(shots, len(self.finetune_passes)) - 1]
 
 
-@register_method("contrastive", description="contrastive classifier + residual + pseudo-defect pretraining (paper main method)")
-@register_method("contrastive-residual", overrides={"pretrain": False}, description="contrastive + residual, no pretraining (Table 3)")
-@register_method("contrastive-raw-pretrain", overrides={"features": "raw"}, description="contrastive + pretraining on raw features (Table 11)")
-@register_method("contrastive-raw", overrides={"features": "raw", "pretrain": False}, description="contrastive on raw features, no pretraining")
-@register_method("contrastive-polygon", overrides={"pseudo_mask": "polygon"}, description="main method pretrained on polygon-mask pseudo defects (Table 9)")
+@register_method("contrastive", description="contrastive + residual + pseudo-defect pretraining (paper main method)")
+@register_method(
+    "contrastive-residual",
+    overrides={"pretrain": False},
+    description="contrastive + residual, no pretraining (Table 3)",
+)
+@register_method(
+    "contrastive-raw-pretrain",
+    overrides={"features": "raw"},
+    description="contrastive + pretraining, raw features (Table 11)",
+)
+@register_method(
+    "contrastive-raw",
+    overrides={"features": "raw", "pretrain": False},
+    description="contrastive on raw features, no pretraining",
+)
+@register_method(
+    "contrastive-polygon",
+    overrides={"pseudo_mask": "polygon"},
+    description="main method pretrained on polygon-mask pseudo defects (Table 9)",
+)
 class Contrastive(PaperMethod):
     """Contrastive (InfoNCE) classifier over PatchCore residual grids, nearest prototype in embedding space."""
 
@@ -223,13 +249,15 @@ class Contrastive(PaperMethod):
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         """(N, D, H, W) → (N, E) in eval mode, in chunks of ``query_chunk``."""
         self.model.eval()
-        return torch.cat([self.model(x[i : i + self.config.query_chunk]) for i in range(0, len(x), self.config.query_chunk)])
+        chunk = self.config.query_chunk
+        return torch.cat([self.model(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
     @torch.no_grad()
     def embed(self, paths: Sequence[str]) -> np.ndarray:
         """(N, 128) embeddings g(r) of images (after ``fit``), e.g. for ``bench tsne``."""
         chunk = self.config.query_chunk
-        return torch.cat([self._encode(self.grids(paths[i : i + chunk])) for i in range(0, len(paths), chunk)]).cpu().numpy()
+        z = [self._encode(self.grids(paths[i : i + chunk])) for i in range(0, len(paths), chunk)]
+        return torch.cat(z).cpu().numpy()
 
     @torch.no_grad()
     def predict(self, query_paths: Sequence[str]) -> np.ndarray:

@@ -10,7 +10,8 @@ Per outer step (:func:`maml_outer_step`):
 1. draw B = ``maml_tasks`` (10) tasks; task t = a support pseudo episode S_t (10 classes, 9 groups + 9 queries)
    and a query episode Q_t of **disjoint** classes (the paper's "another batch of categories"; default) or of
    the same classes with fresh images (``maml_query_classes="same"``, classical MAML);
-2. inner step(s) from the current θ: θ'_t = θ − α ∇_θ L(S_t; θ), α = ``inner_lr`` = 0.001 (SGD), ``inner_steps`` = 1;
+2. inner step(s) from the current θ: θ'_t = θ − α ∇_θ L(S_t; θ), α = ``inner_lr`` = 0.001 (SGD),
+   ``inner_steps`` = 1;
 3. outer step: one Adam (1e-4) step on L_meta = (1/B) Σ_t L(Q_t; θ'_t). Second order by default: the inner
    gradient is differentiated (``create_graph=True``); ``first_order=True`` (FOMAML) treats it as a constant.
 
@@ -118,7 +119,7 @@ class MAMLConfig(ContrastiveConfig):
             raise ValueError("maml_tasks and inner_steps must be >= 1 and inner_lr >= 0")
 
 
-@register_method("contrastive-maml", description="contrastive classifier with MAML pseudo-defect pretraining (paper App. G)")
+@register_method("contrastive-maml", description="contrastive classifier, MAML pseudo-defect pretraining (App. G)")
 class ContrastiveMAML(Contrastive):
     """The main method with second-order MAML pretraining instead of plain episodic pretraining."""
 
@@ -144,10 +145,13 @@ class ContrastiveMAML(Contrastive):
             for _ in range(n_tasks):
                 classes, s_batch = source.episode(rng)
                 same = cfg.maml_query_classes == "same"
-                _, q_batch = source.episode(rng, only_classes=classes if same else None, exclude_classes=None if same else classes)
+                only, exclude = (classes, None) if same else (None, classes)
+                _, q_batch = source.episode(rng, only_classes=only, exclude_classes=exclude)
                 tasks.append((s_batch, q_batch))
             t0 = time.perf_counter()
-            loss, acc = maml_outer_step(self.model, self.opt, tasks, loss_fn, cfg.inner_lr, cfg.inner_steps, cfg.first_order)
+            loss, acc = maml_outer_step(
+                self.model, self.opt, tasks, loss_fn, cfg.inner_lr, cfg.inner_steps, cfg.first_order
+            )
             t_update += time.perf_counter() - t0
             losses.append(round(loss, 5))
             accs.append(round(acc, 4))
@@ -165,7 +169,7 @@ class ContrastiveMAML(Contrastive):
             "batch_accuracy": accs,
             "order": "first" if cfg.first_order else "second",
             "query_classes": cfg.maml_query_classes,
-            "batchnorm": "batch statistics in inner and outer forwards; running statistics updated by outer forwards only",
+            "batchnorm": "batch statistics in inner and outer forwards; running statistics updated by outer forwards",
             "seconds_per_episode_features": round(source.seconds / max(1, n_ep), 4),
             "seconds_per_outer_step": round(t_update / max(1, len(losses)), 4),
         }

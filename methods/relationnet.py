@@ -5,7 +5,7 @@ Task", arXiv 2406.05645, §3.3 and Eq. 1 (method-spec §5.2, §7, §8, §9), aft
 Compare: Relation Network for Few-Shot Learning", CVPR 2018, with RelationNet's MSE replaced by a weighted BCE.
 
 * **Relation head** (:class:`RelationHead`): concat[support grid, query grid] (B, 2D, H, W) → Conv1×1 2D→512,
-  BN, ReLU → Conv1×1 512→128, BN, ReLU → flatten → Linear→128, BN1d, ReLU → Linear→1 → sigmoid; Kaiming-normal
+  BN, ReLU → Conv1×1 512→128, BN, ReLU → flatten → Linear→128, BN1d, ReLU → Linear→1 → sigmoid; Kaiming
   weights on the convs and linears. :meth:`RelationHead.forward_pairs` scores all S×Q pairs without building
   the (S·Q, 2D, H, W) concatenation: the first 1×1 conv of a concatenation is W_s·s + W_q·q + b, so it is
   applied to the S supports and Q queries once and broadcast (identical result, a fraction of the memory).
@@ -44,7 +44,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.method import SupportSet, register_method
-from bench.methods._pretrain import PaperConfig, PaperMethod, PretrainBatch, PseudoSource, describe_config, make_adam, pretrain_loop
+from bench.methods._pretrain import (
+    PaperConfig,
+    PaperMethod,
+    PretrainBatch,
+    PseudoSource,
+    describe_config,
+    make_adam,
+    pretrain_loop,
+)
 
 
 class _PairSum(torch.autograd.Function):
@@ -77,7 +85,9 @@ class RelationHead(nn.Module):
         hidden, mid, fc_dim: widths (paper 512, 128, 128).
     """
 
-    def __init__(self, in_dim: int, height: int, width: int, hidden: int = 512, mid: int = 128, fc_dim: int = 128) -> None:
+    def __init__(
+        self, in_dim: int, height: int, width: int, hidden: int = 512, mid: int = 128, fc_dim: int = 128
+    ) -> None:
         super().__init__()
         self.in_dim = in_dim
         self.conv1 = nn.Conv2d(2 * in_dim, hidden, 1)
@@ -177,14 +187,20 @@ class RelationConfig(PaperConfig):
             raise ValueError(f"finetune_steps must be >= 0, got {self.finetune_steps}")
 
 
-@register_method("relationnet", description="RelationNet-style baseline on residuals, no pretraining (Sung et al. 2018)")
-@register_method("relationnet-raw", overrides={"features": "raw"}, description="RelationNet-style baseline on raw features")
+@register_method("relationnet", description="RelationNet-style baseline on residuals, no pretraining (Sung et al.)")
+@register_method(
+    "relationnet-raw", overrides={"features": "raw"}, description="RelationNet-style baseline on raw features"
+)
 @register_method(
     "relationnet-residual-pretrain",
     overrides={"pretrain": True},
     description="vanilla RelationNet + residual + pseudo-defect pretraining (paper Table 8)",
 )
-@register_method("relationnet-raw-pretrain", overrides={"features": "raw", "pretrain": True}, description="RelationNet + pretraining on raw features")
+@register_method(
+    "relationnet-raw-pretrain",
+    overrides={"features": "raw", "pretrain": True},
+    description="RelationNet + pretraining on raw features",
+)
 class RelationNet(PaperMethod):
     """RelationNet-style pairwise classifier with weighted BCE; argmax of the relation score over the classes."""
 
@@ -209,7 +225,7 @@ class RelationNet(PaperMethod):
         self.ctx.log["finetune"] = {
             "steps": len(losses),
             "loss_per_step": [round(v, 5) for v in losses],
-            "note": "" if losses else "no fine-tuning step (1-shot: no query items): the (pre)trained head is used as is",
+            "note": "" if losses else "no fine-tuning step (1-shot: no query items): the (pre)trained head as is",
         }
         self.head.eval()
         with torch.no_grad():

@@ -26,8 +26,9 @@ def _enc(dtype: torch.dtype = torch.float32) -> ContrastiveEncoder:
 
 def _batch(seed: int, dtype: torch.dtype = torch.float32, k: int = 3) -> PretrainBatch:
     g = torch.Generator().manual_seed(seed)
-    return PretrainBatch(torch.randn(2, k, D, H, W, generator=g, dtype=dtype), torch.randn(4, D, H, W, generator=g, dtype=dtype),
-                         torch.randint(0, k, (4,), generator=g))  # fmt: skip
+    keys = torch.randn(2, k, D, H, W, generator=g, dtype=dtype)
+    queries = torch.randn(4, D, H, W, generator=g, dtype=dtype)
+    return PretrainBatch(keys, queries, torch.randint(0, k, (4,), generator=g))
 
 
 def _contrastive(encode: Any, batch: PretrainBatch) -> tuple[torch.Tensor, float]:
@@ -111,7 +112,9 @@ class _FakeSource:
         self.seconds = 0.0
         self.n = 0
 
-    def episode(self, rng: np.random.Generator, only_classes: Any = None, exclude_classes: Any = None) -> tuple[list[int], PretrainBatch]:
+    def episode(
+        self, rng: np.random.Generator, only_classes: Any = None, exclude_classes: Any = None
+    ) -> tuple[list[int], PretrainBatch]:
         self.calls.append((only_classes, exclude_classes))
         self.n += 1
         return [self.n * 10 + i for i in range(4)], _batch(self.n, k=4)
@@ -121,7 +124,8 @@ class _FakeSource:
 def test_budget_query_classes_and_log(max_episodes: int, tasks: int, outer: int, per_step: int) -> None:
     spec = get_method("contrastive-maml")
     for mode in ("disjoint", "same"):
-        cfg = spec.make_config({"max_episodes": max_episodes, "maml_tasks": tasks, "stop_accuracy": 1.1, "maml_query_classes": mode})
+        opts = {"max_episodes": max_episodes, "maml_tasks": tasks, "stop_accuracy": 1.1, "maml_query_classes": mode}
+        cfg = spec.make_config(opts)
         ctx = TaskContext(dataset="none", category="none", seed=1, shots=2, train_paths=[], store_factory=lambda: None)
         method = spec.cls(cfg, ctx)
         method._build((D, H, W))
@@ -133,7 +137,10 @@ def test_budget_query_classes_and_log(max_episodes: int, tasks: int, outer: int,
         for i in range(0, len(src.calls), 2):  # (support call, query call) per task
             assert src.calls[i] == (None, None)
             only, exclude = src.calls[i + 1]
-            assert (only is None and exclude is not None) if mode == "disjoint" else (only is not None and exclude is None)
+            if mode == "disjoint":
+                assert only is None and exclude is not None
+            else:
+                assert only is not None and exclude is None
 
 
 def test_stop_rule_fires_on_query_accuracy() -> None:
@@ -141,7 +148,8 @@ def test_stop_rule_fires_on_query_accuracy() -> None:
     paper = spec.default_config()  # budget: 1000 episodes, 2 per task, 10 tasks per outer step -> 50 outer steps
     assert (paper.max_episodes, paper.maml_tasks, paper.inner_lr, paper.inner_steps) == (1000, 10, 0.001, 1)
     cfg = spec.make_config({"max_episodes": 40, "maml_tasks": 2, "stop_accuracy": -1.0})
-    method = spec.cls(cfg, TaskContext(dataset="none", category="none", seed=1, shots=2, train_paths=[], store_factory=lambda: None))
+    ctx = TaskContext(dataset="none", category="none", seed=1, shots=2, train_paths=[], store_factory=lambda: None)
+    method = spec.cls(cfg, ctx)
     method._build((D, H, W))
     before = copy.deepcopy(method.model.state_dict())
     info = method._pretrain(_FakeSource())  # type: ignore[arg-type]

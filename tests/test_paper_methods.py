@@ -213,7 +213,8 @@ def test_registered_variants_and_config_validation() -> None:
         "contrastive-raw-pretrain": {"features": "raw", "pretrain": True},
         "contrastive-raw": {"features": "raw", "pretrain": False},
         "contrastive-polygon": {"pseudo_mask": "polygon", "pretrain": True},
-        "contrastive-maml": {"pretrain": True, "first_order": False, "maml_query_classes": "disjoint", "inner_lr": 0.001},
+        "contrastive-maml": {"pretrain": True, "first_order": False, "maml_query_classes": "disjoint",
+                             "inner_lr": 0.001},  # fmt: skip
         "relationnet": {"features": "residual", "pretrain": False},
         "relationnet-raw": {"features": "raw", "pretrain": False},
         "relationnet-residual-pretrain": {"features": "residual", "pretrain": True},
@@ -281,8 +282,10 @@ def _fake_job(tmp_path: Path, name: str, shots: int, options: dict[str, Any], st
 
     samples = load_dataset("synthetic-tiny", None, DatasetOptions())
     ep = make_episode(samples, "tile", shots, 1)
-    ctx = TaskContext(dataset="synthetic-tiny", category="tile", seed=1, shots=shots, train_paths=samples.train_paths("tile"),
-                      store_factory=lambda: store, cache_root=tmp_path)  # fmt: skip
+    ctx = TaskContext(
+        dataset="synthetic-tiny", category="tile", seed=1, shots=shots, train_paths=samples.train_paths("tile"),
+        store_factory=lambda: store, cache_root=tmp_path,
+    )  # fmt: skip
     spec = get_method(name)
     method = spec.cls(spec.make_config(options), ctx)
     method.name = name
@@ -294,7 +297,11 @@ def _fake_job(tmp_path: Path, name: str, shots: int, options: dict[str, Any], st
 
 @pytest.mark.parametrize(
     "name",
-    ["contrastive", pytest.param("relationnet-residual-pretrain", marks=pytest.mark.slow), pytest.param("contrastive-maml", marks=pytest.mark.slow)],
+    [
+        "contrastive",
+        pytest.param("relationnet-residual-pretrain", marks=pytest.mark.slow),
+        pytest.param("contrastive-maml", marks=pytest.mark.slow),
+    ],
 )
 def test_glue_pretrain_cache_and_prototypes_with_a_fake_store(tmp_path: Path, name: str) -> None:
     store = _FakeStore()
@@ -308,7 +315,7 @@ def test_glue_pretrain_cache_and_prototypes_with_a_fake_store(tmp_path: Path, na
     assert ctx1.log["finetune"]["steps"] == 0 and "used as is" in ctx1.log["finetune"]["note"]
     assert store.keys, "pseudo images must go through the store under content keys"
     n_keys = len(store.keys)
-    m2, ctx2 = _fake_job(tmp_path, name, 3, {**opts, "prototype": "embedding_mean"}, store)  # other shots, other prototype
+    m2, ctx2 = _fake_job(tmp_path, name, 3, {**opts, "prototype": "embedding_mean"}, store)  # other shots and prototype
     assert ctx2.log["pretrain"]["from_cache"] is True and ctx2.log["pretrain"]["cache_key"] == pre["cache_key"]
     assert ctx2.log["finetune"]["steps"] > 0
     assert all(k.startswith("pixel-mean:") for k in store.keys[n_keys:])  # no pseudo image made again (cache hit)
@@ -356,7 +363,8 @@ def _run(tmp_path: Path, method: str, shots: list[int], options: dict[str, Any],
 
     cfg = RunConfig(
         methods=[method], method_options=options, dataset="synthetic-tiny", categories=categories, shots=shots,
-        seeds=[1], backbone="resnet18", weights="random", out=str(tmp_path / "out"), cache_dir=str(cache or tmp_path / "cache"),
+        seeds=[1], backbone="resnet18", weights="random", out=str(tmp_path / "out"),
+        cache_dir=str(cache or tmp_path / "cache"),
     )  # fmt: skip
     execute(cfg, progress=False)
     rows = read_rows([tmp_path / "out" / "results.jsonl"]).rows
