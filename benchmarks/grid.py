@@ -5,8 +5,9 @@ folder, the same generated data) on ``synthetic-mvtec`` (the 15 MVTec AD categor
 exact per-folder image counts, drawn images) and prints, per mode:
 
 * total wall time, jobs per minute and the speed-up over the first mode;
-* time per stage (features, bank, pretrain, fit/finetune, predict: sums over jobs from the rows' ``timing``),
-  and the time outside jobs (start-up, preflight, planning);
+* time per stage (features, bank, pretrain, fit/finetune, predict: sums over jobs from the rows' ``timing``;
+  the stages nest: features, bank and pretrain are timed inside fit and predict), and the time outside jobs
+  (start-up, preflight, planning);
 * peak memory: the largest sum of the resident memory of the run's whole process tree (main process and
   workers), sampled every 0.2 s, and the largest single process;
 * cache hit rates per stage (features, bank, nn) from the rows' ``cache`` counts;

@@ -381,6 +381,7 @@ class PaperMethod(Method):
             path = Path(self.ctx.cache_root or cache_dir()) / "pretrained" / f"{key}.pt"
             info: dict[str, Any] | None = None
             if path.exists():
+                init = {k: v.clone() for k, v in model.state_dict().items()}
                 try:
                     blob = torch.load(path, map_location=self.ctx.device, weights_only=True)
                     model.load_state_dict(blob["model"])
@@ -388,6 +389,7 @@ class PaperMethod(Method):
                     info = {**blob["info"], "from_cache": True}
                 except Exception as exc:  # noqa: BLE001 - a broken cache file is rebuilt, never fatal
                     log.warning("ignoring unreadable pretrained cache %s (%s); pretraining again", path, exc)
+                    model.load_state_dict(init)
             if info is None:
                 t0 = time.perf_counter()
                 info = train(source)

@@ -31,7 +31,7 @@ from bench.errors import ConfigError
 from bench.images import Preprocess
 from bench.method import Method, SupportSet, register_method
 
-_POOLED_CACHE: dict[tuple[str, str], np.ndarray] = {}  # (backbone key, image path) -> (F,) pooled features
+_POOLED_CACHE: dict[tuple[str, str], np.ndarray] = {}  # (backbone identity, image path) -> (F,) pooled features
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,9 @@ class Direct(Method):
     def _pooled(self, model: nn.Module, paths: Sequence[str]) -> torch.Tensor:
         """(N, F) globally pooled backbone features of the frozen, eval-mode backbone (cached per image)."""
         fc = self.ctx.features.config
-        key = fc.key()
+        # With random weights the backbone itself depends on the run seed (it is built after seed_torch), so
+        # the seed is part of the identity; pretrained backbones are the same for every seed.
+        key = fc.key() + (f"-seed{self.ctx.seed}" if fc.weights == "random" else "")
         todo = [p for p in dict.fromkeys(paths) if (key, p) not in _POOLED_CACHE]
         model.eval()
         with torch.no_grad():

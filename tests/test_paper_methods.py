@@ -312,7 +312,7 @@ def test_glue_pretrain_cache_and_prototypes_with_a_fake_store(tmp_path: Path, na
     m1, ctx1 = _fake_job(tmp_path, name, 1, opts, store)
     pre = ctx1.log["pretrain"]
     assert pre["from_cache"] is False and 1 <= pre["episodes"] <= 4 and len(pre["loss"]) >= 1
-    assert ctx1.log["finetune"]["steps"] == 0 and "used as is" in ctx1.log["finetune"]["note"]
+    assert ctx1.log["finetune"]["steps"] == 0 and "as is" in ctx1.log["finetune"]["note"]
     assert store.keys, "pseudo images must go through the store under content keys"
     n_keys = len(store.keys)
     m2, ctx2 = _fake_job(tmp_path, name, 3, {**opts, "prototype": "embedding_mean"}, store)  # other shots and prototype
@@ -322,6 +322,11 @@ def test_glue_pretrain_cache_and_prototypes_with_a_fake_store(tmp_path: Path, na
     assert len(list((tmp_path / "pretrained").glob("*.pt"))) == 1
     _, ctx3 = _fake_job(tmp_path, name, 2, {**opts, "pretrain_residual": "paired_source"}, store)  # pretraining differs
     assert ctx3.log["pretrain"]["from_cache"] is False
+    if name == "contrastive":  # a corrupt cache file is rebuilt, not fatal
+        for f in (tmp_path / "pretrained").glob("*.pt"):
+            f.write_bytes(b"not a checkpoint")
+        _, ctx4 = _fake_job(tmp_path, name, 2, opts, store)
+        assert ctx4.log["pretrain"]["from_cache"] is False and ctx4.log["pretrain"]["loss"] == pre["loss"]
 
 
 def test_contrastive_embed_and_pixel_mean(tmp_path: Path) -> None:
@@ -388,12 +393,12 @@ def test_pretrained_model_is_cached_across_shots(tmp_path: Path) -> None:
 
 
 FAST_OPTS: dict[str, dict[str, Any]] = {
-    "contrastive": {**SMALL, "finetune_passes": [0, 8]},
-    "contrastive-residual": {"finetune_passes": [0, 8]},
-    "contrastive-raw-pretrain": {**SMALL, "finetune_passes": [0, 8]},
-    "contrastive-raw": {"finetune_passes": [0, 8]},
-    "contrastive-polygon": {**SMALL, "finetune_passes": [0, 8]},
-    "contrastive-maml": {**SMALL, "max_episodes": 4, "maml_tasks": 2, "finetune_passes": [0, 8]},
+    "contrastive": {**SMALL, "finetune_passes": [0, 4]},
+    "contrastive-residual": {"finetune_passes": [0, 4]},
+    "contrastive-raw-pretrain": {**SMALL, "finetune_passes": [0, 4]},
+    "contrastive-raw": {"finetune_passes": [0, 4]},
+    "contrastive-polygon": {**SMALL, "finetune_passes": [0, 4]},
+    "contrastive-maml": {**SMALL, "max_episodes": 4, "maml_tasks": 2, "finetune_passes": [0, 4]},
     "relationnet": {"finetune_steps": 10},
     "relationnet-raw": {"finetune_steps": 10},
     "relationnet-residual-pretrain": {**SMALL, "finetune_steps": 10},

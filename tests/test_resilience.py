@@ -9,7 +9,8 @@ loads completely; a killed writer leaves at most ``.tmp-*`` files, which are nev
 
 The grids are small (synthetic-tiny, resnet18 with random weights, training-free methods so that the
 predictions are exactly reproducible; one test with the trained ``direct`` baseline). Each subprocess costs
-~8 s of start-up (imports, backbone), so the whole file takes about a minute and a half on two cores.
+~8 s of start-up (imports, backbone) on an idle 2-core machine, so the file runs about twenty of them: about
+3-4 minutes there, and much longer on a machine busy with other work.
 """
 
 from __future__ import annotations
@@ -241,7 +242,8 @@ def test_kill_resume_trained_method(tiny_root: Path, reference: tuple[dict, Path
 
 def test_kill_parallel_run_worker_then_main(tiny_root: Path, reference: tuple[dict, Path], tmp_path: Path) -> None:
     """--jobs 2. (1) SIGKILL one worker process: the run stops with a clear message and exit 2. (2) Resume and
-    SIGKILL the main process only: its workers exit by themselves. (3) Resume to the end in parallel."""
+    SIGKILL the main process only: its workers exit by themselves. (3) Resume to the end serially (a grid
+    started with --jobs 2 can be finished with any --jobs)."""
     psutil = pytest.importorskip("psutil")
     out, cache = tmp_path / "out", warm_cache(reference, tmp_path)
     results = out / "results.jsonl"
@@ -276,7 +278,7 @@ def test_kill_parallel_run_worker_then_main(tiny_root: Path, reference: tuple[di
     before = complete_lines(results)
     assert len(before) < GRID_JOBS
 
-    run_to_end(args, cache)
+    run_to_end(args[: args.index("--jobs")], cache)
     check_results(out, reference[0], before, max_cut_lines=2)
 
 
