@@ -55,15 +55,32 @@ _FILE_HASHES: dict[tuple[str, int, int], str] = {}
 _FILE_HASH_LOCK = threading.Lock()
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, memoised per process by (resolved path, size, mtime_ns)."""
+def file_sha256(path: str | Path, memo_dir: Path | None = None) -> str:
+    """Hex sha256 of a file's bytes, memoised by the file's (resolved path, size, mtime_ns, inode, ctime_ns).
+
+    Args:
+        path: the file.
+        memo_dir: also keep the memo on disk here (one 64-byte file per image file), so that another process
+            does not hash the file again; ``None`` = in-process memo only. A rewrite of the file changes its
+            mtime and ctime (ctime cannot be set back by users), so a stale memo is not plausible.
+    """
     p = Path(path)
     st = p.stat()
-    memo = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    memo = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     with _FILE_HASH_LOCK:
         hit = _FILE_HASHES.get(memo)
     if hit is not None:
         return hit
+    disk = memo_dir / stable_hash(list(memo), 40) if memo_dir is not None else None
+    if disk is not None:
+        try:
+            text = disk.read_text()
+            if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+                with _FILE_HASH_LOCK:
+                    _FILE_HASHES[memo] = text
+                return text
+        except OSError:
+            pass
     h = hashlib.sha256()
     with p.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -71,6 +88,11 @@ def file_sha256(path: str | Path) -> str:
     digest = h.hexdigest()
     with _FILE_HASH_LOCK:
         _FILE_HASHES[memo] = digest
+    if disk is not None:
+        try:
+            atomic_write(disk, lambda f: f.write(digest.encode()))
+        except OSError as exc:  # a read-only cache only costs speed
+            log.debug("cannot write hash memo %s: %s", disk, exc)
     return digest
 
 

@@ -6,7 +6,8 @@ adds the on-disk cache (:mod:`bench.cache`) and the data flow (method-spec §4, 
 
 * features of an image are computed once per (image bytes, :meth:`FeatureConfig.key`) and reused by every
   method, shot and seed: ``features/<config key>/<sha256 of the file>.npy``, shape (h, w, D), float32 by
-  default (``storage="fp16"`` halves the disk use; it is part of the key);
+  default (``storage="fp16"`` halves the disk use; it is part of the key). The sha256 of an image file is
+  memoised by (path, size, mtime_ns, inode, ctime_ns), in memory and under ``hashes/``;
 * a memory bank once per (config, train images' content, coreset ratio, minimum size, seed):
   ``banks/<config key>/<bank key>.npy`` (M, D) float32 plus a ``.json`` with how it was built. The bank is
   built by streaming: features are computed/cached per image, then read back one image at a time for the
@@ -72,9 +73,9 @@ class _Entry:
         return out if dtype is None else out.astype(dtype, copy=False)
 
 
-def _image_key(path: str) -> str:
+def _image_key(path: str, memo_dir: Path | None = None) -> str:
     try:
-        return file_sha256(path)
+        return file_sha256(path, memo_dir)
     except FileNotFoundError:
         raise DatasetError(f"image file not found: {path}. Check the dataset root and that the file was not moved.") from None
 
@@ -111,6 +112,7 @@ class FeatureStore:
         t0 = time.perf_counter()
         self.config = config
         self.cache = DiskCache(cache_root)
+        self._hash_dir = self.cache.root / "hashes"
         self.device = torch.device(device)
         self.batch_size = max(1, int(batch_size))
         self.num_workers = max(1, int(num_workers))
@@ -229,7 +231,7 @@ class FeatureStore:
             (N, D, h, w) float32 (channels-last memory).
         """
         p = [str(x) for x in paths]
-        return torch.from_numpy(self._grids([_image_key(x) for x in p], lambda i: self.preprocess(p[i]))).permute(0, 3, 1, 2)
+        return torch.from_numpy(self._grids([_image_key(x, self._hash_dir) for x in p], lambda i: self.preprocess(p[i]))).permute(0, 3, 1, 2)
 
     def _array_names(self, keys: Sequence[str]) -> list[str]:
         return ["array-" + stable_hash(["array", str(k)], 40) for k in keys]
@@ -268,7 +270,7 @@ class FeatureStore:
         paths = [str(x) for x in train_paths]
         if not paths:
             raise ConfigError("cannot build a memory bank from zero train images (the category has no train/good images)")
-        names = [_image_key(x) for x in paths]
+        names = [_image_key(x, self._hash_dir) for x in paths]
         ident = {"v": BANK_VERSION, "features": self.key, "images": names, "ratio": float(coreset_ratio), "seed": int(seed),
                  "min_points": int(min_points), "coreset": CORESET_VERSION, "proj_dim": 128, "n_starts": 10}
         bkey = stable_hash(ident, 32)
@@ -351,7 +353,7 @@ class FeatureStore:
             (N, D, h, w) float32 (channels-last memory).
         """
         p = [str(x) for x in paths]
-        return self._residuals([_image_key(x) for x in p], lambda i: self.preprocess(p[i]), bank)
+        return self._residuals([_image_key(x, self._hash_dir) for x in p], lambda i: self.preprocess(p[i]), bank)
 
     def residuals_arrays(self, images: Sequence[np.ndarray], keys: Sequence[str], bank: MemoryBank) -> torch.Tensor:
         """As :meth:`residuals` for in-memory uint8 (H, W, 3) images cached under ``keys``: (N, D, h, w)."""
@@ -371,7 +373,7 @@ class FeatureStore:
             (N, h, w) float32 Euclidean distances.
         """
         p = [str(x) for x in paths]
-        names = [_image_key(x) for x in p]
+        names = [_image_key(x, self._hash_dir) for x in p]
         maps = np.empty((len(p), *self.grid), np.float32)
         for s in range(0, len(p), chunk):
             feats = self._grids(names[s : s + chunk], lambda i, s=s: self.preprocess(p[s + i]))

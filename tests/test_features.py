@@ -259,6 +259,20 @@ def test_cache_invalidation(store: FeatureStore, tmp_path: Path) -> None:
     assert store.bank(train[:2] + [str(copy)], seed=0, min_points=100).key != b1.key
 
 
+def test_file_hash_memo(tmp_path: Path) -> None:
+    f = tmp_path / "img.bin"
+    f.write_bytes(b"abc")
+    memo = tmp_path / "memo"
+    h = bcache.file_sha256(f, memo)
+    assert h == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    (entry,) = memo.iterdir()
+    entry.write_text("0" * 64)  # a new process reads the memo instead of hashing again
+    bcache.forget_file_hashes()
+    assert bcache.file_sha256(f, memo) == "0" * 64
+    f.write_bytes(b"abcd")  # a changed file is hashed again
+    assert bcache.file_sha256(f, memo) != "0" * 64 and len(list(memo.iterdir())) == 2
+
+
 def test_atomic_writes_and_concurrent_writers(tmp_path: Path) -> None:
     path = tmp_path / "k" / "ns" / "e.npy"
     arr = np.arange(100_000, dtype=np.float32).reshape(100, 1000)
@@ -289,9 +303,11 @@ def test_cache_info_and_clear(store: FeatureStore, tree: Path) -> None:
     row = df[df.kind == "features"].iloc[0]
     assert row.files == 2 and row.tmp_files == 1 and row.bytes > 2 * 8 * 8 * 1024 * 4
     assert "features" in bcache.format_info(df)
+    assert df[df.kind == "hashes"].iloc[0].files == 2  # the image hash memo
     removed = bcache.clear(store.cache.root, kinds=["features"])
     assert int(removed[removed.kind == "total"].files.iloc[0]) == 2
-    assert not (store.cache.root / "features").exists()
+    assert not (store.cache.root / "features").exists() and (store.cache.root / "hashes").exists()
+    bcache.clear(store.cache.root)
     assert bcache.info(store.cache.root).iloc[-1].bytes == 0
 
 
