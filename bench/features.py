@@ -318,8 +318,8 @@ class FeatureStore:
         hw = self.grid[0] * self.grid[1]
         idx = np.empty((len(names), hw), np.int64)
         miss = []
-        for i, n in enumerate(names):
-            a = load_npy(self.cache.path("nn", bank.key, n), self.grid, np.int32)
+        for i, n in enumerate(names):  # a bank without a key (built by hand) is never cached
+            a = load_npy(self.cache.path("nn", bank.key, n), self.grid, np.int32) if bank.key else None
             if a is None:
                 miss.append(i)
             else:
@@ -330,7 +330,7 @@ class FeatureStore:
             chunk = miss[s : s + _NN_CHUNK]
             _, nn = bank.nearest(feats[chunk].reshape(-1, self.dim))
             idx[chunk] = nn.reshape(len(chunk), hw)
-            for i in chunk:
+            for i in chunk if bank.key else ():
                 save_npy(self.cache.path("nn", bank.key, names[i]), idx[i].astype(np.int32).reshape(self.grid))
         st["seconds"] += time.perf_counter() - t0
         return idx

@@ -361,6 +361,10 @@ def test_residuals_and_scores(store: FeatureStore, tree: Path) -> None:
     assert store.residuals(_train(tree)[:2], full).abs().max() == 0
     imgs = [np.asarray(load_rgb(p)) for p in paths[:2]]
     torch.testing.assert_close(store.residuals_arrays(imgs, ["a", "b"], bank), r[:2])
+    # a bank built by hand (no key) works but its neighbours are never cached
+    n_files = len(list((store.cache.root / "nn").rglob("*")))
+    assert torch.equal(store.residuals(paths, MemoryBank(bank.vectors)), r)
+    assert len(list((store.cache.root / "nn").rglob("*"))) == n_files
 
 
 def test_faiss_nearest_matches_brute_force() -> None:
