@@ -38,3 +38,11 @@ def shared_screw(shared_data: Path) -> Path:
     if not (root / "screw").is_dir():
         pytest.skip(f"{root}/screw not found: the real MVTec AD screw subset is needed for this test")
     return root
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After a green run, remove pytest's base temp folder too (module-scoped data sets and caches)."""
+    if exitstatus == 0:
+        base = session.config._tmp_path_factory.getbasetemp() if hasattr(session.config, "_tmp_path_factory") else None
+        if base is not None:
+            shutil.rmtree(base, ignore_errors=True)

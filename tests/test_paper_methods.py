@@ -7,6 +7,8 @@ Pure torch checks run on random tensors with tiny shapes; the end-to-end checks 
 from __future__ import annotations
 
 import math
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -343,22 +345,18 @@ def test_contrastive_embed_and_pixel_mean(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- end to end
 
 
-def _have_features() -> bool:
-    try:
-        import bench.features  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_features = pytest.mark.skipif(not _have_features(), reason="bench/features.py is not there yet")
 SMALL = {"max_episodes": 2, "episode_classes": 4, "episode_groups": 2, "episode_queries": 3}
 
 
 @pytest.fixture(scope="module")
-def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One feature cache for the end-to-end tests of this module (features are computed once, not per test)."""
-    return tmp_path_factory.mktemp("e2e-cache")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One feature cache for the end-to-end tests of this module (features are computed once, not per test).
+
+    Removed after the module: pretrained checkpoints are ~150 MB each and CI disks are finite.
+    """
+    path = tmp_path_factory.mktemp("e2e-cache")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _run(tmp_path: Path, method: str, shots: list[int], options: dict[str, Any], categories: list[str] | None = None,
@@ -377,7 +375,6 @@ def _run(tmp_path: Path, method: str, shots: list[int], options: dict[str, Any],
     return rows
 
 
-@needs_features
 @pytest.mark.slow
 def test_pretrained_model_is_cached_across_shots(tmp_path: Path) -> None:
     opts = {**SMALL, "finetune_passes": [0, 2]}
@@ -410,7 +407,6 @@ FAST_OPTS: dict[str, dict[str, Any]] = {
 }
 
 
-@needs_features
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(FAST_OPTS))
 def test_end_to_end_through_the_runner(tmp_path: Path, shared_cache: Path, method: str) -> None:
