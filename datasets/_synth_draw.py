@@ -39,11 +39,14 @@ class DefectSpec:
             ``contamination``, ``fold``, ``combined``).
         size: multiplier on the drawer's size range.
         color: RGB override in ``[0, 1]`` (stain tint, scratch/thread colour); ``None`` = the drawer's own.
+        zone: ``(cx, cy, spread)`` as fractions of the image size: where this type tends to occur (a Gaussian
+            around the centre, clipped to the material); ``None`` = anywhere on the material.
     """
 
     drawer: str
     size: float = 1.0
     color: tuple[float, float, float] | None = None
+    zone: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -56,12 +59,14 @@ class Canvas:
         under: what shows through where material is removed (the background for objects, a dark
             backing for textures), same shape as ``img``.
         stain: default stain tint of the category (a hue far from the material's).
+        zone: the defect type's preferred region while a defect is drawn (see :class:`DefectSpec`).
     """
 
     img: np.ndarray
     fg: np.ndarray | None
     under: np.ndarray
     stain: np.ndarray
+    zone: tuple[float, float, float] | None = None
 
     @property
     def size(self) -> int:
@@ -256,16 +261,34 @@ TEXTURE_STYLES = ("fabric", "wood", "tile")
 
 # ----------------------------------------------------------------------------------------------- defects
 def _point(cv: Canvas, rng: np.random.Generator, margin: float) -> tuple[float, float]:
-    """A random point on the material, at least ``margin`` pixels inside it (objects) or the frame."""
+    """A random point on the material, at least ``margin`` pixels inside it (objects) or the frame.
+
+    With ``cv.zone`` the point is drawn around the zone's centre (Gaussian, clipped to the allowed area).
+    """
     n = cv.size
     if cv.fg is not None:
         k = max(1, int(margin)) * 2 + 1
         inner = cv2.erode(cv.fg.astype(np.uint8), np.ones((k, k), np.uint8))
         idx = np.flatnonzero(inner) if inner.any() else np.flatnonzero(cv.fg)
-        i = int(idx[rng.integers(0, len(idx))])
+        i = _pick(idx, cv, rng)
         return float(i % n), float(i // n)
     m = min(margin, n / 3)
-    return float(rng.uniform(m, n - m)), float(rng.uniform(m, n - m))
+    if cv.zone is None:
+        return float(rng.uniform(m, n - m)), float(rng.uniform(m, n - m))
+    cx, cy, spread = (v * n for v in cv.zone)
+    x, y = rng.normal(cx, spread), rng.normal(cy, spread)
+    return float(np.clip(x, m, n - m)), float(np.clip(y, m, n - m))
+
+
+def _pick(idx: np.ndarray, cv: Canvas, rng: np.random.Generator) -> int:
+    """One of the flat pixel indices ``idx``: uniformly, or Gaussian-weighted around ``cv.zone``."""
+    if cv.zone is None:
+        return int(idx[rng.integers(0, len(idx))])
+    n = cv.size
+    cx, cy, spread = (v * n for v in cv.zone)
+    d2 = ((idx % n - cx) ** 2 + (idx // n - cy) ** 2) / (2.0 * spread**2)
+    w = np.exp(-(d2 - d2.min()))
+    return int(idx[rng.choice(len(idx), p=w / w.sum())])
 
 
 def _restrict(cv: Canvas, layer: np.ndarray) -> np.ndarray:
@@ -371,8 +394,7 @@ def draw_missing(cv: Canvas, rng: np.random.Generator, spec: DefectSpec) -> np.n
         alpha = _blob(cv, rng, radius, 6.0)
     else:
         edge = cv.fg & ~cv2.erode(cv.fg.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-        idx = np.flatnonzero(edge)
-        i = int(idx[rng.integers(0, len(idx))])
+        i = _pick(np.flatnonzero(edge), cv, rng)
         layer = np.zeros((n, n), np.uint8)
         cv2.circle(layer, (int((i % n) * 4), int((i // n) * 4)), int(radius * 4), 255, -1, cv2.LINE_AA, shift=2)
         alpha = layer.astype(np.float32) / 255.0
@@ -442,6 +464,7 @@ def render_sample(
     cv = STYLES[style](rng, size, pal)
     mask = None
     if defect is not None:
+        cv.zone = defect.zone
         base = cv.img
         for _ in range(20):
             cv.img = base.copy()

@@ -113,3 +113,22 @@ def test_latest_ok_prefers_success() -> None:
     rows = [{"key": "a", "status": "error"}, {"key": "a", "status": "ok", "v": 1}, {"key": "b", "status": "error"}]
     out = {r["key"]: r for r in latest_ok(rows)}
     assert out["a"]["status"] == "ok" and out["b"]["status"] == "error"
+
+
+def test_every_cli_command_has_a_module_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each entry of the command table imports and configures (a missing module would crash only when chosen)."""
+    from bench.cli import COMMANDS, build_parser
+
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exc:
+            build_parser(only=name).parse_args([name, "--help"])
+        assert exc.value.code == 0, name
+        assert "usage:" in capsys.readouterr().out
+
+
+def test_perf_passes_its_arguments_to_the_benchmark_script(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.cli import main
+
+    assert main(["perf", "grid", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: grid.py" in out and "--jobs" in out

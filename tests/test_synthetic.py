@@ -244,3 +244,18 @@ def test_defect_types_are_learnable_with_random_features(tmp_path: Path) -> None
     chance = 1.0 / len(types)
     assert acc >= chance + MARGIN, f"accuracy {acc:.3f} is not far above chance {chance:.3f}"
     assert acc < 0.98, f"accuracy {acc:.3f}: the task is saturated, methods would not differ"
+
+
+def test_defect_types_sit_around_their_zones(tmp_path: Path) -> None:
+    """Each type's defects are nearer, on average, to its own zone centre than to any other type's (version 2)."""
+    root = generate(tmp_path, "tiny")
+    for name, spec in PRESETS["tiny"].categories.items():
+        centres = {t: np.array(d.zone[:2]) for t, d in spec.defects.items()}
+        assert all(d.zone is not None for d in spec.defects.values())
+        for t in spec.defects:
+            pts = []
+            for m in sorted((root / name / "ground_truth" / t).glob("*.png")):
+                ys, xs = np.nonzero(np.asarray(Image.open(m)))
+                pts.append([xs.mean() / 128.0, ys.mean() / 128.0])
+            mean_dist = {u: float(np.linalg.norm(np.array(pts) - c, axis=1).mean()) for u, c in centres.items()}
+            assert min(mean_dist, key=mean_dist.get) == t, f"{name}/{t}: {mean_dist}"
