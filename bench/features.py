@@ -233,6 +233,11 @@ class FeatureStore:
         p = [str(x) for x in paths]
         return torch.from_numpy(self._grids([_image_key(x, self._hash_dir) for x in p], lambda i: self.preprocess(p[i]))).permute(0, 3, 1, 2)
 
+    def ensure(self, paths: Sequence[str | Path]) -> None:
+        """Make sure the patch features of these image files are cached, without holding them in memory."""
+        p = [str(x) for x in paths]
+        self._fill([_image_key(x, self._hash_dir) for x in p], lambda i: self.preprocess(p[i]), None)
+
     def _array_names(self, keys: Sequence[str]) -> list[str]:
         return ["array-" + stable_hash(["array", str(k)], 40) for k in keys]
 

@@ -155,6 +155,16 @@ class Method(abc.ABC):
         """Anything method-specific to store in the result row (kept small)."""
         return {}
 
+    @classmethod
+    def feature_needs(cls, config: Any) -> set[str]:
+        """What of the shared PatchCore pipeline this configuration reads: ``"patch"`` (patch features of the
+        episode images) and/or ``"bank"`` (the category's memory bank, i.e. features of its normal images).
+
+        Parallel runs extract these once, split over the workers, before the jobs start. The default reads the
+        ``features`` option (``"residual"`` needs the bank); a method with its own backbone returns ``set()``.
+        """
+        return {"patch", "bank"} if getattr(config, "features", "raw") == "residual" else {"patch"}
+
 
 @dataclass(frozen=True)
 class MethodSpec:

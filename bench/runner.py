@@ -327,6 +327,40 @@ def run_group(
     return status
 
 
+def prefetch_features(
+    cfg: RunConfig, paths: Sequence[str], threads: int | None = None, parent_pid: int | None = None
+) -> int:
+    """Worker side of the parallel feature stage: cache the patch features of ``paths``; returns how many."""
+    if parent_pid is not None:
+        _exit_when_orphaned(parent_pid)
+    if threads:
+        torch.set_num_threads(threads)
+    if cfg.cache_dir:
+        os.environ["BENCH_CACHE"] = str(Path(cfg.cache_dir).expanduser().resolve())
+    get_store(cfg).ensure(paths)
+    return len(paths)
+
+
+def feature_work(cfg: RunConfig, samples: Samples, jobs: Sequence[Job]) -> list[str]:
+    """The images whose PatchCore features the jobs will read, each once, grouped by category.
+
+    Episode images (support and queries) for methods that read patch features; the category's normal images too
+    when one builds the memory bank. Parallel runs extract these first, split over the workers, so two workers
+    never extract the same cold image (they would otherwise both start on the same category).
+    """
+    paths: dict[str, None] = {}
+    for job in jobs:
+        if job.episode is None:
+            continue
+        spec = get_method(job.method)
+        needs = spec.cls.feature_needs(spec.make_config(spec.select_options(cfg.method_options)))
+        if "bank" in needs:
+            paths.update(dict.fromkeys(samples.train_paths(job.category)))
+        if "patch" in needs:
+            paths.update(dict.fromkeys([*job.episode.support_paths(), *job.episode.queries]))
+    return list(paths)
+
+
 def preflight(cfg: RunConfig) -> Samples:
     """Fail fast, before any job, on problems that would fail every job (dataset, methods, weights)."""
     if cfg.cache_dir:
@@ -446,6 +480,15 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
         parent_pid = os.getpid() if backend == "loky" else None  # local workers exit if this process is killed
         try:
             with parallel_config(**ctx_kwargs, n_jobs=n_workers, inner_max_num_threads=per_worker if backend == "loky" else None):
+                paths = feature_work(cfg, samples, todo)
+                if paths:  # the feature stage, split over the workers (cached images cost a file check)
+                    chunks = [c.tolist() for c in np.array_split(np.array(paths, dtype=object), n_workers) if len(c)]
+                    bar = tqdm(total=len(paths), desc="features", unit="img", disable=not progress)
+                    for n in Parallel(return_as="generator_unordered")(
+                        delayed(prefetch_features)(wcfg, c, per_worker, parent_pid) for c in chunks
+                    ):
+                        bar.update(n)
+                    bar.close()
                 stream = Parallel(return_as="generator_unordered")(
                     delayed(run_group)(wcfg, g, out, per_worker, parent_pid) for g in groups
                 )

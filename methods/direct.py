@@ -20,7 +20,7 @@ Input: the normalised 224×224 images (Resize 256, CenterCrop 224), from the bac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -59,6 +59,10 @@ class Direct(Method):
     """Direct ResNet fine-tuning baseline."""
 
     Config = DirectConfig
+
+    @classmethod
+    def feature_needs(cls, config: Any) -> set[str]:
+        return set()  # its own pooled backbone features, not the PatchCore pipeline
 
     def _images(self, paths: Sequence[str]) -> torch.Tensor:
         fc = self.ctx.features.config

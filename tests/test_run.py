@@ -90,3 +90,19 @@ def test_yaml_config(tmp_path: Path) -> None:
     if code == 2:
         pytest.fail("config run failed")
     assert {(r["shots"], r["seed"]) for r in rows} == {(2, 1)}
+
+
+@pytest.mark.slow
+def test_parallel_run_extracts_each_image_once_before_the_jobs(tmp_path: Path) -> None:
+    """--jobs 2: the feature stage is split over the workers first, so no job meets a cold image (both workers
+    would otherwise start on the same category and extract its images twice), and the rows equal a serial run."""
+    common = ["--method", "protonet-residual", "direct", "--set", "epochs=2", "--shots", "2", "--seeds", "1-2",
+              "--categories", "tile"]  # fmt: skip
+    code, rows = _run(tmp_path, *common, "--jobs", "2", out="par")
+    assert code == 0 and len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    for r in rows:
+        if r["method"] == "protonet-residual":
+            assert r["cache"]["features"]["misses"] == 0 and r["cache"]["features"]["hits"] > 0, r["cache"]
+    code, serial = _run(tmp_path, *common, out="ser")
+    key = lambda r: (r["method"], r["seed"])  # noqa: E731
+    assert [(key(r), r["y_pred"]) for r in sorted(rows, key=key)] == [(key(r), r["y_pred"]) for r in sorted(serial, key=key)]
