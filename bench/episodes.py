@@ -88,12 +88,12 @@ class Episode:
 
     def save(self, folder: Path) -> Path:
         """Write the manifest to ``folder/<hash>.json`` (atomically, once)."""
-        folder.mkdir(parents=True, exist_ok=True)
+        from bench.cache import atomic_write
+
         path = folder / f"{self.hash}.json"
-        if not path.exists():
-            tmp = path.with_suffix(f".tmp{id(self)}")
-            tmp.write_text(json.dumps(self.manifest(), indent=1, sort_keys=True))
-            tmp.replace(path)
+        if not path.exists():  # unique temporary name: processes on other machines may share the folder
+            text = json.dumps(self.manifest(), indent=1, sort_keys=True).encode()
+            atomic_write(path, lambda f: f.write(text))
         return path
 
 

@@ -75,12 +75,14 @@ GOOD_INCLUDED_TABLES: dict[tuple[str, str], str] = {("contrastive", "mvtec_3d"):
 OTHER_NAMES: dict[str, str] = {
     "protonet": "ProtoNet, raw features (not in paper)",
     "protonet-residual": "ProtoNet, residual features (not in paper)",
+    "knn": "kNN, raw features (not in paper)",
     "knn-residual": "kNN, residual features (not in paper)",
     "logreg": "logistic regression (not in paper)",
+    "logreg-residual": "logistic regression, residual features (not in paper)",
     "contrastive-raw": "contrastive, raw features, no pretraining (not in paper)",
-    "relationnet": "RelationNet (not in paper)",
-    "relationnet-raw": "RelationNet, raw features (not in paper)",
-    "relationnet-residual": "RelationNet + residual, no pretraining (not in paper)",
+    "relationnet": "vanilla + residual, no pretraining (not in paper)",
+    "relationnet-raw": "vanilla, raw features, no pretraining (not in paper)",
+    "relationnet-raw-pretrain": "vanilla + pretraining, raw features (not in paper)",
 }
 
 

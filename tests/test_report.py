@@ -371,3 +371,16 @@ def test_tsne_with_fake_feature_store(tmp_path: Path, monkeypatch: pytest.Monkey
     assert set(coords["class"]) == {"contamination", "crack", "stain"}
     assert np.isfinite(coords[["before_x", "before_y", "after_x", "after_y"]].to_numpy()).all()
     assert cli_main([*args[:8], "nope", *args[9:]]) == 2  # unknown category: a clear error
+
+
+def test_every_registered_method_has_a_paper_or_readable_name() -> None:
+    """Tables name methods as the paper does; a method missing here would show as its bare registry name."""
+    from bench.method import METHODS
+    from bench.methods import import_all
+    from bench.paper import OTHER_NAMES, PAPER_METHODS
+
+    import_all()
+    registered = set(METHODS.names())
+    named = set(PAPER_METHODS) | set(OTHER_NAMES)
+    assert registered - named == set(), "registered methods without a table name"
+    assert named - registered == set(), "table names for methods that are not registered"
