@@ -230,13 +230,16 @@ class FeatureStore:
         Returns:
             (N, D, h, w) float32 (channels-last memory).
         """
-        p = [str(x) for x in paths]
-        return torch.from_numpy(self._grids([_image_key(x, self._hash_dir) for x in p], lambda i: self.preprocess(p[i]))).permute(0, 3, 1, 2)
+        return torch.from_numpy(self._grids(*self._file_inputs(paths))).permute(0, 3, 1, 2)
 
     def ensure(self, paths: Sequence[str | Path]) -> None:
         """Make sure the patch features of these image files are cached, without holding them in memory."""
+        self._fill(*self._file_inputs(paths), None)
+
+    def _file_inputs(self, paths: Sequence[str | Path]) -> tuple[list[str], Callable[[int], np.ndarray]]:
+        """Cache names (by content) of image files and the function that decodes and pre-processes file i."""
         p = [str(x) for x in paths]
-        self._fill([_image_key(x, self._hash_dir) for x in p], lambda i: self.preprocess(p[i]), None)
+        return [_image_key(x, self._hash_dir) for x in p], lambda i: self.preprocess(p[i])
 
     def _array_names(self, keys: Sequence[str]) -> list[str]:
         return ["array-" + stable_hash(["array", str(k)], 40) for k in keys]
@@ -357,8 +360,7 @@ class FeatureStore:
         Returns:
             (N, D, h, w) float32 (channels-last memory).
         """
-        p = [str(x) for x in paths]
-        return self._residuals([_image_key(x, self._hash_dir) for x in p], lambda i: self.preprocess(p[i]), bank)
+        return self._residuals(*self._file_inputs(paths), bank)
 
     def residuals_arrays(self, images: Sequence[np.ndarray], keys: Sequence[str], bank: MemoryBank) -> torch.Tensor:
         """As :meth:`residuals` for in-memory uint8 (H, W, 3) images cached under ``keys``: (N, D, h, w)."""

@@ -301,6 +301,16 @@ def _exit_when_orphaned(parent_pid: int) -> None:
     _WATCHDOG.start()
 
 
+def _worker_setup(cfg: RunConfig, threads: int | None, parent_pid: int | None) -> None:
+    """Prologue of every task sent to a worker process: orphan watchdog, torch threads, this run's cache root."""
+    if parent_pid is not None:
+        _exit_when_orphaned(parent_pid)
+    if threads:
+        torch.set_num_threads(threads)
+    if cfg.cache_dir:  # a reused or remote worker: the cache root of this run, not the one it started with
+        os.environ["BENCH_CACHE"] = str(Path(cfg.cache_dir).expanduser().resolve())
+
+
 def run_group(
     cfg: RunConfig, jobs: Sequence[Job], out: Path, threads: int | None = None, parent_pid: int | None = None
 ) -> list[tuple[str, str, str | None]]:
@@ -308,12 +318,7 @@ def run_group(
 
     Jobs finished meanwhile by another run into the same folder are skipped (status ``"skipped"``).
     """
-    if parent_pid is not None:
-        _exit_when_orphaned(parent_pid)
-    if threads:
-        torch.set_num_threads(threads)
-    if cfg.cache_dir:  # a reused or remote worker: the cache root of this run, not the one it started with
-        os.environ["BENCH_CACHE"] = str(Path(cfg.cache_dir).expanduser().resolve())
+    _worker_setup(cfg, threads, parent_pid)
     samples = load_dataset(cfg.dataset, cfg.data_root, cfg.dataset_options())
     store = ResultsStore(out / "results.jsonl")
     status = []
@@ -331,12 +336,7 @@ def prefetch_features(
     cfg: RunConfig, paths: Sequence[str], threads: int | None = None, parent_pid: int | None = None
 ) -> int:
     """Worker side of the parallel feature stage: cache the patch features of ``paths``; returns how many."""
-    if parent_pid is not None:
-        _exit_when_orphaned(parent_pid)
-    if threads:
-        torch.set_num_threads(threads)
-    if cfg.cache_dir:
-        os.environ["BENCH_CACHE"] = str(Path(cfg.cache_dir).expanduser().resolve())
+    _worker_setup(cfg, threads, parent_pid)
     get_store(cfg).ensure(paths)
     return len(paths)
 
@@ -348,12 +348,15 @@ def feature_work(cfg: RunConfig, samples: Samples, jobs: Sequence[Job]) -> list[
     when one builds the memory bank. Parallel runs extract these first, split over the workers, so two workers
     never extract the same cold image (they would otherwise both start on the same category).
     """
+    needs_of: dict[str, set[str]] = {}
+    for name in {job.method for job in jobs}:
+        spec = get_method(name)
+        needs_of[name] = spec.cls.feature_needs(spec.make_config(spec.select_options(cfg.method_options)))
     paths: dict[str, None] = {}
     for job in jobs:
         if job.episode is None:
             continue
-        spec = get_method(job.method)
-        needs = spec.cls.feature_needs(spec.make_config(spec.select_options(cfg.method_options)))
+        needs = needs_of[job.method]
         if "bank" in needs:
             paths.update(dict.fromkeys(samples.train_paths(job.category)))
         if "patch" in needs:

@@ -290,6 +290,16 @@ class PaperMethod(Method):
 
     config: PaperConfig
 
+    def extra_info(self) -> dict[str, Any]:
+        """The switches and the pretraining / fine-tuning counts, for reading a result row."""
+        pre = self.ctx.log.get("pretrain", {})
+        return {
+            **describe_config(self.config),
+            "pretrained_from_cache": pre.get("from_cache"),
+            "pretrain_episodes": pre.get("episodes"),
+            "finetune_steps": self.ctx.log.get("finetune", {}).get("steps"),
+        }
+
     # ------------------------------------------------------------------ features
     def grids(self, paths: Sequence[str]) -> torch.Tensor:
         """(N, D, H, W) raw or residual grids of real images, in the configured layout, on the device."""

@@ -57,7 +57,6 @@ from bench.methods._pretrain import (
     PaperMethod,
     PretrainBatch,
     PseudoSource,
-    describe_config,
     make_adam,
     pretrain_loop,
 )
@@ -263,12 +262,3 @@ class Contrastive(PaperMethod):
     def predict(self, query_paths: Sequence[str]) -> np.ndarray:
         q = F.normalize(torch.from_numpy(self.embed(query_paths)).to(self.prototypes.device), dim=1)
         return (q @ self.prototypes.T).cpu().numpy()  # (Q, C) cosine similarities
-
-    def extra_info(self) -> dict[str, Any]:
-        pre = self.ctx.log.get("pretrain", {})
-        return {
-            **describe_config(self.config),
-            "pretrained_from_cache": pre.get("from_cache"),
-            "pretrain_episodes": pre.get("episodes"),
-            "finetune_steps": self.ctx.log.get("finetune", {}).get("steps"),
-        }

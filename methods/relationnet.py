@@ -49,7 +49,6 @@ from bench.methods._pretrain import (
     PaperMethod,
     PretrainBatch,
     PseudoSource,
-    describe_config,
     make_adam,
     pretrain_loop,
 )
@@ -239,12 +238,3 @@ class RelationNet(PaperMethod):
             q = self.grids(query_paths[i : i + self.config.query_chunk])
             out.append(torch.sigmoid(self.head.forward_pairs(self.prototypes, q)).T.cpu())  # (Qc, C)
         return torch.cat(out).numpy()
-
-    def extra_info(self) -> dict[str, Any]:
-        pre = self.ctx.log.get("pretrain", {})
-        return {
-            **describe_config(self.config),
-            "pretrained_from_cache": pre.get("from_cache"),
-            "pretrain_episodes": pre.get("episodes"),
-            "finetune_steps": self.ctx.log.get("finetune", {}).get("steps"),
-        }
