@@ -13,8 +13,8 @@ import logging
 import sys
 from typing import Sequence
 
-from bench.errors import BenchError
-from bench.registry import UnknownNameError
+from bench.errors import EXIT_INTERRUPTED, BenchError
+from bench.registry import UnknownNameError, import_plugins
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("bench.cmd_run", "run a grid of methods × categories × shots × seeds"),
@@ -66,19 +66,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        for mod in args.plugin:
-            try:
-                importlib.import_module(mod)
-            except ImportError as exc:
-                raise BenchError(f"cannot import plugin module {mod!r} ({exc}). Is it on PYTHONPATH?") from None
+        import_plugins(args.plugin)
         return int(args._main(args) or 0)
     except (BenchError, UnknownNameError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted.", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def exit_interrupted() -> None:
+    """End the process by SIGINT after a handled Ctrl-C (what a shell shows as exit status 130).
+
+    This is the Unix convention for a program that catches Ctrl-C to clean up: the calling shell or script sees
+    that its child was interrupted (a ``for`` loop in bash stops, for instance). It also makes the outcome
+    deterministic: CPython exits by SIGINT anyway at the end of ``python -m`` whenever a KeyboardInterrupt once
+    passed through an ``exec`` of source text (dataclasses and namedtuples are built that way), even if the
+    interrupt was caught, so returning 130 would give 130 or death-by-SIGINT depending on the exact moment of
+    the Ctrl-C. Where SIGINT cannot end the process (another platform), it exits with 130.
+    """
+    import os
+    import signal
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if hasattr(signal, "SIGINT") and os.name == "posix":
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    sys.exit(EXIT_INTERRUPTED)
+
+
+def console_main() -> None:
+    """Entry point of ``python -m bench`` and of the ``bench`` script: exit with main's status, by SIGINT after
+    a Ctrl-C (see :func:`exit_interrupted`)."""
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        exit_interrupted()
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from bench.errors import ConfigError
+from bench.errors import EXIT_INTERRUPTED, ConfigError
 from bench.runner import RunConfig, execute
 from bench.summary import summary_table
 
@@ -141,6 +141,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         raise ConfigError("no method given: pass --method NAME (see `python -m bench list methods`)")
     if isinstance(values.get("categories"), str):
         values["categories"] = [values["categories"]]
+    values["plugins"] = [*values.get("plugins", []), *getattr(args, "plugin", [])]  # the workers import them too
     return RunConfig(**values)
 
 
@@ -154,7 +155,7 @@ def main(args: argparse.Namespace) -> int:
             f"\ninterrupted: every finished job is saved in {out / 'results.jsonl'}; run the same command again to resume.",
             file=sys.stderr,
         )
-        return 130
+        return EXIT_INTERRUPTED
     table = summary_table(out / "results.jsonl") if (out / "results.jsonl").exists() else "no results"
     try:  # atomically: runs sharing the folder may write it at the same time
         tmp = out / f".summary.md.tmp-{os.getpid()}"

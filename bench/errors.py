@@ -6,6 +6,8 @@ traceback and exits with status 2; anything else that escapes is a bug and keeps
 
 from __future__ import annotations
 
+EXIT_INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)
+
 
 class BenchError(Exception):
     """A problem with the user's input or environment, with a message that says what to do."""

@@ -8,8 +8,9 @@ closest registered names, so a typo on the command line gets a useful answer.
 from __future__ import annotations
 
 import difflib
+import importlib
 from dataclasses import dataclass, field
-from typing import Any, Generic, Iterator, TypeVar
+from typing import Any, Generic, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -69,3 +70,18 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def import_plugins(modules: Sequence[str]) -> None:
+    """Import out-of-tree modules that register methods or datasets (``--plugin``); importing twice is a no-op.
+
+    Called by the CLI and by every worker process (loky and Dask workers do not inherit the main process's
+    imports, so a plugin method would otherwise be unknown there).
+    """
+    from bench.errors import BenchError
+
+    for mod in modules:
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:
+            raise BenchError(f"cannot import plugin module {mod!r} ({exc}). Is it on PYTHONPATH?") from None

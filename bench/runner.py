@@ -31,6 +31,7 @@ from bench.datasets import DatasetOptions, Samples, load_dataset
 from bench.episodes import Episode, make_episode, protocol_id
 from bench.envinfo import environment
 from bench.errors import BenchError, DatasetError, WeightsError
+from bench.registry import import_plugins
 from bench.method import SupportSet, TaskContext, check_options, config_dict, config_hash, get_method
 from bench.metrics import episode_metrics
 from bench.results import ResultsStore
@@ -67,6 +68,7 @@ class RunConfig:
     out: str = "results"
     cache_dir: str | None = None
     threads: int | None = None
+    plugins: list[str] = field(default_factory=list)  # modules imported first, here and in every worker
 
     def dataset_options(self) -> DatasetOptions:
         return DatasetOptions(
@@ -307,6 +309,7 @@ def _worker_setup(cfg: RunConfig, threads: int | None, parent_pid: int | None) -
         _exit_when_orphaned(parent_pid)
     if threads:
         torch.set_num_threads(threads)
+    import_plugins(cfg.plugins)  # worker processes do not inherit the main process's imports (loky, Dask)
     if cfg.cache_dir:  # a reused or remote worker: the cache root of this run, not the one it started with
         os.environ["BENCH_CACHE"] = str(Path(cfg.cache_dir).expanduser().resolve())
 

@@ -20,6 +20,7 @@ Usage::
     python benchmarks/grid.py                                   # the paper grid, screw, 5 shots × 5 seeds, jobs 1 and 2
     python benchmarks/grid.py --methods contrastive direct --shots 1-5 --seeds 1-2   # a quicker version
     python benchmarks/grid.py --backbone resnet18 --category tile --jobs 1,2 --keep --work /tmp/grid
+    python benchmarks/grid.py --dataset synthetic-tiny --category tile --backbone resnet18 --jobs 1 --set max_episodes=10
 
 Prints figures and writes them to ``<work>/grid-benchmark.json``; asserts nothing. The machine may be shared:
 the 1-minute load average is printed with every run.
@@ -48,6 +49,7 @@ PAPER_METHODS = [
     "relationnet-residual-pretrain", "contrastive", "contrastive-residual", "contrastive-raw-pretrain",
     "contrastive-maml", "direct",
 ]  # fmt: skip
+DATASET_PRESETS = {"synthetic-mvtec": "mvtec", "synthetic": "default", "synthetic-tiny": "tiny"}
 TARGET_SERIAL_S = 30 * 60
 TARGET_MEMORY = 8 * 1024**3
 FULL_GRID_SHOTS, FULL_GRID_SEEDS = 5, 5
@@ -122,7 +124,7 @@ def run_mode(args: argparse.Namespace, methods: list[str], data_root: Path, work
     out, cache = work / f"out-jobs{jobs}", work / f"cache-jobs{jobs}"
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
-    cmd = [sys.executable, "-m", "bench", "run", "--dataset", "synthetic-mvtec", "--data-root", str(data_root),
+    cmd = [sys.executable, "-m", "bench", "run", "--dataset", args.dataset, "--data-root", str(data_root),
            "--categories", args.category, "--method", *methods, "--shots", args.shots, "--seeds", args.seeds,
            "--backbone", args.backbone, "--weights", args.weights, "--jobs", str(jobs), "--out", str(out),
            "--cache-dir", str(cache), "--no-progress"]  # fmt: skip
@@ -151,7 +153,11 @@ def run_mode(args: argparse.Namespace, methods: list[str], data_root: Path, work
     stages: dict[str, float] = defaultdict(float)
     per_method: dict[str, float] = defaultdict(float)
     hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    pretrained = [0, 0]  # jobs that loaded a cached pretrained model, jobs that pretrained
     for r in rows:
+        cached = (r.get("method_info") or {}).get("pretrained_from_cache")
+        if cached is not None:
+            pretrained[0 if cached else 1] += 1
         for k, v in (r.get("timing") or {}).items():
             if k != "total":
                 stages[k] += v
@@ -182,6 +188,7 @@ def run_mode(args: argparse.Namespace, methods: list[str], data_root: Path, work
         "max_processes": mem.peak_processes,
         "torch_threads_per_worker": threads,
         "cache_hit_rate": {k: (round(h / (h + m), 3) if h + m else None, h, m) for k, (h, m) in sorted(hits.items())},
+        "pretrained": {"from_cache": pretrained[0], "trained": pretrained[1]},
         "load_after": os.getloadavg()[0],
         "out": str(out),
     }
@@ -191,7 +198,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, methods: lis
     base = results[0]
     print("\n" + "=" * 100)
     print(f"grid: {len(methods)} method(s) {methods}\n      category {args.category}, shots {args.shots}, seeds {args.seeds}, "
-          f"{args.backbone} ({args.weights} weights), dataset synthetic-mvtec")  # fmt: skip
+          f"{args.backbone} ({args.weights} weights), dataset {args.dataset}")  # fmt: skip
     for r in results:
         print(f"\n--jobs {r['jobs']}: {r['n_ok']}/{r['n_rows']} jobs ok, wall {r['wall_s']:.1f} s, "
               f"{r['jobs_per_min']:.2f} jobs/min (x{r['jobs_per_min'] / base['jobs_per_min']:.2f} vs --jobs {base['jobs']}), "
@@ -205,6 +212,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, methods: lis
         print("  cache hit rate: " + ", ".join(
             f"{k} {'-' if rate is None else f'{100 * rate:.0f}%'} ({h} hits / {m} misses)" for k, (rate, h, m) in r["cache_hit_rate"].items()
         ))  # fmt: skip
+        pre = r["pretrained"]
+        if pre["from_cache"] + pre["trained"]:
+            print(f"  pretrained models: {pre['trained']} trained, {pre['from_cache']} jobs reused one from the cache "
+                  "(one per method and seed is the minimum: pretraining does not depend on the shots)")
     print("\ntargets:")
     serial = next((r for r in results if r["jobs"] == 1), None)
     if serial and serial["n_rows"]:
@@ -214,6 +225,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, methods: lis
             f"ONLY {len(methods)} of the paper grid's {len(PAPER_METHODS)} methods: the target does not apply")
         if args.set:
             which += f", options {' '.join(args.set)}"
+        if args.dataset != "synthetic-mvtec":
+            which += f"; {args.dataset} is not MVTec-AD-sized: the target is stated for synthetic-mvtec"
         print(f"  whole grid for one category ({which}; 5 shots x 5 seeds), serial: {est / 60:.1f} min ({scope}); "
               f"target < 30 min: {'OK' if est < TARGET_SERIAL_S else 'MISSED'}")  # fmt: skip
     peak = max(r["peak_tree_rss"] for r in results)
@@ -227,7 +240,9 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, methods: lis
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", default=PAPER_METHODS, help="default: the paper's methods that are registered")
-    p.add_argument("--category", default="screw", help="synthetic-mvtec category (MVTec AD name; default screw)")
+    p.add_argument("--dataset", default="synthetic-mvtec", choices=sorted(DATASET_PRESETS),
+                   help="built-in dataset (default synthetic-mvtec: MVTec AD's names and image counts)")
+    p.add_argument("--category", default="screw", help="category of the dataset (default screw)")
     p.add_argument("--shots", default="1-5")
     p.add_argument("--seeds", default="1-5")
     p.add_argument("--backbone", default="resnet50")
@@ -241,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from bench.cmd_run import parse_int_list
-    from bench.datasets.synthetic import MVTEC_AD_COUNTS, default_root, generate
+    from bench.datasets.synthetic import PRESETS, default_root, generate
 
     methods, missing = available_methods(args.methods)
     if missing:
@@ -249,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     if not methods:
         print("no method to run")
         return 2
-    if args.category not in MVTEC_AD_COUNTS:
-        print(f"unknown category {args.category!r}; choose one of {', '.join(MVTEC_AD_COUNTS)}")
+    preset = PRESETS[DATASET_PRESETS[args.dataset]]
+    if args.category not in preset.categories:
+        print(f"unknown category {args.category!r} in {args.dataset}; choose one of {', '.join(preset.categories)}")
         return 2
     modes = [int(x) for x in args.jobs.split(",")]
     n_jobs = len(methods) * len(parse_int_list(args.shots)) * len(parse_int_list(args.seeds))
@@ -258,17 +274,18 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-grid-"))
     work.mkdir(parents=True, exist_ok=True)
 
-    data_root = Path(args.data_root) if args.data_root else default_root("mvtec")
+    data_root = Path(args.data_root) if args.data_root else default_root(preset.name)
     t0 = time.perf_counter()
-    generate(data_root, "mvtec", categories=[args.category])
-    train, test_good, types = MVTEC_AD_COUNTS[args.category]
-    print(f"dataset: synthetic-mvtec/{args.category} at {data_root} ({train} train, {test_good} test good, "
-          f"{sum(types.values())} defective in {len(types)} types), ready in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+    generate(data_root, preset.name, categories=[args.category])
+    spec = preset.categories[args.category]
+    print(f"dataset: {args.dataset}/{args.category} at {data_root} ({spec.n_train} train, {spec.n_test_good} test good, "
+          f"{sum(spec.n_per_type.values())} defective in {len(spec.defects)} types, {preset.resolution} px), "
+          f"ready in {time.perf_counter() - t0:.1f} s")  # fmt: skip
     print(f"grid: {n_jobs} jobs per mode ({len(methods)} methods x {args.shots} shots x {args.seeds} seeds); work folder {work}")
 
     results = [run_mode(args, methods, data_root, work, j) for j in modes]
     report(results, args, methods, n_full)
-    summary = {"methods": methods, "category": args.category, "shots": args.shots, "seeds": args.seeds,
+    summary = {"methods": methods, "dataset": args.dataset, "category": args.category, "shots": args.shots, "seeds": args.seeds,
                "backbone": args.backbone, "weights": args.weights, "cpu_count": os.cpu_count(), "modes": results}  # fmt: skip
     (work / "grid-benchmark.json").write_text(json.dumps(summary, indent=1))
     print(f"\nfigures written to {work / 'grid-benchmark.json'}")

@@ -38,8 +38,8 @@ BASE = ["--dataset", "synthetic-tiny", "--backbone", "resnet18", "--weights", "r
 # category: 12 jobs in 2 groups.
 GRID = ["--method", "protonet", "protonet-residual", "--categories", "tile", "--shots", "1-3", "--seeds", "1-2"]
 GRID_JOBS = 12
-# A trained method. One seed only: see test_kill_resume_trained_method for why.
-GRID_DIRECT = ["--method", "protonet", "direct", "--categories", "tile", "--shots", "1-3", "--seeds", "1"]
+# A trained method, two seeds (its random backbone depends on the seed: the per-process feature memo must too).
+GRID_DIRECT = ["--method", "protonet", "direct", "--categories", "tile", "--shots", "1-3", "--seeds", "1-2"]
 RUN_TIMEOUT = 420  # seconds for one subprocess on a loaded machine (normally 10-30 s)
 
 
@@ -63,18 +63,18 @@ def run_args(root: Path, out: Path, cache: Path, grid: Sequence[str] = GRID, ext
             "--out", str(out), "--cache-dir", str(cache), *extra]  # fmt: skip
 
 
-def run_to_end(args: list[str], cache: Path) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, cwd=REPO, env=bench_env(cache), capture_output=True, text=True, timeout=RUN_TIMEOUT)
+def run_to_end(args: list[str], cache: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, cwd=REPO, env={**bench_env(cache), **(env or {})}, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     return proc
 
 
-def start(args: list[str], cache: Path, logs: Path) -> subprocess.Popen[bytes]:
+def start(args: list[str], cache: Path, logs: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start a run in its own session (so a Ctrl-C can be sent to its whole process group)."""
     logs.mkdir(parents=True, exist_ok=True)
     n = len(list(logs.glob("*.out")))
     return subprocess.Popen(
-        args, cwd=REPO, env=bench_env(cache), start_new_session=True,
+        args, cwd=REPO, env={**bench_env(cache), **(env or {})}, start_new_session=True,
         stdout=(logs / f"{n}.out").open("wb"), stderr=(logs / f"{n}.err").open("wb"),
     )  # fmt: skip
 
@@ -85,6 +85,18 @@ def complete_lines(path: Path) -> list[bytes]:
         return []
     data = path.read_bytes()
     return data[: data.rfind(b"\n") + 1].splitlines(keepends=True)
+
+
+def plugin_env(gate: Path) -> dict[str, str]:
+    """Environment for runs using tests/gated_plugin.py (``gated-protonet`` waits for the file ``gate``)."""
+    path = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path, "BENCH_TEST_GATE": str(gate)}
+
+
+def with_plugin(args: list[str]) -> None:
+    """Insert ``--plugin gated_plugin`` before the command of a ``run_args`` list (in place)."""
+    i = args.index("-m") + 2
+    args[i:i] = ["--plugin", "gated_plugin"]
 
 
 def n_rows(path: Path) -> int:
@@ -222,14 +234,13 @@ def check_results_partial(out: Path, reference: dict[str, tuple], before: Sequen
 def test_kill_resume_trained_method(tiny_root: Path, reference: tuple[dict, Path], tmp_path: Path) -> None:
     """A trained method (direct) killed between jobs resumes to the same predictions.
 
-    One seed only: ``direct`` currently caches pooled backbone features per process keyed by image path but
-    not by the seed-dependent random backbone, so with several seeds its predictions depend on which seeds a
-    process ran before (see the report); that is a bug of the method, not of resuming.
+    Two seeds: the resumed process runs seed 2 without having run seed 1 first, so a per-process memo keyed
+    without the seed-dependent random backbone would change seed 2's predictions (a bug this once had).
     """
     ref_out, cache = tmp_path / "ref", warm_cache(reference, tmp_path)
     run_to_end(run_args(tiny_root, ref_out, cache, GRID_DIRECT), cache)
     ref_rows = read_rows([ref_out / "results.jsonl"]).rows
-    assert len(ref_rows) == 6 and all(r["status"] == "ok" for r in ref_rows)
+    assert len(ref_rows) == 12 and all(r["status"] == "ok" for r in ref_rows)
     out = tmp_path / "out"
     args = run_args(tiny_root, out, cache, GRID_DIRECT)
     proc = start(args, cache, tmp_path / "logs")
@@ -311,9 +322,19 @@ def test_kill_at_random_moments(tiny_root: Path, reference: tuple[dict, Path], t
 # --------------------------------------------------------------------------------------------- Ctrl-C
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_ctrl_c_stops_cleanly_and_prints_how_to_resume(tiny_root: Path, reference: tuple[dict, Path], tmp_path: Path, jobs: int) -> None:
+    """Ctrl-C after the first row, while later jobs are still running; then the same command resumes.
+
+    The later jobs are ``gated-protonet`` (tests/gated_plugin.py: protonet that waits for a gate file), so the
+    run cannot finish before the signal arrives however fast or loaded the machine is. With ``--jobs 2`` this
+    also checks that a ``--plugin`` method is known in the worker processes.
+    """
     out, cache = tmp_path / "out", warm_cache(reference, tmp_path)
-    args = run_args(tiny_root, out, cache, extra=["--jobs", str(jobs)])
-    proc = start(args, cache, tmp_path / "logs")
+    gate = tmp_path / "gate"
+    grid = ["--method", "protonet", "gated-protonet", "--categories", "tile", "--shots", "1-3", "--seeds", "1-2"]
+    args = run_args(tiny_root, out, cache, grid, extra=["--jobs", str(jobs)])
+    with_plugin(args)
+    env = plugin_env(gate)
+    proc = start(args, cache, tmp_path / "logs", env)
     wait_until(lambda: n_rows(out / "results.jsonl") >= 1, proc, "the first row")
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground process group
     try:
@@ -322,17 +343,38 @@ def test_ctrl_c_stops_cleanly_and_prints_how_to_resume(tiny_root: Path, referenc
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("the run did not stop within 60 s of Ctrl-C")
     err = (tmp_path / "logs" / "0.err").read_text()
-    assert code == 130, err[-3000:]
+    assert code == -signal.SIGINT, err[-3000:]  # ended by SIGINT after cleaning up: a shell shows exit status 130
     assert "interrupted" in err and "run the same command again to resume" in err, err[-3000:]
     assert str(out / "results.jsonl") in err
     assert "Traceback" not in err, err[-3000:]
     res = read_rows([out / "results.jsonl"])
     assert res.skipped_lines == 0 and res.rows, "a clean stop leaves only complete rows"
+    assert {r["method"] for r in res.rows} == {"protonet"}, "a gated job finished before its gate opened"
     before = complete_lines(out / "results.jsonl")
     check_results_partial(out, reference[0], before)
     if jobs == 1:  # resuming after a kill is tested above; once here is enough
-        run_to_end(args, cache)
-        check_results(out, reference[0], before)
+        gate.touch()
+        run_to_end(args, cache, env)
+        final = read_rows([out / "results.jsonl"]).rows
+        assert complete_lines(out / "results.jsonl")[: len(before)] == before
+        assert len(final) == 12 and len({r["key"] for r in final}) == 12 and all(r["status"] == "ok" for r in final)
+        proto = {k: v for k, v in deterministic([r for r in final if r["method"] == "protonet"]).items()}
+        assert proto == {k: v for k, v in reference[0].items() if v[0] == "protonet"}
+        gated = {(v[2], v[3]): v[6] for v in deterministic([r for r in final if r["method"] != "protonet"]).values()}
+        assert gated == {(v[2], v[3]): v[6] for v in proto.values()}, "gated-protonet predicts as protonet"
+
+
+def test_plugin_method_runs_in_worker_processes(tiny_root: Path, reference: tuple[dict, Path], tmp_path: Path) -> None:
+    """``--plugin`` methods are known in the ``--jobs 2`` workers (fresh processes that import only bench)."""
+    gate = tmp_path / "gate"
+    gate.touch()
+    out, cache = tmp_path / "out", warm_cache(reference, tmp_path)
+    grid = ["--method", "gated-protonet", "--categories", "tile", "--shots", "1", "--seeds", "1-2"]
+    args = run_args(tiny_root, out, cache, grid, extra=["--jobs", "2"])
+    with_plugin(args)
+    run_to_end(args, cache, plugin_env(gate))
+    rows = read_rows([out / "results.jsonl"]).rows
+    assert [r["status"] for r in rows] == ["ok", "ok"], [r.get("error") for r in rows]
 
 
 # --------------------------------------------------------------------------------------------- concurrency
