@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from bench.errors import EXIT_INTERRUPTED, ConfigError
+from bench.method import coerce_options
 from bench.runner import RunConfig, execute
 from bench.summary import summary_table
 
@@ -142,6 +143,10 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     if isinstance(values.get("categories"), str):
         values["categories"] = [values["categories"]]
     values["plugins"] = [*values.get("plugins", []), *getattr(args, "plugin", [])]  # the workers import them too
+    try:  # YAML reads e.g. ``coreset_ratio: 1e-2`` as a string: convert to the declared types
+        values = coerce_options(RunConfig, values)
+    except ValueError as exc:
+        raise ConfigError(f"invalid run option: {exc}") from None
     return RunConfig(**values)
 
 

@@ -31,6 +31,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+import types
+import typing
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
@@ -210,9 +212,71 @@ class MethodSpec:
                 f"method {self.name!r} has no option(s) {', '.join(unknown)}. Its options: {', '.join(sorted(known))}."
             )
         try:
+            values = coerce_options(self.cls.Config, values)
             return self.cls.Config(**values)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"invalid options for method {self.name!r}: {exc}") from None
+
+
+def _coerce(name: str, value: Any, kind: Any) -> Any:
+    """``value`` as the declared field type ``kind`` (float, int, bool, str, tuple/list of those, X | None); else ValueError."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(name, value, args[0]) if len(args) == 1 else value
+    if origin in (tuple, list):
+        item = (typing.get_args(kind) or (Any,))[0]
+        if isinstance(value, str):
+            value = [v for v in value.replace("[", " ").replace("]", " ").replace(",", " ").split()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        out = [v if item is Any else _coerce(name, v, item) for v in value]
+        return tuple(out) if origin is tuple else out
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.strip().lower() in ("true", "yes", "on", "1")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"option {name!r} must be true or false, got {value!r}")
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError(f"option {name!r} must be a number, got {value!r}")
+        try:
+            return float(value)  # YAML reads "1e-4" (no dot) as a string: accept it as the number it spells
+        except (TypeError, ValueError):
+            raise ValueError(f"option {name!r} must be a number, got {value!r}") from None
+    if kind is int:
+        if isinstance(value, bool):
+            raise ValueError(f"option {name!r} must be an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"option {name!r} must be an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ValueError(f"option {name!r} must be an integer, got {value!r}")
+        return int(as_float)
+    if kind is str:
+        if isinstance(value, (list, tuple, dict, set)) or value is None:
+            raise ValueError(f"option {name!r} must be a name (text), got {value!r}")
+        return value if isinstance(value, str) else str(value)
+    return value
+
+
+def coerce_options(config_cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Option values converted to the types the ``Config`` dataclass declares.
+
+    ``--set`` values and YAML configs are parsed as YAML scalars, and YAML 1.1 reads ``1e-4`` as the *string*
+    "1e-4"; ``--set finetune_passes=0,45`` arrives as a string too. Values are converted here, once, so every
+    method receives floats, ints, bools and tuples of the declared types, and a value that cannot be converted
+    is a :class:`ValueError` naming the option (shown to the user as a configuration error).
+    """
+    hints = typing.get_type_hints(config_cls)
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    return {k: (_coerce(k, v, hints[k]) if k in fields and k in hints else v) for k, v in values.items()}
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
