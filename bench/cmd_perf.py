@@ -4,6 +4,8 @@
   implementation, second-run cache cost, fp16 storage, peak memory (``benchmarks/features.py``).
 * ``python -m bench perf grid [ARGS]``: the paper's ablation grid on an MVTec-AD-sized synthetic category, serial
   and with 2 workers: wall time, stage times, jobs per minute, peak memory, cache hits (``benchmarks/grid.py``).
+* ``python -m bench perf steps [ARGS]``: one optimiser step of the paper's heads at the paper's sizes, with the
+  harness's heap allocation and with glibc's defaults (``benchmarks/steps.py``).
 
 Everything after the benchmark's name goes to the script: ``python -m bench perf grid --help`` lists its options.
 The benchmarks live next to the package in a source checkout (they are not installed with a wheel).
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from bench.errors import BenchError
 
-BENCHMARKS = {"features": "features.py", "grid": "grid.py"}
+BENCHMARKS = {"features": "features.py", "grid": "grid.py", "steps": "steps.py"}
 
 
 def benchmarks_dir() -> Path | None:

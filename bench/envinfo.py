@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from bench.compat import tune_malloc
+
 _PACKAGES = ("torch", "torchvision", "timm", "faiss-cpu", "scikit-learn", "numpy", "pandas", "scipy", "opencv-python-headless", "pillow")
 
 
@@ -54,4 +56,5 @@ def environment(device: str = "cpu") -> dict[str, object]:
     env["torch_threads"] = torch.get_num_threads()
     env["cpu_count"] = os.cpu_count()
     env["deterministic_algorithms"] = torch.are_deterministic_algorithms_enabled()
+    env["malloc"] = tune_malloc()  # "heap" (large blocks reused, bench.compat) or "system"; speed only
     return env

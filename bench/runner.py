@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from bench.compat import release_free_memory
 from bench.datasets import DatasetOptions, Samples, load_dataset
 from bench.episodes import Episode, make_episode, protocol_id
 from bench.envinfo import environment
@@ -246,6 +247,7 @@ def run_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, 
         cache_root=Path(cfg.cache_dir) if cfg.cache_dir else None,
         textures=cfg.textures,
     )
+    method: Any = None
     try:
         spec = get_method(job.method)
         method = spec.cls(spec.make_config(spec.select_options(cfg.method_options)), ctx)
@@ -277,6 +279,8 @@ def run_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, 
         stage: {k: v - stats_before.get(stage, {}).get(k, 0) for k, v in d.items()} for stage, d in stats_after.items()
     }
     row["timing"] = {**{k: round(v, 4) for k, v in ctx.timings.items()}, "total": round(time.perf_counter() - t0, 4)}
+    method = None  # the job's model, optimiser state and tensors go before the heap's free pages are returned
+    release_free_memory()
     return row
 
 
