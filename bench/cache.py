@@ -14,7 +14,7 @@ Safety:
 * ``.npy`` entries are validated on read (header, dtype, shape and exact file size); an entry that fails is
   reported as a miss, so the caller recomputes and overwrites it.
 
-:func:`info` and :func:`clear` back ``python -m bench cache info|clear``.
+:func:`info`, :func:`clear` and :func:`prune` back ``python -m bench cache info|clear|prune``.
 """
 
 from __future__ import annotations
@@ -338,6 +338,92 @@ def clear(root: str | Path | None = None, kinds: Sequence[str] | None = None) ->
     )
     out = pd.concat([before, pd.DataFrame([total])], ignore_index=True)
     out.attrs["root"] = str(base)
+    return out
+
+
+PRUNABLE = ("features", "nn", "banks", "pretrained")  # content-addressed entries: a removed one is recomputed
+
+
+def parse_size(text: str | int | float) -> int:
+    """``"20G"`` / ``"500 MiB"`` / ``"1.5T"`` / ``"1048576"`` → bytes (binary units: K = 1024)."""
+    import re
+
+    from bench.errors import ConfigError
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(?:i?b)?\s*", str(text).lower())
+    if m is None:
+        raise ConfigError(f"cannot read {text!r} as a size: use e.g. 20G, 500M or a number of bytes")
+    return int(float(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2)])
+
+
+def prune(
+    max_bytes: int, root: str | Path | None = None, kinds: Sequence[str] | None = None, dry_run: bool = False
+) -> pd.DataFrame:
+    """Delete the least recently used cache entries until ``kinds`` take at most ``max_bytes`` together.
+
+    Only content-addressed kinds (:data:`PRUNABLE`: features, nearest neighbours, memory banks, pretrained
+    classifiers) are pruned: a removed entry is a cache miss later and is recomputed with identical content, so
+    pruning never changes a result, and a run reading the cache at the same time at worst recomputes an entry.
+    Generated datasets are never touched (``clear --kinds synthetic`` removes them whole).
+
+    "Recently used" is the later of the file's access and modification times. Linux's default ``relatime``
+    mount option updates access times at most once a day, so entries used today rank as "used today", and among
+    them the least recently written go first.
+
+    Args:
+        max_bytes: the size to get down to.
+        kinds: which of :data:`PRUNABLE` to consider (default: all present).
+        dry_run: only report what would be removed.
+
+    Returns:
+        What was (or would be) removed, in the format of :func:`info`, plus a ``total`` row;
+        ``df.attrs["kept_bytes"]`` is the size of the considered kinds afterwards.
+    """
+    from bench.errors import ConfigError
+
+    base = Path(root).expanduser() if root is not None else cache_dir()
+    chosen = list(kinds) if kinds else [k for k in PRUNABLE if (base / k).is_dir()]
+    bad = sorted(set(chosen) - set(PRUNABLE))
+    if bad:
+        raise ConfigError(
+            f"cannot prune {', '.join(bad)}: prune works on {', '.join(PRUNABLE)} (entries that are recomputed when "
+            "missing). Remove other kinds whole with `bench cache clear --kinds ...`."
+        )
+    entries = []
+    for kind in chosen:
+        for dirpath, _dirs, files in os.walk(base / kind):
+            for name in files:
+                p = Path(dirpath) / name
+                try:
+                    st = p.stat()
+                except FileNotFoundError:
+                    continue
+                entries.append((max(st.st_atime_ns, st.st_mtime_ns), st.st_size, p, kind, name.startswith(TMP_PREFIX)))
+    total = sum(e[1] for e in entries)
+    removed: dict[str, list[int]] = {}
+    for _used, size, path, kind, tmp in sorted(entries, key=lambda e: (e[0], str(e[2]))):
+        if total <= max_bytes:
+            break
+        if not dry_run:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove %s (%s)", path, exc.strerror or exc)
+                continue
+        total -= size
+        r = removed.setdefault(kind, [0, 0, 0])
+        r[0] += 0 if tmp else 1
+        r[1] += size
+        r[2] += 1 if tmp else 0
+    rows = [dict(kind=k, files=v[0], size=human_bytes(v[1]), bytes=v[1], tmp_files=v[2]) for k, v in removed.items()]
+    nbytes = sum(v[1] for v in removed.values())
+    rows.append(dict(kind="total", files=sum(v[0] for v in removed.values()), size=human_bytes(nbytes), bytes=nbytes,
+                     tmp_files=sum(v[2] for v in removed.values())))  # fmt: skip
+    out = pd.DataFrame(rows, columns=["kind", "files", "size", "bytes", "tmp_files"])
+    out.attrs["root"] = str(base)
+    out.attrs["kept_bytes"] = total
     return out
 
 
