@@ -85,8 +85,9 @@ def offline_defaults() -> None:
 
 # glibc mallopt(3) parameters
 _M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-TRIM_THRESHOLD = 256 << 20
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 256 << 20
+TRIM_THRESHOLD = 512 << 20
 _MALLOC: dict[str, object] = {"mode": None, "libc": None}
 
 
@@ -102,25 +103,28 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def tune_malloc() -> str:
-    """Serve large allocations from the heap instead of fresh ``mmap`` regions (glibc on Linux; else nothing).
+    """Serve allocations up to 256 MiB from the heap instead of fresh ``mmap`` regions (glibc on Linux only).
 
-    glibc gives every allocation above its mmap threshold (at most 32 MiB) a new ``mmap`` region and unmaps it on
-    free, so each reuse pays one page fault per 4 KiB page. The paper's heads allocate a 51 MB gradient for their
-    12.8 M-weight Linear at every optimiser step: that first-touch cost was about 40 % of a contrastive
-    fine-tuning step on the 2-core build machine (``python benchmarks/steps.py`` prints the step time with
-    and without). With mmap off and a 256 MiB trim threshold, freed blocks are reused from the heap; the runner
-    calls :func:`release_free_memory` after each job so long grids do not hold freed memory. The arithmetic is
-    unchanged (same kernels, same results). ``BENCH_MALLOC=system`` keeps glibc's defaults.
+    glibc gives every allocation above its mmap threshold (dynamic, at most 32 MiB by default) a new ``mmap``
+    region and unmaps it on free, so each reuse pays one page fault per 4 KiB page. The paper's heads allocate a
+    51 MB gradient for their 12.8 M-weight Linear at every optimiser step: that first-touch cost was about 40 % of
+    a contrastive fine-tuning step on the 2-core build machine (``python -m bench perf steps`` prints the step
+    time with and without). With the mmap threshold at 256 MiB and the trim threshold at 512 MiB such blocks are
+    reused from the heap. Larger blocks (RelationNet's 810-pair pretraining activations, 1.3 GB each) still get
+    their own mappings and go back to the system when freed: turning mmap off altogether was tried and raised
+    that episode's peak memory from 6.0 to 9.6 GiB (a fragmented heap). The runner calls
+    :func:`release_free_memory` after each job. The arithmetic is unchanged (same kernels on the same values;
+    ``tests/test_cache_and_memory.py`` compares whole runs). ``BENCH_MALLOC=system`` keeps glibc's defaults.
 
     Returns:
-        The mode now in effect, ``"heap"`` or ``"system"`` (recorded in every result row's ``env``).
+        The mode in effect, ``"heap"`` or ``"system"`` (recorded in every result row's ``env``).
     """
     if _MALLOC["mode"] is not None:
         return str(_MALLOC["mode"])
     mode = "system"
     libc = _glibc() if os.environ.get("BENCH_MALLOC", "heap").lower() not in ("system", "default", "off") else None
-    trim = int(float(os.environ.get("BENCH_MALLOC_TRIM_MB", TRIM_THRESHOLD >> 20)) * (1 << 20))
-    if libc is not None and libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, trim) == 1:
+    if libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1:
+        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
         mode = "heap"
         _MALLOC["libc"] = libc
     _MALLOC["mode"] = mode

@@ -2,9 +2,9 @@
 
 The paper's fine-tuning is thousands of sequential Adam steps (method-spec §8: C·n·(n−1) steps per pass, 45/25/15/15
 passes at 2–5 shots), so the time of one step sets the time of every grid that contains the paper's methods. Each
-measurement runs in a fresh child process, once with the harness's heap allocation (``BENCH_MALLOC=heap``, the
-default: glibc serves large blocks from the heap, see :func:`bench.compat.tune_malloc`) and once with glibc's
-defaults (``BENCH_MALLOC=system``), on the same random inputs from the same seed:
+measurement runs in a fresh child process, once as the harness runs (``BENCH_MALLOC=heap``, the default: glibc
+serves blocks up to 256 MiB from the heap, see :func:`bench.compat.tune_malloc`) and once with glibc's defaults
+(``BENCH_MALLOC=system``), on the same random inputs from the same seed:
 
 1. a contrastive fine-tuning step (keys of C classes encoded without gradient, one query, InfoNCE, fused Adam);
 2. a RelationNet fine-tuning step (C prototypes × C·(n−1) queries, weighted BCE, fused Adam);
@@ -147,7 +147,7 @@ def main() -> int:
     h, s = results["heap"], results["system"]
     print(f"\nD = {args.dim}, grid {args.grid}×{args.grid}, C = {args.classes}, n = {args.shots}, "
           f"{h['threads']} threads; ms per optimiser step (median of {args.repeats} blocks)\n")  # fmt: skip
-    print(f"| step | heap (default) | system malloc | speed-up | same loss |")
+    print("| step | harness (default) | BENCH_MALLOC=system | speed-up | same loss |")
     print("|---|---|---|---|---|")
     for key, loss, label in (
         ("contrastive_finetune_ms", "contrastive_loss", f"contrastive fine-tuning (C = {args.classes} keys, 1 query)"),

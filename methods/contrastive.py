@@ -34,11 +34,13 @@ Deviations from the reference code (each a paper reading or a bug fix; switches 
   backward pass touches the queries only. Same values in eval mode;
 * the pixel-mean prototype averages the decoded uint8 images and rounds to uint8 before the shared
   pre-processing (the code averages normalised tensors; at most 0.5/255 per pixel apart);
-* Adam uses PyTorch's fused kernel (the same update rule, about 6× faster on the 12.8 M-weight Linear).
+* Adam uses PyTorch's fused kernel (the same update rule, about 6× faster on the 12.8 M-weight Linear), and the
+  Linear's 51 MB gradient is reused from the heap instead of page-faulted anew at every step
+  (:func:`bench.compat.tune_malloc`; identical results).
 
-CPU cost (2 threads, random ResNet-18 features, D = 1024, 28 × 28; see the engineering notes in the report):
-about 1.5–2.5 s of head update per 99-image pretraining episode plus the features of its new pseudo images,
-and about 0.1–0.4 s per fine-tuning step (C·n·(n−1) steps per pass).
+CPU cost (2 threads, D = 1024, 28 × 28, C = 5; ``python -m bench perf steps``): about 0.4 s of head update per
+99-image pretraining episode plus the features of its new pseudo images, and about 50 ms per fine-tuning step
+(C·n·(n−1) steps per pass).
 """
 
 from __future__ import annotations
