@@ -71,30 +71,42 @@ def test_prune_never_changes_results(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "--max-size" in capsys.readouterr().err
 
 
+# Run in a fresh process: in the test process, earlier tests can leave a large free chunk in the heap, and glibc
+# serves a request from a free chunk that fits before it considers the mmap threshold (then the 400 MB block
+# below stays resident and the check measures the suite's history, not the mode).
+_HEAP_PROBE = """
+import json, os
+from pathlib import Path
+import bench, torch
+from bench.compat import release_free_memory, tune_malloc
+
+def rss():
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+release_free_memory()
+base = rss()
+x = torch.ones(25_000_000)  # 100 MB, touched
+del x
+kept = rss() - base
+release_free_memory()
+released = rss() - base
+y = torch.ones(100_000_000)  # 400 MB: above the mmap threshold
+del y
+big = rss() - base
+print(json.dumps({"mode": tune_malloc(), "kept": kept, "released": released, "big": big}))
+"""
+
+
 def test_heap_mode_is_on_by_default_and_bounded(tmp_path: Path) -> None:
     """Blocks up to 256 MiB are kept on the heap when freed (reused without page faults) until
     ``release_free_memory``; larger ones get their own mapping and go back to the system at once."""
     if not sys.platform.startswith("linux") or os.environ.get("BENCH_MALLOC", "heap") != "heap":
         pytest.skip("the heap allocation mode applies to glibc on Linux with BENCH_MALLOC unset")
-    import torch
-
-    from bench.compat import release_free_memory
-
     assert tune_malloc() == "heap"
-
-    def rss() -> int:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    release_free_memory()
-    base = rss()
-    x = torch.ones(25_000_000)  # 100 MB, touched
-    del x
-    kept = rss() - base
-    release_free_memory()
-    released = rss() - base
-    y = torch.ones(100_000_000)  # 400 MB: above the mmap threshold
-    del y
-    big = rss() - base
+    probe = subprocess.run([sys.executable, "-c", _HEAP_PROBE], cwd=REPO, capture_output=True, text=True, check=True)
+    m = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert m["mode"] == "heap"
+    kept, released, big = m["kept"], m["released"], m["big"]
     assert kept > 80e6 and released < 20e6 and big < 20e6, (kept, released, big)
     proc = subprocess.run([sys.executable, "-c", "import bench.compat as c, bench; print(c.tune_malloc())"],
                           env={**os.environ, "BENCH_MALLOC": "system"}, capture_output=True, text=True, check=True)  # fmt: skip
