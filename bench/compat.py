@@ -110,8 +110,9 @@ def tune_malloc() -> str:
     51 MB gradient for their 12.8 M-weight Linear at every optimiser step: that first-touch cost was about 40 % of
     a contrastive fine-tuning step on the 2-core build machine (``python -m bench perf steps`` prints the step
     time with and without). With the mmap threshold at 256 MiB and the trim threshold at 512 MiB such blocks are
-    reused from the heap. Larger blocks (RelationNet's 810-pair pretraining activations, 1.3 GB each) still get
-    their own mappings and go back to the system when freed: turning mmap off altogether was tried and raised
+    reused from the heap. Larger blocks (RelationNet's 810-pair pretraining activations, 1.3 GB each) get their
+    own mappings and go back to the system when freed, unless a free heap chunk already fits them (glibc looks
+    in its free lists before it applies the threshold): turning mmap off altogether was tried and raised
     that episode's peak memory from 6.0 to 9.6 GiB (a fragmented heap). The runner calls
     :func:`release_free_memory` after each job. The arithmetic is unchanged (same kernels on the same values;
     ``tests/test_cache_and_memory.py`` compares whole runs). ``BENCH_MALLOC=system`` keeps glibc's defaults.
