@@ -70,11 +70,16 @@ def run_to_end(args: list[str], cache: Path, env: dict[str, str] | None = None) 
 
 
 def start(args: list[str], cache: Path, logs: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start a run in its own session (so a Ctrl-C can be sent to its whole process group)."""
+    """Start a run in its own session (so a Ctrl-C can be sent to its whole process group).
+
+    SIGINT is reset to its default in the child, as in a terminal: pytest started as a background job of a shell
+    without job control (``cmd &`` in a script) inherits SIGINT ignored, and so would the run.
+    """
     logs.mkdir(parents=True, exist_ok=True)
     n = len(list(logs.glob("*.out")))
     return subprocess.Popen(
         args, cwd=REPO, env={**bench_env(cache), **(env or {})}, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=(logs / f"{n}.out").open("wb"), stderr=(logs / f"{n}.err").open("wb"),
     )  # fmt: skip
 
