@@ -86,12 +86,20 @@ def exit_interrupted() -> None:
     interrupt was caught, so returning 130 would give 130 or death-by-SIGINT depending on the exact moment of
     the Ctrl-C. Where SIGINT cannot end the process (another platform), it exits with 130.
     """
+    import atexit
     import os
     import signal
 
     sys.stdout.flush()
     sys.stderr.flush()
     if hasattr(signal, "SIGINT") and os.name == "posix":
+        # Ending by a signal skips the exit handlers: run them first, as a normal exit would. They shut down the
+        # worker pool's queues and remove its shared-memory folder; without them loky's resource tracker warns
+        # about "leaked semlock objects" and "leaked folder objects" after every Ctrl-C of a --jobs run.
+        try:
+            atexit._run_exitfuncs()
+        except BaseException:  # a second Ctrl-C or a failing handler: still end as interrupted
+            pass
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
     sys.exit(EXIT_INTERRUPTED)

@@ -11,10 +11,12 @@ end if any job failed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
 import os
+import signal
 import threading
 import time
 import traceback
@@ -22,7 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -307,9 +309,50 @@ def _exit_when_orphaned(parent_pid: int) -> None:
     _WATCHDOG.start()
 
 
+@contextlib.contextmanager
+def _sigint_held(local_workers: bool = True) -> Iterator[None]:
+    """In the main process: hold back SIGINT (Ctrl-C) while local worker processes may be started.
+
+    Ctrl-C in a terminal goes to the whole process group, workers included. A loky worker hit by it between two
+    tasks dies printing a traceback (``KeyboardInterrupt`` in loky's own loop, e.g. in its memory check after a
+    task). Workers are therefore made deaf to SIGINT and the main process alone handles it: it stops the pool
+    (joblib terminates the workers on ``KeyboardInterrupt``) and prints how to resume. The signal mask is
+    inherited through fork and exec, so a worker started here, or later by the executor's manager thread (which
+    is created here too and inherits the mask), starts with SIGINT blocked; its first task then ignores SIGINT
+    and unblocks it (:func:`_worker_setup`). A Ctrl-C pressed meanwhile is delivered to this process when the
+    block ends, so it is delayed by the few milliseconds that starting the pool's dispatch takes, never lost.
+
+    The resource trackers are started first, outside the block: starting the standard library's (Python 3.11)
+    ends with an unconditional ``SIG_UNBLOCK`` of SIGINT, which would lift the block before the workers start.
+    """
+    if not local_workers or not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield  # Dask workers run in their own processes, started by the cluster, not by this process
+        return
+    from multiprocessing import resource_tracker
+
+    from joblib.externals.loky.backend import resource_tracker as loky_resource_tracker
+
+    resource_tracker.ensure_running()
+    loky_resource_tracker.ensure_running()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _ignore_sigint() -> None:
+    """In a local worker process: ignore Ctrl-C (see :func:`_sigint_held`; the main process stops the pool)."""
+    if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # also discards one that arrived while it was blocked
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _worker_setup(cfg: RunConfig, threads: int | None, parent_pid: int | None) -> None:
-    """Prologue of every task sent to a worker process: orphan watchdog, torch threads, this run's cache root."""
-    if parent_pid is not None:
+    """Prologue of every task sent to a worker process: Ctrl-C ignored, orphan watchdog, torch threads, this
+    run's cache root."""
+    if parent_pid is not None:  # a local (loky) worker: the main process handles Ctrl-C and stops the pool
+        _ignore_sigint()
         _exit_when_orphaned(parent_pid)
     if threads:
         torch.set_num_threads(threads)
@@ -494,14 +537,17 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
                 if paths:  # the feature stage, split over the workers (cached images cost a file check)
                     chunks = [c.tolist() for c in np.array_split(np.array(paths, dtype=object), n_workers) if len(c)]
                     bar = tqdm(total=len(paths), desc="features", unit="img", disable=not progress)
-                    for n in Parallel(return_as="generator_unordered")(
-                        delayed(prefetch_features)(wcfg, c, per_worker, parent_pid) for c in chunks
-                    ):
+                    with _sigint_held(backend == "loky"):  # the pool starts here (see _sigint_held)
+                        prefetch = Parallel(return_as="generator_unordered")(
+                            delayed(prefetch_features)(wcfg, c, per_worker, parent_pid) for c in chunks
+                        )
+                    for n in prefetch:
                         bar.update(n)
                     bar.close()
-                stream = Parallel(return_as="generator_unordered")(
-                    delayed(run_group)(wcfg, g, out, per_worker, parent_pid) for g in groups
-                )
+                with _sigint_held(backend == "loky"):  # the pool starts here unless the feature stage started it
+                    stream = Parallel(return_as="generator_unordered")(
+                        delayed(run_group)(wcfg, g, out, per_worker, parent_pid) for g in groups
+                    )
                 bar = tqdm(total=len(todo), desc=f"jobs ({n_workers} workers)", unit="job", disable=not progress)
                 for status in stream:
                     for key, st, err in status:

@@ -352,6 +352,8 @@ def test_ctrl_c_stops_cleanly_and_prints_how_to_resume(tiny_root: Path, referenc
     assert "interrupted" in err and "run the same command again to resume" in err, err[-3000:]
     assert str(out / "results.jsonl") in err
     assert "Traceback" not in err, err[-3000:]
+    assert "leaked" not in err, err[-3000:]  # loky's resource tracker: the pool was not shut down before exit
+    assert group_gone(proc.pid, timeout=20), "worker processes still running 20 s after the run stopped"
     res = read_rows([out / "results.jsonl"])
     assert res.skipped_lines == 0 and res.rows, "a clean stop leaves only complete rows"
     assert {r["method"] for r in res.rows} == {"protonet"}, "a gated job finished before its gate opened"
@@ -367,6 +369,44 @@ def test_ctrl_c_stops_cleanly_and_prints_how_to_resume(tiny_root: Path, referenc
         assert proto == {k: v for k, v in reference[0].items() if v[0] == "protonet"}
         gated = {(v[2], v[3]): v[6] for v in deterministic([r for r in final if r["method"] != "protonet"]).values()}
         assert gated == {(v[2], v[3]): v[6] for v in proto.values()}, "gated-protonet predicts as protonet"
+
+
+def group_gone(pgid: int, timeout: float) -> bool:
+    """Whether every process of the process group ``pgid`` has ended within ``timeout`` seconds."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _sigint_state_in_worker() -> tuple[bool, bool]:
+    """(SIGINT blocked when the task starts, SIGINT ignored after the worker prologue), in a worker process."""
+    from bench.runner import _ignore_sigint
+
+    blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    _ignore_sigint()
+    return blocked, signal.getsignal(signal.SIGINT) == signal.SIG_IGN and signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_workers_started_by_a_run_never_see_ctrl_c() -> None:
+    """A worker started under ``_sigint_held`` has SIGINT blocked from its first instruction (no window before
+    its first task in which a Ctrl-C kills it with a traceback) and ignores it after the task prologue."""
+    from joblib.externals.loky import get_reusable_executor
+
+    from bench.runner import _sigint_held
+
+    with _sigint_held():
+        executor = get_reusable_executor(max_workers=1, reuse=False)
+        future = executor.submit(_sigint_state_in_worker)
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, []), "the main process's mask is restored"
+    try:
+        assert future.result(timeout=120) == (True, True)
+    finally:
+        executor.shutdown(wait=True, kill_workers=True)
 
 
 def test_plugin_method_runs_in_worker_processes(tiny_root: Path, reference: tuple[dict, Path], tmp_path: Path) -> None:
