@@ -39,8 +39,8 @@ Deviations from the reference code (each a paper reading or a bug fix; switches 
   (:func:`bench.compat.tune_malloc`; identical results).
 
 CPU cost (2 threads, D = 1024, 28 × 28, C = 5; ``python -m bench perf steps`` on the 2-core build machine, whose
-speed varied 1.6× between 2026-12-01 and 2026-12-02): 0.46–0.61 s of head update per 99-image pretraining episode
-plus the features of its new pseudo images, and 51–80 ms per fine-tuning step (C·n·(n−1) steps per pass).
+speed varied 2.2× between sessions on 2026-12-01 and 2026-12-02): 0.24–0.61 s of head update per 99-image pretraining
+episode plus the features of its new pseudo images, and 37–80 ms per fine-tuning step (C·n·(n−1) steps per pass).
 """
 
 from __future__ import annotations
