@@ -61,7 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(only=command)
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # The handler filters too, not only the root logger: libraries that set their own loggers' level would get
+    # through (Dask's `distributed` is at INFO: 45 lines of cluster start-up and shutdown per --backend dask run).
+    # Like basicConfig itself, this changes nothing where logging is configured already (an embedding program).
+    handler = logging.StreamHandler()
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     if not getattr(args, "_main", None):
         parser.print_help()
         return 1

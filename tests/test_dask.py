@@ -84,3 +84,21 @@ def test_unreachable_scheduler_is_a_clear_error(tiny_root: Path, tmp_path: Path,
     err = capsys.readouterr().err
     assert code == 2
     assert "cannot connect to the Dask scheduler tcp://127.0.0.1:9" in err and "--scheduler" in err
+
+
+def test_local_cluster_run_from_the_command_line_is_quiet(tiny_root: Path, tmp_path: Path) -> None:
+    """``--backend dask`` without ``--scheduler`` starts a local cluster itself; Dask's INFO logging (its
+    ``distributed`` logger is at INFO: 45 lines of cluster start-up and shutdown) stays out of stderr unless -v."""
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "bench", "run", *TINY, "--data-root", str(tiny_root), "--method", "protonet",
+            "--categories", "tile", "--shots", "1", "--seeds", "1-2", "--jobs", "2", "--backend", "dask",
+            "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(args, cwd=repo, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_rows([tmp_path / "o" / "results.jsonl"]).rows
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert "INFO" not in proc.stderr, proc.stderr[-3000:]
