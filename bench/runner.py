@@ -530,21 +530,22 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
             data_root=str(samples.root),
             cache_dir=str(Path(cfg.cache_dir or os.environ.get("BENCH_CACHE", "~/.cache/fsad-bench")).expanduser().resolve()),
         )
-        parent_pid = os.getpid() if backend == "loky" else None  # local workers exit if this process is killed
+        local = backend == "loky"  # workers started by this process (Dask's are started by the cluster)
+        parent_pid = os.getpid() if local else None  # local workers exit if this process is killed
         try:
-            with parallel_config(**ctx_kwargs, n_jobs=n_workers, inner_max_num_threads=per_worker if backend == "loky" else None):
+            with parallel_config(**ctx_kwargs, n_jobs=n_workers, inner_max_num_threads=per_worker if local else None):
                 paths = feature_work(cfg, samples, todo)
                 if paths:  # the feature stage, split over the workers (cached images cost a file check)
                     chunks = [c.tolist() for c in np.array_split(np.array(paths, dtype=object), n_workers) if len(c)]
                     bar = tqdm(total=len(paths), desc="features", unit="img", disable=not progress)
-                    with _sigint_held(backend == "loky"):  # the pool starts here (see _sigint_held)
+                    with _sigint_held(local):  # the pool starts here (see _sigint_held)
                         prefetch = Parallel(return_as="generator_unordered")(
                             delayed(prefetch_features)(wcfg, c, per_worker, parent_pid) for c in chunks
                         )
                     for n in prefetch:
                         bar.update(n)
                     bar.close()
-                with _sigint_held(backend == "loky"):  # the pool starts here unless the feature stage started it
+                with _sigint_held(local):  # the pool starts here unless the feature stage started it
                     stream = Parallel(return_as="generator_unordered")(
                         delayed(run_group)(wcfg, g, out, per_worker, parent_pid) for g in groups
                     )

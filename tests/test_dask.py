@@ -9,6 +9,9 @@ Skipped with a reason when the optional dependency ``distributed`` is not instal
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,10 +92,6 @@ def test_unreachable_scheduler_is_a_clear_error(tiny_root: Path, tmp_path: Path,
 def test_local_cluster_run_from_the_command_line_is_quiet(tiny_root: Path, tmp_path: Path) -> None:
     """``--backend dask`` without ``--scheduler`` starts a local cluster itself; Dask's INFO logging (its
     ``distributed`` logger is at INFO: 45 lines of cluster start-up and shutdown) stays out of stderr unless -v."""
-    import os
-    import subprocess
-    import sys
-
     args = [sys.executable, "-m", "bench", "run", *TINY, "--data-root", str(tiny_root), "--method", "protonet",
             "--categories", "tile", "--shots", "1", "--seeds", "1-2", "--jobs", "2", "--backend", "dask",
             "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
