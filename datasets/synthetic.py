@@ -24,6 +24,13 @@ lock; ``<root>/<category>/.complete.json`` records preset, seed, generator versi
 complete folder is reused. Every pixel comes from ``numpy.random.default_rng(SeedSequence([seed,
 stable_int(category), stable_int(split), stable_int(label), index]))``: the same seed gives byte-identical PNGs.
 
+The generator never deletes or overwrites a folder it cannot prove it made: proof is a marker it wrote itself
+(``.complete.json`` in a category, or ``.generating.json``, written into the temporary folder before the first
+image, so that the half-written folder of a killed run is still provably ours). Before anything is written,
+the whole root is checked: a root that holds anything else (a real dataset passed as ``--data-root`` without
+``--dataset``, say) is refused with an error that names the file and the ``--dataset`` that probably fits it;
+nothing in it is touched (the per-category lock files are only created after this check).
+
 Presets: ``tiny`` (tests, 2 categories, 128 px), ``default`` (demo, 4 categories, 256 px) and ``mvtec`` (the
 15 MVTec AD category names with MVTec AD's exact per-folder image counts, for speed benchmarks).
 """
@@ -34,6 +41,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -52,8 +60,12 @@ from bench.datasets.mvtec_ad import scan_mvtec_ad
 from bench.errors import DatasetError
 from bench.paths import cache_dir
 
+log = logging.getLogger(__name__)
+
 GENERATOR_VERSION = 2  # 2: defect types have preferred zones
 MARKER = ".complete.json"
+WORK_MARKER = ".generating.json"  # written into a temporary folder before its first image
+GENERATOR_NAME = "fsad-bench synthetic"
 HINT = "The synthetic datasets are generated on first use; pass --data-root to choose where."
 
 # MVTec AD per-category counts (../shared/docs/datasets.md §1): train good, test good, {type: test images}.
@@ -305,6 +317,8 @@ def _is_complete(final: Path, preset: str, seed: int, resolution: int | None, sp
         marker = json.loads((final / MARKER).read_text())
     except (OSError, ValueError):
         return False
+    if not isinstance(marker, dict):
+        return False
     want = dict(generator_version=GENERATOR_VERSION, preset=preset, seed=seed, category=spec.name)
     if any(marker.get(k) != v for k, v in want.items()):
         return False
@@ -314,18 +328,121 @@ def _is_complete(final: Path, preset: str, seed: int, resolution: int | None, sp
     return counts == _expected_counts(spec) and all(_count_pngs(final / rel) == n for rel, n in counts.items())
 
 
-_OURS = re.compile(r"^(\.complete\.json|(train|test)/[^/]+/\d{3}\.png|ground_truth/[^/]+/\d{3}_mask\.png)$")
+_OURS = re.compile(
+    r"^(\.complete\.json|\.generating\.json|(train|test)/[^/]+/\d{3}\.png|ground_truth/[^/]+/\d{3}_mask\.png)$"
+)
 
 
-def _check_ours(final: Path) -> None:
-    """Refuse to delete a folder that holds anything this generator would not have written."""
-    for p in final.rglob("*"):
-        rel = p.relative_to(final).as_posix()
-        if p.is_file() and not _OURS.match(rel) or p.is_symlink():
-            raise DatasetError(
-                f"{final} exists but is not a complete synthetic category, and it holds {rel}, which the generator "
-                "does not write; it will not be deleted. Pass another --data-root or remove that folder yourself."
-            )
+def _our_marker(folder: Path) -> bool:
+    """True when ``folder`` holds a marker that this generator wrote (complete, or a generation in progress)."""
+    for name in (MARKER, WORK_MARKER):
+        try:
+            marker = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(marker, dict) and marker.get("generator") == GENERATOR_NAME:
+            return True
+    return False
+
+
+def _foreign_file(folder: Path) -> str | None:
+    """The first entry (relative path) under ``folder`` that this generator would not have written, or None."""
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_symlink() or (p.is_file() and not _OURS.match(rel)) or not (p.is_file() or p.is_dir()):
+            return rel
+    return None
+
+
+def _provably_ours(folder: Path) -> bool:
+    """A folder may be deleted only when it holds our marker and nothing the generator does not write."""
+    return folder.is_dir() and not folder.is_symlink() and _our_marker(folder) and _foreign_file(folder) is None
+
+
+def _remove_ours(folder: Path) -> None:
+    """Delete a folder of ours, its markers last: a kill midway leaves a folder that is still provably ours."""
+    for child in folder.iterdir():
+        if child.name in (MARKER, WORK_MARKER):
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _holds_no_file(folder: Path) -> bool:
+    """True for a folder with nothing but empty sub-folders (deleting it destroys no data)."""
+    return all(p.is_dir() and not p.is_symlink() for p in folder.rglob("*"))
+
+
+_TMP_NAME = re.compile(r"^\.[^/]+\.(tmp-.+|lock)$")  # .<category>.tmp-<pid>-<hex> folders, .<category>.lock files
+_SYSTEM_JUNK = {".DS_Store", "Thumbs.db", "desktop.ini"}  # written by file browsers; harmless, never deleted
+
+
+def _describe_layout(root: Path) -> tuple[str, str]:
+    """(what ``root`` looks like, the ``--dataset`` that reads it): MVTec 3D-AD, MVTec AD or a user folder."""
+    from bench.datasets.mvtec_ad import CATEGORIES as MVTEC_AD_CATEGORIES
+
+    subdirs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    mvtec_layout = False
+    for d in subdirs:
+        test = d / "test"
+        if not test.is_dir():
+            continue
+        if (d / "validation").is_dir() or any((t / "rgb").is_dir() for t in test.iterdir() if t.is_dir()):
+            return "MVTec 3D-AD (<category>/test/<type>/rgb/)", "mvtec_3d"
+        mvtec_layout = True
+    if mvtec_layout and any(d.name in MVTEC_AD_CATEGORIES for d in subdirs):
+        return "MVTec AD", "mvtec_ad"
+    if mvtec_layout:
+        return "a dataset in the MVTec AD layout (<category>/train/good, <category>/test/<type>)", "folder"
+    return "a folder of your own files", "folder"
+
+
+def _check_root(root: Path) -> None:
+    """Refuse a root that holds anything this generator did not make, before anything is written into it.
+
+    Allowed: folders holding our marker (complete or in progress), our lock files and temporary folders
+    (``.<category>.lock``, ``.<category>.tmp-*``), and file-browser junk. This is one small read per folder; the
+    full check of a folder's files (:func:`_provably_ours`) is made only before it would be replaced.
+
+    Raises:
+        DatasetError: naming the first foreign entry and the ``--dataset`` that probably fits the folder.
+    """
+    if root.exists() and not root.is_dir():
+        raise DatasetError(
+            f"--data-root {root} is a file, not a folder: the synthetic datasets are generated into a folder. Pass a "
+            "new or empty folder as --data-root (or omit it to use the cache), or --dataset folder|mvtec_ad|mvtec_3d "
+            "with the folder that holds your images."
+        )
+    if not root.exists():
+        return
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if entry.name in _SYSTEM_JUNK or _TMP_NAME.match(entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            if _our_marker(entry):  # (whether it may be replaced is checked in depth before that: _provably_ours)
+                continue
+            foreign = f"{entry.name}/" + (_first_file(entry) or "")
+        else:
+            foreign = entry.name
+        looks, dataset = _describe_layout(root)
+        raise DatasetError(
+            f"--data-root {root} holds {foreign}, which the synthetic generator did not write, so it will not write "
+            f"into that folder (nothing there was changed or deleted). It looks like {looks}: to benchmark it, pass "
+            f"--dataset {dataset} --data-root {root}; to generate a synthetic dataset, pass a new or empty folder as "
+            "--data-root, or omit it to use the cache."
+        )
+
+
+def _first_file(folder: Path) -> str | None:
+    """The first file under ``folder`` in sorted depth-first order (relative path), for messages; stops there."""
+    for dirpath, dirs, files in os.walk(folder):
+        dirs.sort()
+        if files:
+            return (Path(dirpath) / sorted(files)[0]).relative_to(folder).as_posix()
+    return None
 
 
 @contextlib.contextmanager
@@ -347,31 +464,45 @@ def _lock(path: Path) -> Iterator[None]:
 def _ensure_category(
     root: Path, preset: str, spec: CategorySpec, seed: int, resolution: int | None, default_res: int
 ) -> None:
-    """Make ``root/<spec.name>`` a complete generation: reuse it, or draw into a temp sibling and rename."""
+    """Make ``root/<spec.name>`` a complete generation: reuse it, or draw into a temp sibling and rename.
+
+    Only folders that are provably ours (:func:`_provably_ours`) are ever replaced or deleted.
+    """
     final = root / spec.name
     if _is_complete(final, preset, seed, resolution, spec):
         return
     with _lock(root / f".{spec.name}.lock"):
         if _is_complete(final, preset, seed, resolution, spec):  # another process finished it meanwhile
             return
-        if final.exists():
-            _check_ours(final)
+        if (final.exists() or final.is_symlink()) and not _provably_ours(final):
+            rel = _foreign_file(final) if _our_marker(final) else None
+            raise DatasetError(
+                f"{final} exists but is not a complete synthetic category, and "
+                + (f"it holds {rel}, which the generator does not write" if rel else "it holds no marker of the generator")
+                + "; it will not be deleted. Pass another --data-root or remove that folder yourself."
+            )
         for stale in root.glob(f".{spec.name}.tmp-*"):  # left by a killed run (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
+            if stale.is_dir() and not stale.is_symlink() and (_provably_ours(stale) or _holds_no_file(stale)):
+                _remove_ours(stale)
+            else:
+                log.warning("leaving %s alone: it does not hold a marker of the synthetic generator", stale)
         res = resolution or default_res
         tmp = root / f".{spec.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            _write_category(tmp, spec, seed, res)
             marker = dict(
-                generator="fsad-bench synthetic", generator_version=GENERATOR_VERSION, preset=preset, seed=seed,
+                generator=GENERATOR_NAME, generator_version=GENERATOR_VERSION, preset=preset, seed=seed,
                 category=spec.name, style=spec.style, resolution=res, counts=_expected_counts(spec),
             )  # fmt: skip
+            work = {**marker, "state": "generating"}
+            (tmp / WORK_MARKER).write_text(json.dumps(work, indent=1, sort_keys=True) + "\n")
+            _write_category(tmp, spec, seed, res)
             (tmp / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
+            (tmp / WORK_MARKER).unlink()  # after MARKER: one of the two is always there
             if final.exists():
                 trash = root / f".{spec.name}.tmp-old-{uuid.uuid4().hex[:8]}"
                 os.replace(final, trash)
-                shutil.rmtree(trash, ignore_errors=True)
+                _remove_ours(trash)
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -399,12 +530,20 @@ def generate(
         ``root``.
 
     Raises:
-        DatasetError: unknown preset or category, or a non-synthetic folder in the way.
+        DatasetError: unknown preset or category, a root that holds anything the generator did not write (a real
+            dataset), or a root that is a file or cannot be created.
     """
     p = _get_preset(preset)
     specs = _select(p, categories)
     root = Path(root).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    _check_root(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(
+            f"cannot create the synthetic dataset folder {root} ({exc.strerror or exc}). Pass a writable --data-root, "
+            "or omit it to use the cache."
+        ) from None
     for spec in specs:
         _ensure_category(root, p.name, spec, seed, resolution, p.resolution)
     return root

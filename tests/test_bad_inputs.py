@@ -342,3 +342,78 @@ def test_read_only_output_folder(capsys, data, cache, prior, tmp_path, how: str)
     assert f"cannot write to the output folder {out}" in err and "Choose another with --out" in err
     if how == "chmod-555":
         assert (out / "results.jsonl").read_bytes() == prior[0]
+
+
+# --------------------------------------------------------------------------------------------- data loss, stale results
+def _tree(root: Path) -> dict[str, str]:
+    """Every entry under ``root``: sha256 of each file, "dir" for folders (so an added empty folder shows too)."""
+    import hashlib
+
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}  # fmt: skip
+
+
+def _mvtec_like(root: Path, categories: tuple[str, ...] = ("wood", "bottle")) -> Path:
+    """A small real-looking MVTec AD tree: 000.png, 000_mask.png, ground_truth/, a licence file at the top."""
+    rng = np.random.default_rng(0)
+    for cat in categories:
+        for folder, n in [("train/good", 3), ("test/good", 2), ("test/scratch", 2), ("test/color", 2)]:
+            (root / cat / folder).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / cat / folder / f"{i:03d}.png")
+                if folder.startswith("test/") and folder != "test/good":
+                    gt = root / cat / "ground_truth" / folder.split("/")[1]
+                    gt.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(np.zeros((32, 32), np.uint8)).save(gt / f"{i:03d}_mask.png")
+    (root / "license.txt").write_text("CC BY-NC-SA 4.0\n")
+    return root
+
+
+def _one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_generator_never_touches_a_real_dataset(capsys, out, cache, prior, tmp_path) -> None:  # noqa: ANN001
+    """The user forgot --dataset mvtec_ad: the default dataset is the synthetic one, whose categories include wood.
+    The real folder must stay byte-identical, and the error must say which --dataset was probably meant."""
+    real = _mvtec_like(tmp_path / "mvtec")
+    before = _tree(real)
+    for args in (["--categories", "wood"], ["--dataset", "synthetic-mvtec"], ["--dataset", "synthetic-tiny"]):
+        code = main(["run", "--method", "protonet", "--data-root", str(real), *COMMON, "--shots", "1", "--seeds", "1",
+                     "--out", str(out), "--cache-dir", str(cache), *args])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2, err
+        line = _one_error_line(err)
+        assert f"--data-root {real} holds " in line and "which the synthetic generator did not write" in line
+        assert "It looks like MVTec AD: to benchmark it, pass --dataset mvtec_ad" in line
+        assert _tree(real) == before, f"{args}: the real dataset was changed"
+    assert_prior_intact(out, prior)
+
+
+@pytest.mark.parametrize("layout, dataset", [("mvtec_3d", "mvtec_3d"), ("own", "folder")])
+def test_generator_suggests_the_dataset_that_fits(capsys, out, cache, tmp_path, layout: str, dataset: str) -> None:  # noqa: ANN001
+    from bench.datasets.synthetic import write_mvtec3d
+
+    root = tmp_path / "data"
+    if layout == "mvtec_3d":
+        write_mvtec3d(root, categories=("toy_bagel",), n_train=1, n_per_type=1, types=("crack",), resolution=16)
+    else:
+        _mvtec_like(root, categories=("widget",))
+    before = _tree(root)
+    code = main(["run", "--method", "protonet", "--dataset", "synthetic-tiny", "--data-root", str(root), *COMMON,
+                 "--out", str(out), "--cache-dir", str(cache)])  # fmt: skip
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and f"pass --dataset {dataset} --data-root {root}" in line
+    assert _tree(root) == before
+
+
+def test_data_root_that_is_a_file(capsys, out, cache, tmp_path) -> None:  # noqa: ANN001
+    f = tmp_path / "notes.txt"
+    f.write_text("not a folder\n")
+    code = main(["run", "--method", "protonet", "--dataset", "synthetic-tiny", "--data-root", str(f), *COMMON,
+                 "--out", str(out), "--cache-dir", str(cache)])  # fmt: skip
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and f"--data-root {f} is a file, not a folder" in line
+    assert f.read_text() == "not a folder\n"

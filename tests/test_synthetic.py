@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from bench.datasets import DatasetOptions, load_dataset
 from bench.datasets.synthetic import (
     GENERATOR_VERSION,
     MARKER,
+    WORK_MARKER,
     MVTEC_AD_COUNTS,
     PRESETS,
     default_root,
@@ -169,11 +171,14 @@ def test_half_written_category_is_regenerated(tmp_path: Path) -> None:
     root = tmp_path / "root"
     generate(root, "tiny", categories=("tile",))
     cdir = root / "tile"
-    (cdir / MARKER).unlink()  # as if a writer died before finishing
-    for p in sorted((cdir / "test" / "crack").glob("*.png"))[3:]:
+    for p in sorted((cdir / "test" / "crack").glob("*.png"))[3:]:  # damaged after it was made: still ours (marker)
         p.unlink()
     (cdir / "test" / "stain" / "000.png").write_bytes(b"")
-    (root / ".tile.tmp-12345-deadbeef" / "train").mkdir(parents=True)  # debris of a killed run
+    killed = root / ".tile.tmp-12345-deadbeef"  # the temporary folder of a killed run: its marker proves it ours
+    (killed / "train" / "good").mkdir(parents=True)
+    (killed / WORK_MARKER).write_text(json.dumps({"generator": "fsad-bench synthetic", "state": "generating"}))
+    (killed / "train" / "good" / "000.png").write_bytes(b"half")
+    (root / ".tile.tmp-12345-cafebabe" / "train").mkdir(parents=True)  # killed before its marker: holds no file
     generate(root, "tiny", categories=("tile",))
     assert _files(cdir) == ref
     assert not list(root.glob(".tile.tmp-*"))
@@ -187,12 +192,42 @@ def test_half_written_category_is_regenerated(tmp_path: Path) -> None:
     assert _files(cdir) == ref
 
 
+def test_folder_without_a_marker_is_never_deleted(tmp_path: Path) -> None:
+    """Without the generator's marker nothing proves a folder was generated, even when every file name fits
+    (MVTec AD's own names are 000.png and 000_mask.png): it is refused, not replaced."""
+    root = generate(tmp_path / "root", "tiny", categories=("tile",))
+    (root / "tile" / MARKER).unlink()
+    foreign = root / ".tile.tmp-999-0badf00d"  # named like a temporary folder, but without our marker and not empty
+    (foreign / "train").mkdir(parents=True)
+    (foreign / "train" / "notes.txt").write_text("mine")
+    before = _files(root)
+    with pytest.raises(DatasetError, match="synthetic generator did not write"):
+        generate(root, "tiny", categories=("tile",))
+    assert _files(root) == before
+    (root / "tile" / MARKER).write_text("{}")  # a marker someone else wrote: not ours either
+    with pytest.raises(DatasetError, match="synthetic generator did not write"):
+        generate(root, "tiny", categories=("tile",))
+    (root / "tile" / MARKER).unlink()
+    shutil.rmtree(root / "tile")  # the category is gone: generated again; the foreign temporary folder is left alone
+    generate(root, "tiny", categories=("tile",))
+    assert (foreign / "train" / "notes.txt").read_text() == "mine"
+
+
 def test_foreign_folder_is_not_deleted(tmp_path: Path) -> None:
     (tmp_path / "tile" / "train" / "good").mkdir(parents=True)
     (tmp_path / "tile" / "notes.txt").write_text("mine")
-    with pytest.raises(DatasetError, match="will not be deleted"):
+    with pytest.raises(DatasetError, match="holds tile/notes.txt, which the synthetic generator did not write"):
         generate(tmp_path, "tiny", categories=("tile",))
     assert (tmp_path / "tile" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tile"]  # not even a lock file was written
+    # a generated category with a file of the user's added: reused as it is, but never replaced
+    root = generate(tmp_path / "gen", "tiny", categories=("tile",))
+    (root / "tile" / "test" / "crack" / "mine.txt").write_text("mine")
+    marker = json.loads((root / "tile" / MARKER).read_text())
+    (root / "tile" / MARKER).write_text(json.dumps({**marker, "seed": 5}))
+    with pytest.raises(DatasetError, match="holds test/crack/mine.txt, which the generator does not write"):
+        generate(root, "tiny", categories=("tile",))
+    assert (root / "tile" / "test" / "crack" / "mine.txt").read_text() == "mine"
 
 
 def test_unknown_names_are_errors(tmp_path: Path) -> None:
