@@ -31,6 +31,7 @@ import torch
 
 from bench.compat import release_free_memory
 from bench.datasets import DatasetOptions, Samples, load_dataset
+from bench.datasets._base import describe_ignored
 from bench.episodes import Episode, make_episode, protocol_id
 from bench.envinfo import environment
 from bench.errors import BenchError, DatasetError, WeightsError
@@ -465,6 +466,8 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
     samples = preflight(cfg)
     for cat, why in samples.skipped.items():
         print(f"note: category {cat} skipped: {why}")
+    for cat, entries in samples.ignored.items():
+        print(f"note: {describe_ignored(cat, entries)}")
     store = get_store(cfg)
     if not store.weights_info.pretrained:
         print(

@@ -26,6 +26,16 @@ name (the support rule sorts by it); ``mask_path`` is ``""`` when there is none.
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
+SYSTEM_NAMES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini", "$RECYCLE.BIN", "System Volume Information"})
+"""Entries written by operating systems, archivers and file browsers, never data."""
+
+
+def is_hidden_or_system(name: str) -> bool:
+    """True for hidden entries (``.ipynb_checkpoints``, macOS ``._*`` AppleDouble files, ``.DS_Store``) and
+    system entries (:data:`SYSTEM_NAMES`). Every scanner skips them: a hidden folder inside ``test/`` would
+    otherwise become a defect type, and a ``._000.png`` (resource fork, not an image) would fail its category."""
+    return name.startswith(".") or name in SYSTEM_NAMES
+
 
 @dataclass(frozen=True)
 class DatasetOptions:
@@ -42,15 +52,27 @@ class DatasetOptions:
     min_defect_types: int = 2
     categories: tuple[str, ...] | None = None
 
+    def __post_init__(self) -> None:
+        # ``--categories wood wood`` means wood once (in the order given): a repeated category would list every
+        # image twice (a 2-shot support of one image twice, the 1-shot support image among the queries).
+        if self.categories is not None:
+            object.__setattr__(self, "categories", tuple(dict.fromkeys(self.categories)))
+
 
 @dataclass
 class Samples:
-    """A parsed dataset: the sample table plus where it came from."""
+    """A parsed dataset: the sample table plus where it came from.
+
+    Attributes:
+        skipped: category -> why it was dropped (e.g. a single defect type).
+        ignored: category (``""`` for the root) -> hidden or system entries the scanner left out (relative paths).
+    """
 
     dataset: str
     root: Path
     table: pd.DataFrame
     skipped: dict[str, str] = field(default_factory=dict)  # category -> reason
+    ignored: dict[str, list[str]] = field(default_factory=dict)
 
     def categories(self) -> list[str]:
         return sorted(self.table["category"].unique())
@@ -98,8 +120,18 @@ def load_dataset(name: str, root: str | Path | None = None, options: DatasetOpti
     return finalize(samples, options or DatasetOptions())
 
 
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+def _list_images(folder: Path, ignored: list[str] | None = None, base: Path | None = None) -> list[Path]:
+    """Image files of ``folder``, sorted; hidden and system files go to ``ignored`` (relative to ``base``)."""
+    out = []
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.suffix.lower() not in IMAGE_EXTS:
+            continue
+        if is_hidden_or_system(p.name):
+            if ignored is not None:
+                ignored.append(p.relative_to(base or folder).as_posix())
+            continue
+        out.append(p)
+    return out
 
 
 def check_root(root: Path | None, dataset: str, hint: str) -> Path:
@@ -118,8 +150,13 @@ def scan_mvtec_layout(
     categories: tuple[str, ...] | None,
     image_subdir: str | None = None,
     mask_folder: Callable[[Path, str, str], Path | None] | None = None,
+    ignored: dict[str, list[str]] | None = None,
 ) -> pd.DataFrame:
     """Scan ``<root>/<category>/{train/good, test/<label>}`` into the sample table.
+
+    Hidden and system entries (:func:`is_hidden_or_system`: ``.ipynb_checkpoints/``, ``._*.png``, ``__MACOSX/``,
+    ...) are never categories, labels or images; each one the scan would otherwise have taken is listed in
+    ``ignored`` (category -> relative paths; ``""`` for category folders at the root).
 
     Args:
         root: dataset root.
@@ -127,11 +164,13 @@ def scan_mvtec_layout(
         categories: restrict to these (error if one is missing); ``None`` = every sub-folder with ``test/``.
         image_subdir: images sit in ``<label>/<image_subdir>/`` (MVTec 3D-AD: ``rgb``).
         mask_folder: ``fn(category_dir, label, image_stem) -> mask path or None``.
+        ignored: filled with what was left out (pass a dict to receive it).
     """
+    ignored = ignored if ignored is not None else {}
     if categories:
         missing = [c for c in categories if not (root / c).is_dir()]
         if missing:
-            found = sorted(p.name for p in root.iterdir() if p.is_dir())
+            found = sorted(p.name for p in root.iterdir() if p.is_dir() and not is_hidden_or_system(p.name))
             raise DatasetError(
                 f"category {', '.join(missing)} not found under {root}. Categories found there: "
                 f"{', '.join(found) or 'none'}. Check --categories and --data-root."
@@ -139,6 +178,10 @@ def scan_mvtec_layout(
         cat_dirs = [root / c for c in categories]
     else:
         cat_dirs = sorted(p for p in root.iterdir() if p.is_dir() and (p / "test").is_dir())
+        hidden = [f"{p.name}/" for p in cat_dirs if is_hidden_or_system(p.name)]
+        if hidden:
+            ignored[""] = hidden
+        cat_dirs = [p for p in cat_dirs if not is_hidden_or_system(p.name)]
         if not cat_dirs:
             raise DatasetError(
                 f"no category folders with a test/ sub-folder under {root}. Expected the MVTec layout "
@@ -153,13 +196,17 @@ def scan_mvtec_layout(
                     f"{sdir} is missing: category {cdir.name!r} does not have the MVTec layout "
                     "<category>/{train/good,test/<defect_type>}. Fix the folder or drop the category."
                 )
+            left_out = ignored.setdefault(cdir.name, [])
             for ldir in sorted(p for p in sdir.iterdir() if p.is_dir()):
                 if split == "train" and ldir.name != "good":
+                    continue
+                if is_hidden_or_system(ldir.name):
+                    left_out.append(f"{split}/{ldir.name}/")
                     continue
                 idir = ldir / image_subdir if image_subdir else ldir
                 if not idir.is_dir():
                     continue
-                for img in _list_images(idir):
+                for img in _list_images(idir, left_out, cdir):
                     mask = mask_folder(cdir, ldir.name, img.stem) if (mask_folder and split == "test") else None
                     rows.append(
                         dict(
@@ -172,6 +219,8 @@ def scan_mvtec_layout(
                             mask_path=str(mask) if mask is not None and mask.exists() else "",
                         )
                     )
+        if not ignored.get(cdir.name):
+            ignored.pop(cdir.name, None)
     return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
 
 
@@ -185,6 +234,16 @@ def finalize(samples: Samples, options: DatasetOptions) -> Samples:
         t = t[t.category.isin(options.categories)]
     if options.exclude_combined:
         t = t[t.label != "combined"]
+    dup = t[t.duplicated(["category", "image_path"], keep=False)]
+    if len(dup):
+        first = dup.iloc[0]
+        where = sorted(f"{r.split}/{r.label}" for r in dup[dup.image_path == first.image_path].itertuples())
+        raise DatasetError(
+            f"dataset {samples.dataset!r}: image {first.image_path} is listed {len(where)} times in category "
+            f"{first.category!r} ({', '.join(where)}; {dup.image_path.nunique()} such image(s) in all), so it would be "
+            "its own query or a support image twice. Remove the duplicate entries (symbolic links or repeated "
+            "folders) from the dataset folder."
+        )
     skipped = dict(samples.skipped)
     keep = []
     for cat in sorted(t.category.unique()):
@@ -209,4 +268,16 @@ def finalize(samples: Samples, options: DatasetOptions) -> Samples:
             + (f" ({detail})" if detail else "")
             + ". Check --data-root / --categories, or lower --min-defect-types."
         )
-    return Samples(dataset=samples.dataset, root=samples.root, table=t, skipped=skipped)
+    ignored = {c: sorted(v) for c, v in samples.ignored.items() if v and (c == "" or c in keep)}
+    for cat, entries in ignored.items():
+        log.info("%s: left out %d hidden or system entr%s: %s", f"category {cat}" if cat else str(samples.root),
+                 len(entries), "y" if len(entries) == 1 else "ies", ", ".join(entries[:5]))
+    return Samples(dataset=samples.dataset, root=samples.root, table=t, skipped=skipped, ignored=ignored)
+
+
+def describe_ignored(category: str, entries: list[str], limit: int = 3) -> str:
+    """One line for the hidden/system entries left out of a category: count and the first few paths."""
+    head = ", ".join(entries[:limit]) + (f" and {len(entries) - limit} more" if len(entries) > limit else "")
+    return (f"category {category}" if category else "dataset root") + (
+        f": left out {len(entries)} hidden or system entr{'y' if len(entries) == 1 else 'ies'} ({head})"
+    )

@@ -26,5 +26,8 @@ def _mask(category_dir: Path, label: str, stem: str) -> Path | None:
 def mvtec_3d(root: Path | None, options: DatasetOptions) -> Samples:
     """MVTec 3D-AD in its published layout (RGB only)."""
     root = check_root(root, "mvtec_3d", HINT)
-    table = scan_mvtec_layout(root, "mvtec_3d", options.categories, image_subdir="rgb", mask_folder=_mask)
-    return Samples(dataset="mvtec_3d", root=root, table=table)
+    ignored: dict[str, list[str]] = {}
+    table = scan_mvtec_layout(
+        root, "mvtec_3d", options.categories, image_subdir="rgb", mask_folder=_mask, ignored=ignored
+    )
+    return Samples(dataset="mvtec_3d", root=root, table=table, ignored=ignored)

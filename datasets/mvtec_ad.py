@@ -29,8 +29,9 @@ def mvtec_mask(category_dir: Path, label: str, stem: str) -> Path | None:
 
 def scan_mvtec_ad(root: Path | None, options: DatasetOptions, name: str, hint: str) -> Samples:
     root = check_root(root, name, hint)
-    table = scan_mvtec_layout(root, name, options.categories, mask_folder=mvtec_mask)
-    return Samples(dataset=name, root=root, table=table)
+    ignored: dict[str, list[str]] = {}
+    table = scan_mvtec_layout(root, name, options.categories, mask_folder=mvtec_mask, ignored=ignored)
+    return Samples(dataset=name, root=root, table=table, ignored=ignored)
 
 
 @register_dataset("mvtec_ad", description="MVTec AD, real layout (--data-root the folder holding bottle/, cable/, ...)")

@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from bench.datasets._base import is_hidden_or_system
 from bench.errors import DatasetError
 from bench.images import load_rgb
 
@@ -94,7 +95,10 @@ def load_dtd(root: Path, size: int = 256, bgr: bool = False) -> TextureBank:
             "procedural texture bank."
         )
     images_dir = root / "images" if (root / "images").is_dir() else root
-    folders = sorted(p for p in images_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    hidden = sorted(p.name for p in images_dir.iterdir() if is_hidden_or_system(p.name))
+    if hidden:  # .DS_Store, __MACOSX/, ._*.jpg of an archive unpacked on a Mac: never texture classes or images
+        log.info("DTD folder %s: left out hidden or system entries %s", images_dir, ", ".join(hidden[:5]))
+    folders = sorted(p for p in images_dir.iterdir() if p.is_dir() and not is_hidden_or_system(p.name))
     if not folders:
         raise DatasetError(
             f"no texture sub-folders in {images_dir}: expected DTD's layout images/<texture>/<texture>_NNNN.jpg "
@@ -103,7 +107,10 @@ def load_dtd(root: Path, size: int = 256, bgr: bool = False) -> TextureBank:
     names: list[str] = []
     images: list[np.ndarray] = []
     for folder in folders:
-        jpgs = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".jpg")
+        jpgs = sorted(
+            p for p in folder.iterdir()
+            if p.is_file() and p.suffix.lower() == ".jpg" and not is_hidden_or_system(p.name)
+        )  # fmt: skip
         if not jpgs:
             raise DatasetError(
                 f"DTD texture folder {folder} holds no .jpg file. Re-extract DTD from {DTD_URL} or remove the "

@@ -417,3 +417,42 @@ def test_data_root_that_is_a_file(capsys, out, cache, tmp_path) -> None:  # noqa
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and f"--data-root {f} is a file, not a folder" in line
     assert f.read_text() == "not a folder\n"
+
+
+def test_repeated_category_is_used_once(capsys, data, out, cache, prior) -> None:  # noqa: ANN001
+    import json
+
+    code, _, err = run(capsys, data, out, cache, *QUICK, "--categories", "tile", "tile")
+    assert code == 0, err
+    rows = read_rows([out / "results.jsonl"]).rows[4:]
+    assert len(rows) == 1 and rows[0]["n_queries"] == 3 * (7 - 3)  # 3 types x (7 images - 3 support)
+    ep = json.loads((out / rows[0]["episode"]["file"]).read_text())
+    support, queries = [p for group in ep["support"] for p in group], ep["queries"]
+    assert len(set(support)) == len(support) == 3 * 3 and len(set(queries)) == len(queries) == 12
+    assert not set(support) & set(queries)
+    assert_prior_intact(out, prior)
+
+
+def test_hidden_and_system_entries_are_left_out(capsys, data, out, cache, prior) -> None:  # noqa: ANN001
+    """A Jupyter checkpoint folder inside test/ is not a defect type, macOS resource forks (._*.png) are not
+    images, a hidden category folder is not a category; one note per category says what was left out."""
+    tile = data / "tile"
+    (tile / "test" / ".ipynb_checkpoints").mkdir()
+    shutil.copy(png(tile / "test" / "crack"), tile / "test" / ".ipynb_checkpoints" / "000-checkpoint.png")
+    for folder in ("test/crack", "test/stain", "train/good"):
+        (tile / folder / "._000.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(64))
+    (tile / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (tile / "test" / "crack" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (tile / "test" / "__MACOSX").mkdir()
+    shutil.copytree(data / "screw", data / ".screw-backup")
+    code, stdout, err = run(capsys, data, out, cache, *QUICK)
+    assert code == 0, err
+    rows = read_rows([out / "results.jsonl"]).rows[4:]
+    assert {r["category"] for r in rows} == {"tile", "screw"}
+    tile_row = next(r for r in rows if r["category"] == "tile")
+    assert tile_row["class_names"] == ["contamination", "crack", "stain"] and tile_row["status"] == "ok"
+    notes = [ln for ln in stdout.splitlines() if ln.startswith("note: category tile")]
+    assert notes == ["note: category tile: left out 5 hidden or system entries (test/.ipynb_checkpoints/, "
+                     "test/__MACOSX/, test/crack/._000.png and 2 more)"], stdout  # fmt: skip
+    assert "note: dataset root: left out 1 hidden or system entry (.screw-backup/)" in stdout
+    assert_prior_intact(out, prior)

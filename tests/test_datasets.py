@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -113,6 +114,22 @@ def test_load_rgb_errors_and_modes(tmp_path: Path) -> None:
         assert out.mode == "RGB" and out.size == (30, 40)
     arr = Preprocess(resize=64, crop=56)(good)
     assert arr.shape == (3, 56, 56) and arr.dtype == np.float32
+
+
+def test_repeated_categories_and_duplicate_paths(tmp_path: Path) -> None:
+    from bench.datasets import Samples
+    from bench.datasets._base import finalize
+
+    root = make_tree(tmp_path / "d", categories=("a", "b"))
+    assert DatasetOptions(categories=("b", "a", "b")).categories == ("b", "a")
+    once = load_dataset("folder", root, DatasetOptions(categories=("a",)))
+    twice = load_dataset("folder", root, DatasetOptions(categories=("a", "a")))
+    assert len(twice.table) == len(once.table) and not twice.table.image_path.duplicated().any()
+    # an adapter (or a symbolic link) that lists one file twice in a category is refused where the table is built
+    t = once.table
+    dup = pd.concat([t, t[t.label == "crack"].head(1).assign(label="hole")], ignore_index=True)
+    with pytest.raises(DatasetError, match=r"image .*000.png is listed 2 times in category 'a' \(test/crack, test/hole"):
+        finalize(Samples("folder", root, dup), DatasetOptions())
 
 
 def test_real_screw_subset(shared_screw: Path) -> None:
