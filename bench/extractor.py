@@ -39,6 +39,7 @@ from torch import nn
 from bench.backbones import WeightsInfo, _supports_zero_init_last, create_backbone, weights_tag
 from bench.cache import file_sha256, stable_hash
 from bench.errors import ConfigError
+from bench.images import DECODING
 
 FEATURE_VERSION = 1
 """Bump when the features produced for a given config change; part of :meth:`FeatureConfig.key`."""
@@ -117,7 +118,7 @@ class FeatureConfig:
         d.pop("weights")
         d.pop("zero_init_last")
         d.pop("init_seed")
-        d.update(version=FEATURE_VERSION, weights=self.weights_identity())
+        d.update(version=FEATURE_VERSION, weights=self.weights_identity(), decoding=DECODING)
         return stable_hash(d, 24)
 
 

@@ -40,7 +40,7 @@ from bench.cache import DiskCache, check_npy, file_sha256, load_json, load_npy, 
 from bench.coreset import CORESET_MIN_POINTS, CORESET_VERSION, approximate_greedy_coreset, coreset_rng
 from bench.errors import ConfigError, DatasetError
 from bench.extractor import FEATURE_VERSION, FeatureConfig, PatchCoreExtractor, build_extractor, from_patches, to_patches
-from bench.images import Preprocess
+from bench.images import DECODING, Preprocess
 from bench.knn import MemoryBank, faiss_version
 
 __all__ = [
@@ -135,7 +135,8 @@ class FeatureStore:
 
     def record(self) -> dict[str, Any]:
         """What identifies these features in a result row."""
-        return {"feature_key": self.key, "feature_version": FEATURE_VERSION, "faiss": faiss_version(),
+        return {"feature_key": self.key, "feature_version": FEATURE_VERSION, "decoding": DECODING,
+                "faiss": faiss_version(),
                 **{f"weights_{k}": v for k, v in self.weights_info.record().items()}}
 
     def __repr__(self) -> str:

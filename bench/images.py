@@ -2,7 +2,17 @@
 
 Every image goes through :func:`load_rgb` so that broken files fail with a message naming the file and
 the fix (never a bare PIL traceback), and grayscale / RGBA / palette images are converted to RGB
-(``../shared/docs/datasets.md``: some MVTec AD categories are grayscale).
+(``../shared/docs/datasets.md``: some MVTec AD categories are grayscale). What decoding does beyond that is
+:data:`DECODING`; it is part of the feature cache key and of every result row:
+
+* the EXIF orientation tag is applied (``PIL.ImageOps.exif_transpose``), so a phone or camera photo stored
+  sideways with an orientation tag is seen upright, as every image viewer shows it (the reference code reads
+  with ``cv2.imread``, which applies it too);
+* 16-bit and 32-bit integer images are min–max scaled to 8 bits; float images (TIFF mode ``F``) with all values
+  in [0, 1] are multiplied by 255 (the usual convention for float images), other finite float images are
+  min–max scaled like 16-bit ones, and images with NaN or inf are refused (PIL's own conversion would clip
+  [0, 1] floats to an all-black image);
+* an image larger than PIL's decompression-bomb limit is refused with a message naming it (PIL's error does not).
 
 Pre-processing follows the paper (method-spec §4.1): Resize(256) on the shorter side, CenterCrop(224),
 ImageNet normalisation. torchvision.io cannot decode on this CPU build, so PIL decodes.
@@ -14,19 +24,43 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bench.errors import DatasetError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+DECODING = {
+    "exif_orientation": "applied",
+    "alpha": "on black",
+    "int16_32": "min-max",
+    "float": "x255 if in [0,1], else min-max",
+}
+"""What :func:`load_rgb` does beyond PIL's RGB conversion (recorded in the feature key and every row)."""
+
+
+def _to_uint8(arr: np.ndarray, p: Path) -> np.ndarray:
+    """A 16/32-bit integer or float (H, W) image as uint8: floats in [0, 1] × 255, else min–max (see module)."""
+    is_float = np.issubdtype(arr.dtype, np.floating)
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise DatasetError(
+            f"image {p} holds NaN or infinite pixel values (a float image), which have no 8-bit equivalent. Export it "
+            "as an 8- or 16-bit PNG/TIFF, or remove it from the dataset folder."
+        )
+    lo, hi = float(arr.min()), float(arr.max())
+    if is_float and lo >= 0.0 and hi <= 1.0:
+        return np.rint(arr * 255.0).astype(np.uint8)
+    return (255.0 * (arr - lo) / max(hi - lo, 1.0 if not is_float else 1e-12)).astype(np.uint8)
+
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Decode ``path`` fully and return it as an RGB PIL image.
+    """Decode ``path`` fully and return it as an RGB PIL image, upright (EXIF orientation applied).
 
     Raises:
-        DatasetError: the file is missing, empty, truncated or not an image.
+        DatasetError: the file is missing, empty, truncated, not an image, a float image with NaN/inf, or larger
+            than PIL's decompression-bomb limit.
     """
     p = Path(path)
     if not p.is_file():
@@ -36,17 +70,22 @@ def load_rgb(path: str | Path) -> Image.Image:
     try:
         with Image.open(p) as im:
             im.load()
+            if im.getexif().get(0x0112, 1) != 1:  # Orientation: 1 = upright; the check avoids a copy otherwise
+                im = ImageOps.exif_transpose(im)
             if im.mode == "RGB":
                 return im.copy()
             if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
                 background = Image.new("RGBA", im.size, (0, 0, 0, 255))
                 return Image.alpha_composite(background, im).convert("RGB")
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                arr = (255.0 * (arr - arr.min()) / max(arr.max() - arr.min(), 1.0)).astype(np.uint8)
-                return Image.fromarray(arr).convert("RGB")
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                return Image.fromarray(_to_uint8(np.asarray(im), p)).convert("RGB")
             return im.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(
+            f"image {p} is too large to decode safely ({exc}). If the file is genuine, downscale it (every image is "
+            "resized to 256 pixels on its shorter side anyway) or remove it from the dataset folder."
+        ) from None
     except UnidentifiedImageError:
         raise DatasetError(
             f"not a readable image: {p}. The file has an image extension but PIL cannot identify its format; "

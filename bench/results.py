@@ -9,7 +9,8 @@ when a row with its key and ``status == "ok"`` exists, so re-running a command r
 Row schema (``schema: 1``), top-level keys:
 
 * identity: ``key``, ``status`` ("ok" | "error"), ``error`` (message or null), ``method``,
-  ``method_config`` (dict), ``method_config_hash``, ``features`` (feature/backbone config dict),
+  ``method_config`` (dict), ``method_config_hash``, ``features`` (feature/backbone config dict, with
+  ``decoding``: EXIF orientation, float and 16-bit handling),
   ``weights`` (what was loaded: backbone, weights, pretrained, source, sha256, zero_init_last),
   ``dataset``, ``data_root``, ``dataset_manifest``, ``category``, ``shots``, ``seed``, ``protocol``,
   ``class_set`` ({combined, good, min_defect_types}), ``episode`` ({hash, file, support_rule}).

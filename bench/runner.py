@@ -34,7 +34,8 @@ from bench.datasets import DatasetOptions, Samples, load_dataset
 from bench.datasets._base import describe_ignored
 from bench.episodes import Episode, make_episode, protocol_id
 from bench.envinfo import environment
-from bench.errors import BenchError, DatasetError, WeightsError
+from bench.errors import BenchError, ConfigError, DatasetError, WeightsError
+from bench.images import DECODING
 from bench.registry import import_plugins
 from bench.method import SupportSet, TaskContext, check_options, config_dict, config_hash, get_method
 from bench.metrics import episode_metrics
@@ -169,7 +170,8 @@ def _base_row(cfg: RunConfig, samples: Samples, job: Job, store: Any) -> dict[st
         "method": job.method,
         "method_config": job.method_config,
         "method_config_hash": config_hash(job.method_config),
-        "features": {**dataclasses.asdict(cfg.feature_config()), "coreset_ratio": cfg.coreset_ratio, "key": cfg.feature_config().key()},
+        "features": {**dataclasses.asdict(cfg.feature_config()), "coreset_ratio": cfg.coreset_ratio,
+                     "key": cfg.feature_config().key(), "decoding": DECODING},
         "weights": store.weights_info.record() if store is not None else None,
         "dataset": samples.dataset,
         "data_root": str(samples.root),

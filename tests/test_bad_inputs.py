@@ -456,3 +456,16 @@ def test_hidden_and_system_entries_are_left_out(capsys, data, out, cache, prior)
                      "test/__MACOSX/, test/crack/._000.png and 2 more)"], stdout  # fmt: skip
     assert "note: dataset root: left out 1 hidden or system entry (.screw-backup/)" in stdout
     assert_prior_intact(out, prior)
+
+
+def test_decompression_bomb_image_is_named(capsys, monkeypatch, data, out, cache, prior) -> None:  # noqa: ANN001
+    """PIL's decompression-bomb guard (here with a lowered limit and one 1024 x 1024 image) names no file."""
+    path = sorted((data / "tile" / "test" / "crack").glob("*.png"))[3]
+    Image.open(path).resize((1024, 1024)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200_000)  # errors above 400,000 pixels; the others have 16,384
+    code, _, err = run(capsys, data, out, cache, *QUICK)
+    assert code == 1, err
+    assert f"image {path} is too large to decode safely" in err and "downscale it" in err
+    rows = read_rows([out / "results.jsonl"]).rows[4:]
+    assert {(r["category"], r["status"]) for r in rows} == {("tile", "error"), ("screw", "ok")}
+    assert_prior_intact(out, prior)

@@ -116,6 +116,41 @@ def test_load_rgb_errors_and_modes(tmp_path: Path) -> None:
     assert arr.shape == (3, 56, 56) and arr.dtype == np.float32
 
 
+def test_float_tiff_is_scaled_not_black(tmp_path: Path) -> None:
+    """A mode-F TIFF with values in [0, 1] is x255 (PIL's own conversion clips it to all black); other float
+    ranges are min-max scaled like 16-bit images; NaN pixels are refused with a message."""
+    ramp = np.linspace(0.0, 1.0, 48 * 32, dtype=np.float32).reshape(48, 32)
+    unit = tmp_path / "unit.tif"
+    Image.fromarray(ramp, mode="F").save(unit)
+    assert Image.open(unit).mode == "F"
+    out = np.asarray(load_rgb(unit))
+    assert out.shape == (48, 32, 3) and (out[..., 0] == out[..., 2]).all()
+    np.testing.assert_array_equal(out[..., 0], np.rint(ramp * 255).astype(np.uint8))
+    wide = tmp_path / "wide.tif"
+    Image.fromarray(ramp * 1000 - 200, mode="F").save(wide)  # [-200, 800]: min-max
+    w = np.asarray(load_rgb(wide))[..., 0]
+    assert w.min() == 0 and w.max() == 255 and np.abs(w.astype(int) - out[..., 0]).max() <= 1
+    bad = tmp_path / "nan.tif"
+    Image.fromarray(np.where(ramp > 0.5, np.nan, ramp).astype(np.float32), mode="F").save(bad)
+    with pytest.raises(DatasetError, match=f"image {bad} holds NaN or infinite pixel values"):
+        load_rgb(bad)
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    """A photo stored sideways with EXIF orientation 6 (rotate 90° clockwise to view) decodes as the upright
+    image; one without the tag is left as stored."""
+    arr = np.random.default_rng(0).integers(0, 255, (40, 64, 3), dtype=np.uint8)
+    tagged = tmp_path / "tagged.png"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr).save(tagged, exif=exif)
+    upright = np.rot90(arr, k=-1)  # 90° clockwise
+    np.testing.assert_array_equal(np.asarray(load_rgb(tagged)), upright)
+    plain = tmp_path / "plain.png"
+    Image.fromarray(arr).save(plain)
+    np.testing.assert_array_equal(np.asarray(load_rgb(plain)), arr)
+
+
 def test_repeated_categories_and_duplicate_paths(tmp_path: Path) -> None:
     from bench.datasets import Samples
     from bench.datasets._base import finalize

@@ -18,6 +18,7 @@ from bench import cache as bcache
 from bench.coreset import approximate_greedy_coreset, coreset_rng
 from bench.datasets import load_dataset
 from bench.detect import detect, format_detect
+from bench.errors import BenchError
 from bench.extractor import PatchCoreExtractor, build_extractor
 from bench.features import FeatureConfig, FeatureStore, from_patches, to_patches
 from bench.images import load_rgb
@@ -296,7 +297,24 @@ def test_atomic_writes_and_concurrent_writers(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["e.npy"]
 
 
+def test_exif_rotated_image_has_the_features_of_the_upright_image(store: FeatureStore, tmp_path: Path) -> None:
+    """Decoding applies the EXIF orientation (recorded in the feature key and rows as ``decoding``)."""
+    arr = np.random.default_rng(1).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    tagged, upright = tmp_path / "tagged.png", tmp_path / "upright.png"
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored rotated: turn 90° counter-clockwise to view
+    Image.fromarray(arr).save(tagged, exif=exif)
+    Image.fromarray(np.ascontiguousarray(np.rot90(arr))).save(upright)
+    f = store.patch_features([str(tagged), str(upright)])
+    assert store.stats["features"]["misses"] == 2  # two files, two entries
+    assert torch.equal(f[0], f[1])
+    from bench.images import DECODING
+
+    assert DECODING["exif_orientation"] == "applied" and store.record()["decoding"] == DECODING
+
+
 def test_cache_info_and_clear(store: FeatureStore, tree: Path) -> None:
+    bcache.forget_file_hashes()  # the disk memo is written on an in-process miss: other tests hashed these files
     store.patch_features(_train(tree)[:2])
     (store.cache.root / "features" / f"{bcache.TMP_PREFIX}left-over").write_bytes(b"x")
     df = bcache.info(store.cache.root)
