@@ -51,6 +51,11 @@ def stable_hash(obj: Any, length: int = 32) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:length]
 
 
+def hash_memo_dir(root: str | Path | None = None) -> Path:
+    """Where :func:`file_sha256` keeps its on-disk memo: ``<cache root>/hashes`` (``None`` = ``$BENCH_CACHE``)."""
+    return (Path(root).expanduser() if root is not None else cache_dir()) / "hashes"
+
+
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
 _FILE_HASH_LOCK = threading.Lock()
 

@@ -36,7 +36,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.cache import DiskCache, check_npy, file_sha256, load_json, load_npy, read_npy_into, save_json, save_npy, stable_hash
+from bench.cache import (
+    DiskCache, check_npy, file_sha256, hash_memo_dir, load_json, load_npy, read_npy_into, save_json, save_npy,
+    stable_hash,
+)  # fmt: skip
 from bench.coreset import CORESET_MIN_POINTS, CORESET_VERSION, approximate_greedy_coreset, coreset_rng
 from bench.errors import ConfigError, DatasetError
 from bench.extractor import FEATURE_VERSION, FeatureConfig, PatchCoreExtractor, build_extractor, from_patches, to_patches
@@ -112,7 +115,7 @@ class FeatureStore:
         t0 = time.perf_counter()
         self.config = config
         self.cache = DiskCache(cache_root)
-        self._hash_dir = self.cache.root / "hashes"
+        self._hash_dir = hash_memo_dir(self.cache.root)
         self.device = torch.device(device)
         self.batch_size = max(1, int(batch_size))
         self.num_workers = max(1, int(num_workers))

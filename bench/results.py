@@ -12,7 +12,8 @@ Row schema (``schema: 1``), top-level keys:
   ``method_config`` (dict), ``method_config_hash``, ``features`` (feature/backbone config dict, with
   ``decoding``: EXIF orientation, float and 16-bit handling),
   ``weights`` (what was loaded: backbone, weights, pretrained, source, sha256, zero_init_last),
-  ``dataset``, ``data_root``, ``dataset_manifest``, ``category``, ``shots``, ``seed``, ``protocol``,
+  ``dataset``, ``data_root``, ``dataset_manifest`` (hash of the category's file names), ``dataset_content``
+  (hash of their names and bytes; part of the job key), ``category``, ``shots``, ``seed``, ``protocol``,
   ``class_set`` ({combined, good, min_defect_types}), ``episode`` ({hash, file, support_rule}).
 * outcome: ``class_names``, ``n_classes``, ``n_queries``, ``accuracy``, ``macro_f1``, ``balanced_accuracy``,
   ``per_class_recall`` ({class: recall}), ``confusion`` (C×C list), ``chance``, ``majority``,

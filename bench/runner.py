@@ -1,10 +1,12 @@
 """Grid runner: expand (method × category × shots × seed) into jobs, run what is not finished, store rows.
 
 One job = (method config, feature config, dataset, category, shots, seed, protocol, class-set switches).
-Its key is a hash of all of that plus the episode hash, so re-running the same command skips finished jobs
-(resume) and any change to an input that matters makes a new job. Jobs of one (category, seed) form a
-group that runs in one worker, so the memory bank and cached features/pretraining of that group are
-shared; groups are spread over ``--jobs`` worker processes with joblib (torch threads split between them).
+Its key is a hash of all of that plus the episode hash and the content of the category's images (names and
+bytes, :meth:`~bench.datasets.Samples.content_hash`), so re-running the same command skips finished jobs
+(resume) and any change to an input that matters makes a new job: an image replaced under the same name too.
+Jobs of one (category, seed) form a group that runs in one worker, so the memory bank and cached
+features/pretraining of that group are shared; groups are spread over ``--jobs`` worker processes with
+joblib (torch threads split between them).
 A failed job becomes a row with its error, never a crash of the grid; the command exits non-zero at the
 end if any job failed.
 """
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 
 from bench.compat import release_free_memory
+from bench.cache import hash_memo_dir
 from bench.datasets import DatasetOptions, Samples, load_dataset
 from bench.datasets._base import describe_ignored
 from bench.episodes import Episode, make_episode, protocol_id
@@ -42,7 +45,7 @@ from bench.metrics import episode_metrics
 from bench.results import ResultsStore
 
 log = logging.getLogger(__name__)
-RUNNER_VERSION = 1
+RUNNER_VERSION = 2  # 2: job keys cover the bytes of the category's images (dataset_content), not only names
 
 
 @dataclass
@@ -123,9 +126,15 @@ class Job:
     key: str
     episode: Episode | None
     error: str | None = None  # set when the job cannot even start (e.g. too few images)
+    dataset_content: str = ""  # Samples.content_hash of the category
 
 
-def _job_identity(cfg: RunConfig, samples: Samples, method: str, mcfg: dict, category: str, shots: int, seed: int, episode_hash: str) -> dict:
+def _job_identity(
+    cfg: RunConfig, samples: Samples, method: str, mcfg: dict, category: str, shots: int, seed: int, episode_hash: str,
+    content: str,
+) -> dict:
+    """What defines a job. ``content`` is the hash of the names and bytes of every image of the category
+    (:meth:`Samples.content_hash`): the jobs of a category are redone when any of its images changes."""
     return {
         "runner": RUNNER_VERSION,
         "method": method,
@@ -134,7 +143,7 @@ def _job_identity(cfg: RunConfig, samples: Samples, method: str, mcfg: dict, cat
         "coreset_ratio": cfg.coreset_ratio,
         "textures": cfg.textures,
         "dataset": samples.dataset,
-        "dataset_manifest": samples.manifest_hash(category),
+        "dataset_content": content,
         "category": category,
         "shots": shots,
         "seed": seed,
@@ -148,19 +157,24 @@ def _job_identity(cfg: RunConfig, samples: Samples, method: str, mcfg: dict, cat
 def plan(cfg: RunConfig, samples: Samples) -> list[Job]:
     """Expand the grid into jobs (episodes are built here; impossible episodes become failing jobs)."""
     specs = [get_method(m) for m in cfg.methods]
+    memo = hash_memo_dir(cfg.cache_dir)
     jobs: list[Job] = []
     for category in samples.categories():
+        try:  # memoised file hashes: a stat per image once they are known
+            content, content_err = samples.content_hash(category, memo), None
+        except DatasetError as exc:
+            content, content_err = "unreadable", str(exc)
         for seed in cfg.seeds:
             for shots in cfg.shots:
                 try:
                     episode: Episode | None = make_episode(samples, category, shots, seed, cfg.protocol, cfg.include_good)
-                    ehash, err = episode.hash, None
+                    ehash, err = episode.hash, content_err
                 except DatasetError as exc:
                     episode, ehash, err = None, "none", str(exc)
                 for spec in specs:
                     mcfg = config_dict(spec.make_config(spec.select_options(cfg.method_options)))
-                    ident = _job_identity(cfg, samples, spec.name, mcfg, category, shots, seed, ehash)
-                    jobs.append(Job(spec.name, mcfg, category, shots, seed, config_hash(ident), episode, err))
+                    ident = _job_identity(cfg, samples, spec.name, mcfg, category, shots, seed, ehash, content)
+                    jobs.append(Job(spec.name, mcfg, category, shots, seed, config_hash(ident), episode, err, content))
     return jobs
 
 
@@ -176,6 +190,7 @@ def _base_row(cfg: RunConfig, samples: Samples, job: Job, store: Any) -> dict[st
         "dataset": samples.dataset,
         "data_root": str(samples.root),
         "dataset_manifest": samples.manifest_hash(job.category),
+        "dataset_content": job.dataset_content,
         "category": job.category,
         "shots": job.shots,
         "seed": job.seed,

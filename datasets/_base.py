@@ -95,6 +95,34 @@ class Samples:
             h.update(f"{row.category}/{row.split}/{row.label}/{row.name}\n".encode())
         return h.hexdigest()[:16]
 
+    def content_hash(self, category: str, memo_dir: Path | None = None) -> str:
+        """Hash of (split, label, name, sha256 of the bytes) of every image of ``category``.
+
+        This is what a job "reads", by choice: the category's whole sample table, not only the episode's images
+        and the train images of bank methods. Methods read more than their episode (normal images for the memory
+        bank and for pseudo-defect pretraining, test images with ``--include-good``), and a superset can only
+        make a job rerun needlessly after an edit, never serve a stale result. The file hashes are memoised
+        (:func:`bench.cache.file_sha256`, ``memo_dir`` = the cache's ``hashes/``), so a rerun costs one
+        ``stat`` per file.
+
+        Raises:
+            DatasetError: an image cannot be read (missing or no permission).
+        """
+        from bench.cache import file_sha256
+
+        t = self.table[self.table.category == category].sort_values(["split", "label", "name"])
+        h = hashlib.sha256()
+        for row in t.itertuples(index=False):
+            try:
+                digest = file_sha256(row.image_path, memo_dir)
+            except OSError as exc:
+                raise DatasetError(
+                    f"cannot read image file {row.image_path} ({exc.strerror or exc}). Check that it exists and is "
+                    "readable, or remove it from the dataset folder."
+                ) from None
+            h.update(f"{row.split}/{row.label}/{row.name}:{digest}\n".encode())
+        return h.hexdigest()[:16]
+
 
 Adapter = Callable[[Path | None, DatasetOptions], Samples]
 DATASETS: Registry[Adapter] = Registry("dataset")

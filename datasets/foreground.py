@@ -138,6 +138,15 @@ def method_for(category: str, image: np.ndarray) -> str:
     return "floodfill" if border_is_uniform(image) else "none"
 
 
+def source_content(path: str | Path) -> list:
+    """What identifies a decoded source image in cache keys: the file's bytes (memoised sha256, so an image
+    replaced under the same name, even with its old modification time, is a new key) and how it is decoded."""
+    from bench.cache import file_sha256, hash_memo_dir
+    from bench.images import DECODING
+
+    return [file_sha256(path, hash_memo_dir()), DECODING]
+
+
 def load_resized(path: str | Path, size: int = 256) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode ``path`` as RGB and resize it to (size, size, 3) uint8 (cv2 bilinear, as the reference code).
 
@@ -165,8 +174,9 @@ def cached_foreground(
 ) -> np.ndarray:
     """Foreground mask of ``image_path`` at (size, size), cached as PNG under ``cache_dir()/foreground``.
 
-    The cache file name is a SHA-256 of (absolute path, mtime, file size, size, method, FOREGROUND_VERSION),
-    so an edited image or a new method version is recomputed. Writes go to a temp file + ``os.replace``, so
+    The cache file name is a SHA-256 of (the image's content, how it is decoded, size, method,
+    FOREGROUND_VERSION), so an edited image or a new method version is recomputed. Writes go to a temp file +
+    ``os.replace``, so
     concurrent processes never read a half-written mask.
 
     Args:
@@ -185,8 +195,7 @@ def cached_foreground(
     method = method_for(category, image)
     if method == "none":
         return np.ones((size, size), bool)
-    st = p.stat()
-    key = f"{p}|{st.st_mtime_ns}|{st.st_size}|{size}|{method}|{FOREGROUND_VERSION}"
+    key = f"{source_content(p)}|{size}|{method}|{FOREGROUND_VERSION}"
     out = cache_dir() / "foreground" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.png"
     if out.is_file():
         try:

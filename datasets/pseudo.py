@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bench.datasets.foreground import FOREGROUND_VERSION, cached_foreground, load_resized
+from bench.datasets.foreground import FOREGROUND_VERSION, cached_foreground, load_resized, source_content
 from bench.datasets.textures import TextureBank, _resize
 from bench.errors import ConfigError, DatasetError
 
@@ -356,11 +355,9 @@ class PseudoDefectGenerator:
     def content_key(self, class_idx: int, source_idx: int) -> str:
         """Stable hash (32 hex) of everything that determines ``image(class_idx, source_idx)``, for caches."""
         self._check(class_idx, source_idx)
-        p = Path(self.normal_paths[source_idx])
-        st = p.stat()
         payload = [
             GENERATOR_VERSION, FOREGROUND_VERSION, self.config.key(), self.textures.source, self.textures.names,
-            self.textures.digest(), self.seed, self.category, os.path.abspath(p), st.st_mtime_ns, st.st_size,
+            self.textures.digest(), self.seed, self.category, source_content(self.normal_paths[source_idx]),
             int(class_idx), int(source_idx),
         ]  # fmt: skip
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:32]

@@ -51,7 +51,7 @@ from bench.images import load_rgb
 from bench.method import Method, SupportSet, config_dict, config_hash
 
 log = logging.getLogger(__name__)
-PRETRAIN_VERSION = 1
+PRETRAIN_VERSION = 2  # 2: the key hashes the train images' bytes (was: their paths and sizes)
 _CHOICES: dict[str, tuple[str, ...]] = {
     "features": ("residual", "raw"),
     "pseudo_mask": ("perlin", "polygon"),
@@ -194,9 +194,9 @@ class PseudoSource:
         return head_input(x, cfg.residual_layout, m.ctx.device)
 
     def _source_key(self, source_idx: int) -> str:
-        p = Path(self.gen.normal_paths[source_idx])
-        st = p.stat()
-        payload = ["pseudo-source", str(p.resolve()), st.st_mtime_ns, st.st_size, self.pseudo_config.size]
+        from bench.datasets.foreground import source_content
+
+        payload = ["pseudo-source", source_content(self.gen.normal_paths[source_idx]), self.pseudo_config.size]
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:32]
 
     def episode(
@@ -362,8 +362,11 @@ class PaperMethod(Method):
     # ------------------------------------------------------------------ pretraining
     def pretrain_key(self, source: PseudoSource) -> str:
         """Hash of everything the pretrained model depends on (not the shots, not the fine-tuning fields)."""
+        from bench.cache import file_sha256, hash_memo_dir
+
         ctx = self.ctx
-        paths = [(p, os.stat(p).st_size) for p in ctx.train_paths]
+        memo = hash_memo_dir(ctx.cache_root)
+        images = [file_sha256(p, memo) for p in ctx.train_paths]  # content, not names: an edited image retrains
         ident = {
             "version": PRETRAIN_VERSION,
             "class": type(self).__name__,
@@ -373,7 +376,7 @@ class PaperMethod(Method):
             "seed": ctx.seed,
             "features": ctx.features.config.key(),
             "coreset_ratio": ctx.coreset_ratio,
-            "train_paths": config_hash(paths),
+            "train_images": config_hash(images),
             "pseudo": source.identity(),
             "torch": torch.__version__.split("+")[0],
         }

@@ -419,6 +419,38 @@ def test_data_root_that_is_a_file(capsys, out, cache, tmp_path) -> None:  # noqa
     assert f.read_text() == "not a folder\n"
 
 
+def test_replaced_image_reruns_its_jobs(capsys, data, out, cache, prior, tmp_path) -> None:  # noqa: ANN001
+    """Resume keys cover image bytes: an image replaced under its own name (and its old modification time) makes
+    the category's jobs new; their rows are the numbers of the new images, and `bench report` shows those."""
+    from bench.report import load_results
+
+    args = (*QUICK, "--categories", "tile")
+    code, _, err = run(capsys, data, out, cache, *args)
+    assert code == 0, err
+    old = read_rows([out / "results.jsonl"]).rows[4:]
+    assert len(old) == 1 and old[0]["status"] == "ok"
+    target = sorted((data / "tile" / "test" / "crack").glob("*.png"))[3]  # a query of the episode
+    st = target.stat()
+    target.write_bytes(sorted((data / "tile" / "test" / "stain").glob("*.png"))[5].read_bytes())
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    code, stdout, err = run(capsys, data, out, cache, *args)
+    assert code == 0, err
+    assert "resuming" not in stdout and "1 job(s) ran, 0 already finished" in stdout
+    rows = read_rows([out / "results.jsonl"]).rows[4:]
+    assert len(rows) == 2 and rows[1]["key"] != old[0]["key"]
+    assert rows[1]["dataset_content"] != old[0]["dataset_content"]
+    assert rows[1]["dataset_manifest"] == old[0]["dataset_manifest"]  # same names: the old key would have matched
+    code, _, err = run(capsys, data, tmp_path / "fresh", cache, *args)  # the same images from scratch
+    fresh = read_rows([tmp_path / "fresh" / "results.jsonl"]).rows[0]
+    for k in ("key", "y_pred", "accuracy"):
+        assert rows[1][k] == fresh[k], k
+    assert rows[1]["y_pred"] != old[0]["y_pred"], "the edit should change a prediction (else the test proves little)"
+    shown = load_results([out]).frame
+    shown = shown[(shown.category == "tile") & (shown.shots == 3)]
+    assert list(shown.accuracy) == [100 * fresh["accuracy"]]  # the report shows the new number, not the old
+    assert_prior_intact(out, prior)
+
+
 def test_repeated_category_is_used_once(capsys, data, out, cache, prior) -> None:  # noqa: ANN001
     import json
 

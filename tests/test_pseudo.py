@@ -308,3 +308,33 @@ def test_save_examples_writes_png(normals: list[str], bank: TextureBank, tmp_pat
     assert out.is_file()
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 200
+
+
+def test_cache_keys_follow_image_bytes_not_names(normals: list[str], bank: TextureBank, tmp_path: Path) -> None:
+    """An image replaced under its name with the same size and its old modification time (a restore from a
+    backup, ``cp -p``, ``rsync -t``) gets new pseudo-defect and pretraining keys: those caches hash the bytes."""
+    import os
+    from types import SimpleNamespace
+
+    from bench.features import FeatureConfig
+    from bench.methods._pretrain import PaperMethod
+
+    src = tmp_path / "bmp" / "000.bmp"  # BMP: the same pixel count always gives the same file size
+    src.parent.mkdir()
+    img = disc_image(64)
+    Image.fromarray(img).save(src)
+    paths = [str(src), *normals[:3]]
+    ctx = SimpleNamespace(train_paths=paths, cache_root=tmp_path / "cache", dataset="d", category="user_disc", seed=1,
+                          features=SimpleNamespace(config=FeatureConfig(backbone="resnet18", weights="random")),
+                          coreset_ratio=0.1)  # fmt: skip
+    method = SimpleNamespace(ctx=ctx, config=SimpleNamespace(pretrain_identity=lambda: {"pretrain": True}))
+    source = SimpleNamespace(identity=lambda: {"pseudo": 1})
+    keys = (make(paths, bank).content_key(2, 0), PaperMethod.pretrain_key(method, source))  # type: ignore[arg-type]
+    st = src.stat()
+    img[10:20, 10:20] = 0
+    Image.fromarray(img).save(src)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert src.stat().st_size == st.st_size and src.stat().st_mtime_ns == st.st_mtime_ns
+    new = (make(paths, bank).content_key(2, 0), PaperMethod.pretrain_key(method, source))  # type: ignore[arg-type]
+    assert new[0] != keys[0] and new[1] != keys[1]
+    assert make(paths, bank).content_key(2, 1) == make(paths, bank).content_key(2, 1)  # other sources: unchanged
