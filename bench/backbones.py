@@ -7,6 +7,9 @@
   supply a local file or choose ``random``. There is never a silent fallback.
 * a path to a local ``.pth`` / ``.safetensors`` / ``.bin`` file: a timm or torchvision state dict for the
   same architecture (torchvision's ``resnet50-0676ba61.pth`` works for ``resnet50``). Its sha256 is recorded.
+
+Pretrained weights (file or ImageNet) with a NaN or inf value are refused (:class:`~bench.errors.WeightsError`,
+at the run's preflight): they would give NaN features and results at chance.
 * ``"random"``: random initialisation, explicitly. timm's ResNets zero-initialise the last BatchNorm of every
   residual block (``zero_init_last=True``), which turns every block into an identity at random init; with
   ``random`` we build the model with ``zero_init_last=False`` (torchvision-style init) unless told otherwise,
@@ -113,6 +116,9 @@ def create_backbone(
                 "--weights /path/to/weights.pth (a timm or torchvision state dict), or run with "
                 "--weights random (results are then labelled as random-init)."
             ) from None
+        _check_finite(model.state_dict().items(), f"the ImageNet weights of {name!r} in timm's cache",
+                      "the download is damaged: delete it from the Hugging Face cache (~/.cache/huggingface/hub) and "
+                      "download it again, or pass a weights file with --weights")  # fmt: skip
         tag = getattr(model, "pretrained_cfg", {}).get("hf_hub_id") or getattr(model, "pretrained_cfg", {}).get("tag", "")
         info = WeightsInfo(name, "imagenet", True, str(tag or f"timm:{name}"), "", None)
     else:
@@ -124,10 +130,27 @@ def create_backbone(
             )
         model = timm.create_model(name, pretrained=False, **kwargs)
         state = _load_state(path)
+        _check_finite(state.items(), f"weights file {path}", "it is damaged: re-download it or pass another --weights")
         _load_into(model, state, path, name)
         info = WeightsInfo(name, "file", True, str(path.resolve()), _sha256(path), None)
     model.eval()
     return model, info
+
+
+def _check_finite(tensors: Any, what: str, fix: str) -> None:
+    """Refuse weights with NaN or inf values: they give NaN features, i.e. results at chance labelled "ok".
+
+    Args:
+        tensors: (name, tensor) pairs (a state dict's items).
+        what: the weights, for the message.
+        fix: what to do, for the message.
+    """
+    bad = [k for k, v in tensors if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise WeightsError(
+            f"{what} holds non-finite values (NaN or inf) in {len(bad)} tensor(s), e.g. {', '.join(bad[:3])}: "
+            f"{fix}."
+        )
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:

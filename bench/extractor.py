@@ -41,8 +41,11 @@ from bench.cache import file_sha256, stable_hash
 from bench.errors import ConfigError
 from bench.images import DECODING
 
-FEATURE_VERSION = 1
-"""Bump when the features produced for a given config change; part of :meth:`FeatureConfig.key`."""
+FEATURE_VERSION = 2
+"""Bump when the features produced for a given config change; part of :meth:`FeatureConfig.key`.
+
+2: cache entries carry a CRC-32 trailer (:func:`bench.cache.save_npy`); images are decoded with their EXIF
+orientation applied and float images scaled (:data:`bench.images.DECODING`)."""
 
 _RESNET_LAYER_NAMES = re.compile(r"(resnet\d|wide_resnet|resnext|seresnet\d)")  # timm ResNet: act1, layer1..layer4
 

@@ -279,6 +279,13 @@ def run_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, 
             scores = np.asarray(method.predict(list(ep.queries)))
         if scores.shape != (len(ep.queries), ep.n_classes):
             raise RuntimeError(f"method {job.method} returned scores of shape {scores.shape}, expected {(len(ep.queries), ep.n_classes)}")
+        if not np.isfinite(scores).all():  # argmax of NaN is class 0: a number at chance, not a result
+            n_bad = int((~np.isfinite(scores)).any(axis=1).sum())
+            raise BenchError(
+                f"method {job.method} returned non-finite scores (NaN or inf) for {n_bad} of {len(ep.queries)} "
+                "queries, so the job has no result. A training run that diverged (try a smaller learning rate with "
+                "--set) or damaged weights (--weights) cause this."
+            )
         y_pred = scores.argmax(axis=1).tolist()
         row.update(episode_metrics(ep.query_labels, y_pred, ep.class_names))
         row.update(status="ok", error=None, y_true=list(ep.query_labels), y_pred=y_pred)

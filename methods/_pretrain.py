@@ -397,6 +397,10 @@ class PaperMethod(Method):
                 init = {k: v.clone() for k, v in model.state_dict().items()}
                 try:
                     blob = torch.load(path, map_location=self.ctx.device, weights_only=True)
+                    model_state = blob["model"]
+                    bad = [k for k, v in model_state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+                    if bad:  # damaged: NaN weights would score every query NaN
+                        raise ValueError(f"non-finite values in {', '.join(bad[:3])}")
                     model.load_state_dict(blob["model"])
                     opt.load_state_dict(blob["optimizer"])
                     info = {**blob["info"], "from_cache": True}

@@ -501,3 +501,71 @@ def test_decompression_bomb_image_is_named(capsys, monkeypatch, data, out, cache
     rows = read_rows([out / "results.jsonl"]).rows[4:]
     assert {(r["category"], r["status"]) for r in rows} == {("tile", "error"), ("screw", "ok")}
     assert_prior_intact(out, prior)
+
+
+# --------------------------------------------------------------------------------------------- non-finite numbers, cache
+def test_damaged_feature_cache_entries_are_recomputed(capsys, caplog, data, out, cache, prior, tmp_path) -> None:  # noqa: ANN001
+    """Feature files overwritten with NaN or with garbage of the right size are detected (checksum, size), named
+    in a warning and recomputed: the job's numbers are those of an undamaged cache."""
+    from bench.cache import file_sha256, load_npy
+
+    args = (*QUICK, "--categories", "tile")
+    code, _, err = run(capsys, data, out, cache, *args)
+    assert code == 0, err
+    ref = read_rows([out / "results.jsonl"]).rows[-1]
+    (feature_dir,) = (cache / "features").iterdir()
+    queries = sorted((data / "tile" / "test" / "crack").glob("*.png"))[3:6]
+    nan_inplace, garbage, nan_saved = (feature_dir / f"{file_sha256(q)}.npy" for q in queries)
+    for entry in (nan_inplace, garbage):
+        raw = bytearray(entry.read_bytes())
+        with entry.open("rb") as f:
+            np.lib.format.read_magic(f)
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            start = f.tell()
+        n = int(np.prod(shape)) * dtype.itemsize
+        fill = np.full(n // 4, np.nan, np.float32).tobytes() if entry == nan_inplace else os.urandom(n)
+        raw[start : start + n] = fill
+        entry.write_bytes(bytes(raw))
+    np.save(nan_saved, np.full(load_npy(nan_saved).shape, np.nan, np.float32))  # a plain .npy of NaN, valid header
+    with caplog.at_level("WARNING"):
+        code, _, err = run(capsys, data, tmp_path / "out2", cache, *args)
+    assert code == 0, err
+    row = read_rows([tmp_path / "out2" / "results.jsonl"]).rows[0]
+    for k in ("key", "y_pred", "accuracy"):
+        assert row[k] == ref[k], k
+    assert row["cache"]["features"]["misses"] == 3
+    for entry in (nan_inplace, garbage, nan_saved):
+        assert str(entry) in caplog.text
+        arr = load_npy(entry)
+        assert arr is not None and np.isfinite(arr).all()
+    assert f"cache entry {nan_inplace} is damaged (its checksum does not match its data); recomputing it" in caplog.text
+
+
+def test_weights_file_with_nan_values_is_refused(capsys, out, cache, prior, tiny_root, tmp_path) -> None:  # noqa: ANN001
+    import timm
+    import torch
+
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    state["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "resnet18-nan.pth"
+    torch.save(state, path)
+    code = main(["run", "--dataset", "synthetic-tiny", "--data-root", str(tiny_root), "--backbone", "resnet18", "--weights", str(path),
+                 "--no-progress", *QUICK, "--out", str(out), "--cache-dir", str(cache)])  # fmt: skip
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2
+    assert f"weights file {path} holds non-finite values (NaN or inf) in 1 tensor(s), e.g. layer2.0.conv1.weight" in line
+    assert "re-download it" in line
+    assert (out / "results.jsonl").read_bytes() == prior[0]
+
+
+def test_non_finite_scores_fail_the_job(capsys, monkeypatch, data, out, cache, prior) -> None:  # noqa: ANN001
+    from bench.method import get_method
+
+    cls = get_method("protonet").cls
+    monkeypatch.setattr(cls, "predict", lambda self, q: np.full((len(q), 3), np.nan, np.float32))
+    code, _, err = run(capsys, data, out, cache, *QUICK, "--categories", "tile")
+    assert code == 1
+    assert "method protonet returned non-finite scores (NaN or inf) for 12 of 12 queries" in err
+    rows = read_rows([out / "results.jsonl"]).rows[4:]
+    assert [r["status"] for r in rows] == ["error"] and rows[0].get("accuracy") is None
+    assert_prior_intact(out, prior)

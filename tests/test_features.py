@@ -297,6 +297,39 @@ def test_atomic_writes_and_concurrent_writers(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["e.npy"]
 
 
+def test_damaged_entries_are_detected(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Entries carry a CRC-32 of their data: the same bytes overwritten with NaN or garbage (valid header, right
+    size) fail the check, as does a plain ``np.save`` (no trailer), with a warning naming the entry; an entry
+    rewritten after its checksum was verified is verified again."""
+    path = tmp_path / "e.npy"
+    arr = np.arange(64 * 1024, dtype=np.float32).reshape(64, 1024)
+    bcache.save_npy(path, arr)
+    np.testing.assert_array_equal(np.load(path), arr)  # still a .npy file for numpy
+    out = np.empty_like(arr)
+    assert bcache.read_npy_into(path, out) and np.array_equal(out, arr)  # verified (and memoised)
+    offset = bcache.check_npy(path, arr.shape, arr.dtype)
+    assert offset is not None
+    for damage in (np.full(arr.size, np.nan, np.float32).tobytes(), np.random.default_rng(0).bytes(arr.nbytes)):
+        raw = bytearray(path.read_bytes())
+        raw[offset : offset + arr.nbytes] = damage
+        path.write_bytes(bytes(raw))
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert bcache.load_npy(path) is None and not bcache.read_npy_into(path, out)
+        assert f"cache entry {path} is damaged (its checksum does not match its data)" in caplog.text
+    np.save(path, arr)  # right data, no checksum: not an entry of this format
+    assert bcache.load_npy(path) is None
+
+
+def test_non_finite_features_are_never_cached(tmp_path: Path, tree: Path) -> None:
+    s = FeatureStore(CFG, cache_root=tmp_path / "cache")
+    with torch.no_grad():
+        next(s.extractor.parameters())[0, 0, 0, 0] = float("nan")  # as damaged weights would
+    with pytest.raises(BenchError, match="produced non-finite features \\(NaN or inf\\) for 2 image\\(s\\)"):
+        s.patch_features(_train(tree)[:2])
+    assert not list((tmp_path / "cache").rglob("*.npy"))
+
+
 def test_exif_rotated_image_has_the_features_of_the_upright_image(store: FeatureStore, tmp_path: Path) -> None:
     """Decoding applies the EXIF orientation (recorded in the feature key and rows as ``decoding``)."""
     arr = np.random.default_rng(1).integers(0, 255, (64, 96, 3), dtype=np.uint8)
