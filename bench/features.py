@@ -18,7 +18,10 @@ adds the on-disk cache (:mod:`bench.cache`) and the data flow (method-spec §4, 
   int32, 3 KB per image instead of 3.2 MB); the residual is then rebuilt exactly as ``f - bank[idx]``;
 * decoding runs in a thread pool that prepares the next batch while the network runs; cache writes go to a
   background thread; each image is decoded at most once per call, and never when its features are cached;
-  cached entries are validated (header, shape, dtype, size) and read straight into the output array.
+  cached entries are validated (header, shape, dtype, size and a CRC-32 of the data, :mod:`bench.cache`) and
+  read straight into the output array; a damaged entry is recomputed with a warning naming it. Features are
+  checked to be finite when computed (non-finite ones fail the job and are never cached), so every entry read
+  back is finite too. An entry pruned by another process while a bank is built is recomputed (:class:`_Entry`).
 
 Deviations from the reference: see :mod:`bench.extractor`, :mod:`bench.coreset` and :mod:`bench.knn`.
 """
@@ -59,10 +62,17 @@ _NN_CHUNK = 16  # images per faiss query batch
 
 class _Entry:
     """A cached (h, w, D) feature entry seen as an (h·w, D) array-like that is read from disk on ``np.asarray``
-    (so the coreset projects a category one image at a time and nothing stays mapped or in memory)."""
+    (so the coreset projects a category one image at a time and nothing stays mapped or in memory).
 
-    def __init__(self, path: Path, shape: tuple[int, int, int], dtype: np.dtype) -> None:
-        self.path, self.entry_shape, self.dtype = path, shape, dtype
+    An entry that vanished meanwhile (``bench cache prune`` or ``clear`` by another process) or that fails its
+    checksum is recomputed by ``recompute`` (the same extractor on the same image: identical values), as the
+    cache promises: a concurrent prune at worst costs a recomputation, never a failed job.
+    """
+
+    def __init__(
+        self, path: Path, shape: tuple[int, int, int], dtype: np.dtype, recompute: Callable[[], np.ndarray]
+    ) -> None:
+        self.path, self.entry_shape, self.dtype, self.recompute = path, shape, dtype, recompute
         self.shape = (shape[0] * shape[1], shape[2])
 
     def __len__(self) -> int:
@@ -71,7 +81,9 @@ class _Entry:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = np.empty(self.entry_shape, np.float32)
         if not read_npy_into(self.path, out, self.dtype):
-            raise RuntimeError(f"feature cache entry {self.path} vanished or broke while building a bank (concurrent clear?)")
+            log.warning("feature cache entry %s vanished or broke while a memory bank was built (pruned or cleared by "
+                        "another process?); recomputing it", self.path)  # fmt: skip
+            out = self.recompute()
         out = out.reshape(self.shape)
         return out if dtype is None else out.astype(dtype, copy=False)
 
@@ -319,7 +331,11 @@ class FeatureStore:
 
     def _build_bank(self, paths: list[str], names: list[str], seed: int, ratio: float, min_points: int, bkey: str) -> MemoryBank:
         self._fill(names, lambda i: self.preprocess(paths[i]), None)  # computes and caches missing entries only
-        maps = [_Entry(self._fpath(n), (*self.grid, self.dim), self._dtype) for n in names]
+        def recompute(name: str, path: str) -> Callable[[], np.ndarray]:
+            return lambda: self._grids([name], lambda _: self.preprocess(path))[0]
+
+        shape = (*self.grid, self.dim)
+        maps = [_Entry(self._fpath(n), shape, self._dtype, recompute(n, p)) for n, p in zip(names, paths)]
         t0 = time.perf_counter()
         sel = approximate_greedy_coreset(maps, ratio, coreset_rng(seed), min_points=min_points)
         seconds = time.perf_counter() - t0

@@ -569,3 +569,43 @@ def test_non_finite_scores_fail_the_job(capsys, monkeypatch, data, out, cache, p
     rows = read_rows([out / "results.jsonl"]).rows[4:]
     assert [r["status"] for r in rows] == ["error"] and rows[0].get("accuracy") is None
     assert_prior_intact(out, prior)
+
+
+def test_cache_prune_while_a_bank_is_built(capsys, caplog, monkeypatch, data, out, cache, prior, tmp_path) -> None:  # noqa: ANN001
+    """A concurrent `bench cache prune` removing the feature entries of the train images between the steps of
+    building a memory bank (deterministically: just before the coreset reads them and again before the chosen rows
+    are gathered; removed as prune removes entries, one unlink each, two of them to keep the test fast): the
+    entries are recomputed and the job succeeds with the numbers of an undisturbed run."""
+    import bench.features
+    import bench.runner
+    from bench import cache as bcache
+    from bench.cache import file_sha256
+
+    args = ("--method", "protonet-residual", "--shots", "3", "--seeds", "1", "--categories", "tile")
+    code, _, err = run(capsys, data, out, cache, *args)
+    assert code == 0, err
+    ref = read_rows([out / "results.jsonl"]).rows[-1]
+    bcache.clear(cache, kinds=["banks", "nn"])  # the bank is built again; the train features are cached
+    (feature_dir,) = (cache / "features").iterdir()
+    train = [feature_dir / f"{file_sha256(p)}.npy" for p in sorted((data / "tile" / "train" / "good").glob("*.png"))[:2]]
+    assert all(e.is_file() for e in train)
+    real = bench.features.approximate_greedy_coreset
+    removed = []
+
+    def coreset_with_prunes(*a: Any, **k: Any) -> Any:
+        removed.append(sum(e.unlink() is None for e in train if e.exists()))
+        sel = real(*a, **k)
+        removed.append(sum(e.unlink() is None for e in train if e.exists()))
+        return sel
+
+    monkeypatch.setattr(bench.features, "approximate_greedy_coreset", coreset_with_prunes)
+    monkeypatch.setattr(bench.runner, "_STORES", {})  # a new feature store: no bank held in memory
+    with caplog.at_level("WARNING"):
+        code, _, err = run(capsys, data, tmp_path / "out2", cache, *args)
+    assert code == 0, err
+    assert removed == [2, 2]  # gone at both moments (so recomputed in between)
+    assert "vanished or broke while a memory bank was built" in caplog.text
+    row = read_rows([tmp_path / "out2" / "results.jsonl"]).rows[0]
+    assert row["status"] == "ok"
+    for k in ("key", "y_pred", "accuracy"):
+        assert row[k] == ref[k], k
