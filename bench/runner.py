@@ -439,6 +439,24 @@ def feature_work(cfg: RunConfig, samples: Samples, jobs: Sequence[Job]) -> list[
     return list(paths)
 
 
+def check_out_outside_data(out: str | Path, data_root: str | Path) -> None:
+    """Refuse an ``--out`` inside the dataset folder (or equal to it).
+
+    Reports write plots (PNG) and tables into ``--out``; inside the dataset they would be scanned as images on
+    the next run (``<category>/test/plots/`` a new defect type) or make a generated dataset's folder foreign.
+
+    Raises:
+        ConfigError: naming both folders.
+    """
+    o, r = Path(out).expanduser().resolve(), Path(data_root).expanduser().resolve()
+    if o == r or o.is_relative_to(r):
+        raise ConfigError(
+            f"--out {out} is inside the dataset folder {r}: the next run could read the plots written there as images "
+            f"(inside <category>/test/ a new defect type) and the folder would no longer hold only the dataset. Choose "
+            f"an --out outside {r}."
+        )
+
+
 def preflight(cfg: RunConfig) -> Samples:
     """Fail fast, before any job, on problems that would fail every job (dataset, methods, weights)."""
     if cfg.cache_dir:
@@ -480,6 +498,8 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
     from tqdm import tqdm
 
     out = Path(cfg.out)
+    if cfg.data_root:  # before the folder is made (checked again with the root the dataset resolved)
+        check_out_outside_data(out, cfg.data_root)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # unique: runs may share the folder
@@ -488,6 +508,7 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
     except OSError as exc:
         raise BenchError(f"cannot write to the output folder {out} ({exc.strerror}). Choose another with --out.") from None
     samples = preflight(cfg)
+    check_out_outside_data(out, samples.root)  # a default root (the synthetic datasets' in the cache)
     for cat, why in samples.skipped.items():
         print(f"note: category {cat} skipped: {why}")
     for cat, entries in samples.ignored.items():

@@ -490,6 +490,15 @@ def test_hidden_and_system_entries_are_left_out(capsys, data, out, cache, prior)
     assert_prior_intact(out, prior)
 
 
+def test_out_inside_the_dataset_folder_is_refused(capsys, data, cache, prior) -> None:  # noqa: ANN001
+    before = _tree(data)
+    for out in (data / "results", data / "tile" / "test" / "results", data):
+        code, _, err = run(capsys, data, out, cache, *QUICK)
+        line = _one_error_line(err)
+        assert code == 2 and f"--out {out} is inside the dataset folder {data}" in line and "outside" in line
+        assert _tree(data) == before, "a folder was made inside the dataset"
+
+
 def test_decompression_bomb_image_is_named(capsys, monkeypatch, data, out, cache, prior) -> None:  # noqa: ANN001
     """PIL's decompression-bomb guard (here with a lowered limit and one 1024 x 1024 image) names no file."""
     path = sorted((data / "tile" / "test" / "crack").glob("*.png"))[3]
