@@ -14,6 +14,8 @@ from pathlib import Path
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from bench.images import FITS
+
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--data-root")
     p.add_argument("--categories", nargs="+")
@@ -21,6 +23,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a local weights file")
     p.add_argument("--zero-init-last", choices=["true", "false"], help="random init only (default false)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--image-fit", choices=FITS,
+                   help="crop (resize + centre crop), squash or letterbox; default: the dataset's choice "
+                   "(mtd: squash), else crop")
     p.add_argument("--seed", type=int, default=1, help="drives the coreset")
     p.add_argument("--coreset-ratio", type=float, default=0.1)
     p.add_argument("--cache-dir")
@@ -36,7 +41,8 @@ def main(args: argparse.Namespace) -> int:
     zil = None if args.zero_init_last is None else args.zero_init_last == "true"
     cfg = RunConfig(
         methods=[], dataset=args.dataset, data_root=args.data_root, categories=args.categories, backbone=args.backbone,
-        weights=args.weights, zero_init_last=zil, precision=args.precision, cache_dir=args.cache_dir, device=args.device,
+        weights=args.weights, zero_init_last=zil, precision=args.precision, image_fit=args.image_fit,
+        cache_dir=args.cache_dir, device=args.device,
     )
     if args.cache_dir:
         import os

@@ -24,7 +24,7 @@ import yaml
 
 from bench.errors import EXIT_INTERRUPTED, ConfigError
 from bench.method import coerce_options
-from bench.runner import RunConfig, execute
+from bench.runner import Job, RunConfig, execute
 from bench.summary import summary_table
 
 
@@ -62,6 +62,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from bench.images import FITS
+
     p.add_argument("--config", type=Path, help="YAML file with any of these options")
     p.add_argument("--method", "--methods", dest="methods", nargs="+", help="registered method name(s) (bench list methods)")
     p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE", help="method option override (repeatable)")
@@ -78,6 +80,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="imagenet (default), random, or a local weights file")
     p.add_argument("--zero-init-last", choices=["true", "false"], help="random init only: timm's zero-init of the last BN per block")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="feature extraction precision (bf16 is opt-in)")
+    p.add_argument("--image-fit", choices=FITS,
+                   help="image to square input: crop (resize + centre crop, the paper's), squash (whole image, "
+                   "aspect not kept) or letterbox (whole image, padded); default: the dataset's choice (mtd: squash), "
+                   "else crop")
     p.add_argument("--coreset-ratio", type=float)
     p.add_argument("--textures", help="DTD folder for pseudo-defects (default: built-in procedural textures)")
     p.add_argument("--device", help="auto (default), cpu or cuda")
@@ -93,7 +99,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 _SIMPLE = {
     "dataset": "dataset", "data_root": "data_root", "categories": "categories", "protocol": "protocol",
     "include_good": "include_good", "exclude_combined": "exclude_combined", "min_defect_types": "min_defect_types",
-    "backbone": "backbone", "weights": "weights", "precision": "precision", "coreset_ratio": "coreset_ratio",
+    "backbone": "backbone", "weights": "weights", "precision": "precision", "image_fit": "image_fit",
+    "coreset_ratio": "coreset_ratio",
     "textures": "textures", "device": "device", "jobs": "jobs", "backend": "backend", "scheduler": "scheduler",
     "threads": "threads", "out": "out", "cache_dir": "cache_dir",
 }  # fmt: skip
@@ -175,12 +182,27 @@ def main(args: argparse.Namespace) -> int:
         f"(of {report.planned} planned). Results: {out / 'results.jsonl'}; table: {out / 'summary.md'}"
     )
     if report.failed:
-        print("\nfailed jobs:", file=sys.stderr)
-        seen: set[str] = set()
-        for desc, err in report.failed:
-            msg = f"  {desc}: {err}"
-            if err not in seen or len(seen) < 10:
-                print(msg, file=sys.stderr)
-            seen.add(err)
+        print("\n" + failure_summary(report.failed), file=sys.stderr)
         return 1
     return 0
+
+
+def failure_summary(failed: list[tuple[Job, str]], max_errors: int = 10) -> str:
+    """The failed jobs grouped by method and error: one line each, with the categories, shots and seeds it hit.
+
+    A grid where one method cannot run on a dataset (e.g. a memory-bank method on categories without normal
+    images) fails all its jobs with the same reason: said once, with the number of jobs, not once per job.
+    """
+    groups: dict[tuple[str, str], list[Job]] = {}
+    for job, err in failed:
+        groups.setdefault((job.method, err), []).append(job)
+    lines = [f"failed jobs: {len(failed)}, {len(groups)} distinct error(s) "
+             "(rows with status 'error' in results.jsonl):"]
+    for (method, err), jobs in list(groups.items())[:max_errors]:
+        cats = ", ".join(sorted({j.category for j in jobs}))
+        shots = ",".join(str(n) for n in sorted({j.shots for j in jobs}))
+        seeds = ",".join(str(n) for n in sorted({j.seed for j in jobs}))
+        lines.append(f"  {method}: {len(jobs)} job(s) (categories {cats}; shots {shots}; seeds {seeds}): {err}")
+    if len(groups) > max_errors:
+        lines.append(f"  ... and {len(groups) - max_errors} more distinct error(s)")
+    return "\n".join(lines)

@@ -82,7 +82,7 @@ def detect(
         rows.append(row)
     df = pd.DataFrame(rows, columns=DETECT_COLUMNS)
     df.attrs.update(feature_key=store.key, weights=store.weights_info.record(), seed=seed, coreset_ratio=coreset_ratio,
-                    dataset=samples.dataset)
+                    dataset=samples.dataset, image_fit=store.config.image_fit, dataset_info=samples.info)
     return df
 
 
@@ -91,7 +91,12 @@ def format_detect(df: pd.DataFrame) -> str:
     w = df.attrs.get("weights", {})
     head = (f"PatchCore image AUROC ({df.attrs.get('dataset', '?')}; backbone {w.get('backbone', '?')}, weights "
             f"{w.get('weights', '?')}, zero_init_last={w.get('zero_init_last')}; seed {df.attrs.get('seed', '?')}, "
-            f"coreset {df.attrs.get('coreset_ratio', '?')})")
+            f"coreset {df.attrs.get('coreset_ratio', '?')}; image fit {df.attrs.get('image_fit', 'crop')})")
+    hold = df.attrs.get("dataset_info", {}).get("holdout")
+    if hold:  # e.g. MTD: no defect-free test set of its own
+        head += (f"\ntest/good = {hold['n_test_good']} {hold['source']} images held out ({hold['share']:.0%}, "
+                 f"seed {hold['seed']}, names sha256 {hold['names_sha256']}); the memory bank uses the other "
+                 f"{hold['n_train_good']}")
     shown = df.copy()
     shown["auroc"] = [f"{a:.4f}" if a == a else "n/a" for a in shown["auroc"]]
     body = shown.to_string(index=False)

@@ -39,7 +39,7 @@ from torch import nn
 from bench.backbones import WeightsInfo, _supports_zero_init_last, create_backbone, weights_tag
 from bench.cache import file_sha256, stable_hash
 from bench.errors import ConfigError
-from bench.images import DECODING
+from bench.images import DECODING, FITS
 
 FEATURE_VERSION = 2
 """Bump when the features produced for a given config change; part of :meth:`FeatureConfig.key`.
@@ -67,6 +67,8 @@ class FeatureConfig:
         precision: ``fp32`` or ``bf16`` (backbone under bf16 autocast; opt-in).
         storage: dtype of cached feature files, ``fp32`` (default) or ``fp16``.
         init_seed: torch seed for random weights (ignored otherwise).
+        image_fit: how an image becomes the square input (``crop`` | ``squash`` | ``letterbox``, see
+            :class:`bench.images.Preprocess`); left out of :meth:`key` when ``crop`` so earlier caches stay valid.
     """
 
     backbone: str = "resnet50"
@@ -81,6 +83,7 @@ class FeatureConfig:
     precision: str = "fp32"
     storage: str = "fp32"
     init_seed: int = 0
+    image_fit: str = "crop"
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
@@ -91,6 +94,8 @@ class FeatureConfig:
             raise ConfigError(f"patch_size must be a positive odd number, got {self.patch_size}")
         if not self.layers:
             raise ConfigError("at least one backbone layer is needed")
+        if self.image_fit not in FITS:
+            raise ConfigError(f"image fit must be one of {', '.join(FITS)}, got {self.image_fit!r} (--image-fit)")
         object.__setattr__(self, "layers", tuple(self.layers))
 
     @property
@@ -121,6 +126,8 @@ class FeatureConfig:
         d.pop("weights")
         d.pop("zero_init_last")
         d.pop("init_seed")
+        if d["image_fit"] == "crop":  # the original pipeline: keys (and caches) from before the field are unchanged
+            d.pop("image_fit")
         d.update(version=FEATURE_VERSION, weights=self.weights_identity(), decoding=DECODING)
         return stable_hash(d, 24)
 

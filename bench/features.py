@@ -134,7 +134,7 @@ class FeatureStore:
         self.extractor, self.weights_info = build_extractor(config)
         self.extractor.to(self.device)
         self.key = config.key()
-        self.preprocess = Preprocess(config.resize, config.crop)
+        self.preprocess = Preprocess(config.resize, config.crop, config.image_fit)
         with torch.no_grad():
             probe = self.extractor.backbone_features(torch.zeros(1, 3, config.crop, config.crop, device=self.device))
         self.grid: tuple[int, int] = (int(probe[0].shape[-2]), int(probe[0].shape[-1]))

@@ -167,6 +167,16 @@ class Method(abc.ABC):
         """
         return {"patch", "bank"} if getattr(config, "features", "raw") == "residual" else {"patch"}
 
+    @classmethod
+    def normal_images_needed(cls, config: Any) -> str:
+        """What this configuration needs the category's normal training images for ("" = nothing).
+
+        The runner asks before the first job: on a category without normal images (datasets with defect
+        classes only) the jobs of a method that needs them fail at once with this reason, the others run.
+        The default: the memory bank, when :meth:`feature_needs` says so.
+        """
+        return "the PatchCore memory bank (residual features)" if "bank" in cls.feature_needs(config) else ""
+
 
 @dataclass(frozen=True)
 class MethodSpec:

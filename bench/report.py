@@ -45,6 +45,7 @@ def _s(v: Any) -> str:
 def config_fields(row: dict[str, Any]) -> dict[str, str]:
     """The fields that identify a row's configuration (all values as strings)."""
     feats = dict(row.get("features") or {})
+    feats.setdefault("image_fit", "crop")  # rows from before the field existed were all made with the centre crop
     w = dict(row.get("weights") or {})
     sha = w.get("sha256") or ""
     f = {

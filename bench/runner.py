@@ -67,6 +67,7 @@ class RunConfig:
     weights: str = "imagenet"
     zero_init_last: bool | None = None
     precision: str = "fp32"
+    image_fit: str | None = None  # crop | squash | letterbox; None = the dataset adapter's preference, else crop
     coreset_ratio: float = 0.1
     textures: str | None = None
     device: str = "auto"
@@ -89,8 +90,20 @@ class RunConfig:
         from bench.features import FeatureConfig
 
         return FeatureConfig(
-            backbone=self.backbone, weights=self.weights, zero_init_last=self.zero_init_last, precision=self.precision
+            backbone=self.backbone, weights=self.weights, zero_init_last=self.zero_init_last, precision=self.precision,
+            image_fit=self.image_fit or dataset_image_fit(self.dataset),
         )
+
+
+def dataset_image_fit(dataset: str) -> str:
+    """The image fit an adapter declares (``register_dataset(..., image_fit=...)``; MTD: ``squash``), else ``crop``.
+
+    An unknown dataset name gives ``crop`` here; :func:`load_dataset` reports the name with the known ones.
+    """
+    from bench.datasets import DATASETS, import_all
+
+    import_all()
+    return str(DATASETS.get(dataset).meta.get("image_fit", "crop")) if dataset in DATASETS else "crop"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -157,10 +170,12 @@ def _job_identity(
 def plan(cfg: RunConfig, samples: Samples) -> list[Job]:
     """Expand the grid into jobs (episodes are built here; impossible episodes become failing jobs)."""
     specs = [get_method(m) for m in cfg.methods]
+    configs = {spec.name: spec.make_config(spec.select_options(cfg.method_options)) for spec in specs}
     memo = hash_memo_dir(cfg.cache_dir)
     jobs: list[Job] = []
     for category in samples.categories():
-        try:  # memoised file hashes: a stat per image once they are known
+        has_normals = bool(samples.train_paths(category))
+        try:
             content, content_err = samples.content_hash(category, memo), None
         except DatasetError as exc:
             content, content_err = "unreadable", str(exc)
@@ -172,10 +187,22 @@ def plan(cfg: RunConfig, samples: Samples) -> list[Job]:
                 except DatasetError as exc:
                     episode, ehash, err = None, "none", str(exc)
                 for spec in specs:
-                    mcfg = config_dict(spec.make_config(spec.select_options(cfg.method_options)))
+                    mcfg = config_dict(configs[spec.name])
                     ident = _job_identity(cfg, samples, spec.name, mcfg, category, shots, seed, ehash, content)
-                    jobs.append(Job(spec.name, mcfg, category, shots, seed, config_hash(ident), episode, err, content))
+                    why = "" if has_normals or err else spec.cls.normal_images_needed(configs[spec.name])
+                    job_err = err or (_no_normals_error(samples, category, spec.name, why) if why else None)
+                    jobs.append(Job(spec.name, mcfg, category, shots, seed, config_hash(ident), episode, job_err, content))
     return jobs
+
+
+def _no_normals_error(samples: Samples, category: str, method: str, why: str) -> str:
+    """The error of a job whose method needs normal training images that the category does not have."""
+    return (  # the same text for every category, so the run's failure summary says it once per method
+        f"method {method!r} needs normal (defect-free) training images for {why}, but the category has none (its "
+        f"train/good is empty; dataset {samples.dataset!r} at {samples.root}). Add defect-free images to the "
+        "category's train/good folder, or choose a method that needs none (e.g. protonet, knn, logreg, direct, "
+        "contrastive-raw)."
+    )
 
 
 def _base_row(cfg: RunConfig, samples: Samples, job: Job, store: Any) -> dict[str, Any]:
@@ -191,6 +218,7 @@ def _base_row(cfg: RunConfig, samples: Samples, job: Job, store: Any) -> dict[st
         "data_root": str(samples.root),
         "dataset_manifest": samples.manifest_hash(job.category),
         "dataset_content": job.dataset_content,
+        "dataset_info": samples.info,
         "category": job.category,
         "shots": job.shots,
         "seed": job.seed,
@@ -486,7 +514,7 @@ class RunReport:
     planned: int
     skipped: int
     ok: int
-    failed: list[tuple[str, str]]  # (job description, error)
+    failed: list[tuple[Job, str]]  # (job, error)
 
 
 def _describe(job: Job) -> str:
@@ -519,6 +547,11 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
             f"WARNING: backbone {cfg.backbone} uses RANDOM weights (--weights random): these results are not comparable "
             "with the paper's ImageNet numbers; every result row records weights=random."
         )
+    fcfg = cfg.feature_config()
+    if fcfg.image_fit != "crop":
+        source = "--image-fit" if cfg.image_fit else f"the default of dataset {cfg.dataset!r}"
+        print(f"note: images are fitted to {fcfg.crop}x{fcfg.crop} by {fcfg.image_fit!r} ({source}; --image-fit crop "
+              "for the paper's resize + centre crop); every row records features.image_fit.")
     jobs = plan(cfg, samples)
     results = ResultsStore(out / "results.jsonl")
     done = results.finished_keys()
@@ -526,7 +559,7 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
     skipped = len(jobs) - len(todo)
     if skipped:
         print(f"resuming: {skipped} of {len(jobs)} jobs already finished in {results.path}")
-    failed: list[tuple[str, str]] = []
+    failed: list[tuple[Job, str]] = []
     ok = 0
     groups = group_jobs(todo)
     by_key = {j.key: j for j in todo}
@@ -548,7 +581,7 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
                 if row["status"] == "ok":
                     ok += 1
                 else:
-                    failed.append((_describe(job), row.get("error") or ""))
+                    failed.append((job, row.get("error") or ""))
                 bar.update(1)
         bar.close()
     else:
@@ -605,7 +638,7 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
                         elif st == "skipped":
                             skipped += 1
                         else:
-                            failed.append((_describe(by_key[key]), err or ""))
+                            failed.append((by_key[key], err or ""))
                     bar.update(len(status))
                 bar.close()
         except Exception as exc:

@@ -11,7 +11,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -73,6 +73,7 @@ class Samples:
     table: pd.DataFrame
     skipped: dict[str, str] = field(default_factory=dict)  # category -> reason
     ignored: dict[str, list[str]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # how the adapter built it (MTD: the hold-out); in every row
 
     def categories(self) -> list[str]:
         return sorted(self.table["category"].unique())
@@ -300,7 +301,8 @@ def finalize(samples: Samples, options: DatasetOptions) -> Samples:
     for cat, entries in ignored.items():
         log.info("%s: left out %d hidden or system entr%s: %s", f"category {cat}" if cat else str(samples.root),
                  len(entries), "y" if len(entries) == 1 else "ies", ", ".join(entries[:5]))
-    return Samples(dataset=samples.dataset, root=samples.root, table=t, skipped=skipped, ignored=ignored)
+    return Samples(dataset=samples.dataset, root=samples.root, table=t, skipped=skipped, ignored=ignored,
+                   info=samples.info)
 
 
 def describe_ignored(category: str, entries: list[str], limit: int = 3) -> str:

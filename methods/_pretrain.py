@@ -290,6 +290,14 @@ class PaperMethod(Method):
 
     config: PaperConfig
 
+    @classmethod
+    def normal_images_needed(cls, config: Any) -> str:
+        """The memory bank for residual features and/or the source images of pseudo-defect pretraining."""
+        needs = [super().normal_images_needed(config)]
+        if getattr(config, "pretrain", False):
+            needs.append("pseudo-defect pretraining (defects are pasted onto normal images)")
+        return " and ".join(n for n in needs if n)
+
     def extra_info(self) -> dict[str, Any]:
         """The switches and the pretraining / fine-tuning counts, for reading a result row."""
         pre = self.ctx.log.get("pretrain", {})

@@ -66,7 +66,7 @@ class Direct(Method):
 
     def _images(self, paths: Sequence[str]) -> torch.Tensor:
         fc = self.ctx.features.config
-        pre = Preprocess(fc.resize, fc.crop)
+        pre = Preprocess(fc.resize, fc.crop, fc.image_fit)
         return torch.from_numpy(np.stack([pre(p) for p in paths]))
 
     def _build(self, n_classes: int) -> nn.Module:

@@ -179,6 +179,23 @@ def test_grayscale_and_rgba_images_work(capsys, data, out, cache, prior) -> None
     assert_prior_intact(out, prior)
 
 
+def test_categories_without_normal_images(capsys, data, out, cache, prior) -> None:  # noqa: ANN001
+    """Defect classes only (an empty train/good): bank-free methods run, memory-bank methods fail per job, said once."""
+    for cat in ("tile", "screw"):
+        for p in (data / cat / "train" / "good").glob("*.png"):
+            p.unlink()
+    code, _, err = run(capsys, data, out, cache, "--method", "protonet", "protonet-residual", "--shots", "1,2", "--seeds", "1")
+    assert code == 1, err  # some jobs failed, the others ran
+    rows = read_rows([out / "results.jsonl"]).rows[4:]
+    assert {(r["method"], r["status"]) for r in rows} == {("protonet", "ok"), ("protonet-residual", "error")} and len(rows) == 8
+    reason = "method 'protonet-residual' needs normal (defect-free) training images for the PatchCore memory bank"
+    assert all(reason in r["error"] and "train/good is empty" in r["error"] for r in rows if r["status"] == "error")
+    assert "failed jobs: 4, 1 distinct error(s)" in err
+    assert err.count(reason) == 1 and "protonet-residual: 4 job(s) (categories screw, tile; shots 1,2; seeds 1)" in err
+    assert "choose a method that needs none (e.g. protonet" in err
+    assert_prior_intact(out, prior)
+
+
 # --------------------------------------------------------------------------------------------- names, weights
 @pytest.mark.parametrize(
     "args, message",
