@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Sequence
 
-from bench.errors import EXIT_INTERRUPTED, BenchError
+from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, BenchError, Terminated
 from bench.registry import UnknownNameError, import_plugins
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -77,12 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BenchError, UnknownNameError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        print("\nterminated (SIGTERM)." if isinstance(exc, Terminated) else "\ninterrupted.", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
 
 
-def exit_interrupted() -> None:
+def exit_interrupted(signum: int = 2) -> None:
     """End the process by SIGINT after a handled Ctrl-C (what a shell shows as exit status 130).
 
     This is the Unix convention for a program that catches Ctrl-C to clean up: the calling shell or script sees
@@ -91,6 +91,8 @@ def exit_interrupted() -> None:
     passed through an ``exec`` of source text (dataclasses and namedtuples are built that way), even if the
     interrupt was caught, so returning 130 would give 130 or death-by-SIGINT depending on the exact moment of
     the Ctrl-C. Where SIGINT cannot end the process (another platform), it exits with 130.
+
+    After a handled SIGTERM (``signum`` 15) the process ends by SIGTERM the same way (exit status 143).
     """
     import atexit
     import os
@@ -106,17 +108,19 @@ def exit_interrupted() -> None:
             atexit._run_exitfuncs()
         except BaseException:  # a second Ctrl-C or a failing handler: still end as interrupted
             pass
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
-    sys.exit(EXIT_INTERRUPTED)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    sys.exit(128 + signum)
 
 
 def console_main() -> None:
     """Entry point of ``python -m bench`` and of the ``bench`` script: exit with main's status, by SIGINT after
     a Ctrl-C (see :func:`exit_interrupted`)."""
+    import signal
+
     code = main()
-    if code == EXIT_INTERRUPTED:
-        exit_interrupted()
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        exit_interrupted(signal.SIGINT if code == EXIT_INTERRUPTED else signal.SIGTERM)
     sys.exit(code)
 
 

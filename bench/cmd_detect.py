@@ -57,6 +57,8 @@ def main(args: argparse.Namespace) -> int:
     print(format_detect(df))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(args.out, index=False)
+        from bench.render import csv_safe
+
+        csv_safe(df).to_csv(args.out, index=False)
         print(f"wrote {args.out}")
     return 0

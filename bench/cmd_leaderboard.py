@@ -156,5 +156,5 @@ def main(args: argparse.Namespace) -> int:
         written += write_document(doc, f, target)
     print(f"wrote {', '.join(str(p) for p in written[:6])}{' ...' if len(written) > 6 else ''}")
     if res.skipped_lines:
-        print(f"skipped {res.skipped_lines} unreadable line(s) in the results (e.g. a run killed mid-write)", file=sys.stderr)
+        print(f"skipped {res.skipped_lines} unreadable or incomplete line(s) in the results (e.g. a run killed mid-write)", file=sys.stderr)
     return 0

@@ -201,7 +201,8 @@ def per_class_table(res: Results, cid: str, category: str) -> Table | None:
     if data.empty:
         return None
     g = data.groupby(["class", "shots"]).recall_pct.agg(["mean", "std", "count"]).reset_index()
-    disp = g.assign(cell=[f"{fmt(m)} ± {fmt(s)} ({n})" for m, s, n in g[["mean", "std", "count"]].itertuples(index=False)])
+    disp = g.assign(cell=[f"{fmt(m)} ± {fmt(s)} ({n})" if n > 1 else f"{fmt(m)} (1)"
+                          for m, s, n in g[["mean", "std", "count"]].itertuples(index=False)])
     disp = disp.pivot(index="class", columns="shots", values="cell")
     disp.columns = [f"{s}-shot" for s in disp.columns]
     disp.index.name = "defect type"
@@ -354,5 +355,5 @@ def main(args: argparse.Namespace) -> int:
         print(f"wrote {len(written)} file(s) to {out}/: " + ", ".join(str(p.relative_to(out)) for p in written[:8])
               + (" ..." if len(written) > 8 else ""))  # fmt: skip
     if res.skipped_lines:
-        print(f"skipped {res.skipped_lines} unreadable line(s) in the results (e.g. a run killed mid-write)", file=sys.stderr)
+        print(f"skipped {res.skipped_lines} unreadable or incomplete line(s) in the results (e.g. a run killed mid-write)", file=sys.stderr)
     return 0

@@ -16,48 +16,75 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bench.errors import EXIT_INTERRUPTED, ConfigError
+from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, Terminated, brief
 from bench.method import coerce_options
 from bench.runner import Job, RunConfig, execute
 from bench.summary import summary_table
 
 
-def parse_int_list(text: str | int | list) -> list[int]:
-    """``"1-5"`` → [1..5], ``"1,3,5"`` → [1, 3, 5], ``3`` → [3]."""
+def parse_int_list(text: str | int | list | tuple, option: str = "list") -> list[int]:
+    """``"1-5"`` → [1..5], ``"1,3,5"`` → [1, 3, 5], ``3`` → [3]; a list (``--shots 1 2 3``, YAML ``[1, 2]``) joins
+    the parse of each item (``["1-3", "5"]`` → [1, 2, 3, 5]).
+
+    Raises:
+        ConfigError: naming the option and a short form of the value (never the whole of a huge YAML value).
+    """
+    fix = f"{option}: use e.g. 1-5, 1,2,5 or 1 2 5"
+    if isinstance(text, bool):
+        raise ConfigError(f"cannot read {brief(text)} as a list of integers ({fix})")
     if isinstance(text, int):
         return [text]
-    if isinstance(text, list):
-        return [int(x) for x in text]
+    if isinstance(text, (list, tuple)):
+        if not all(isinstance(x, (int, str)) and not isinstance(x, bool) for x in text):
+            raise ConfigError(f"cannot read {brief(text)} as a list of integers ({fix})")
+        out = [n for x in text for n in parse_int_list(x, option)]
+        if not out:
+            raise ConfigError(f"empty integer list for {option} ({fix})")
+        return out
+    if not isinstance(text, str):
+        raise ConfigError(f"cannot read {brief(text)} as a list of integers ({fix})")
     out: list[int] = []
     try:
-        for part in str(text).split(","):
+        for part in text.split(","):
             part = part.strip()
-            if "-" in part:
+            if "-" in part:  # a range (no negative numbers: shots and seeds are ≥ 1 and ≥ 0)
                 a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise ConfigError(f"empty range {part!r} for {option} ({fix})")
+                out.extend(range(lo, hi + 1))
             elif part:
                 out.append(int(part))
     except ValueError:
-        raise ConfigError(f"cannot parse {text!r} as a list of integers: use e.g. 1-5 or 1,2,5") from None
+        raise ConfigError(f"cannot read {brief(text)} as a list of integers ({fix})") from None
     if not out:
-        raise ConfigError(f"empty integer list {text!r}")
+        raise ConfigError(f"empty integer list {brief(text)} for {option} ({fix})")
     return out
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
-    """``["lr=1e-4", "features=raw"]`` → {"lr": 0.0001, "features": "raw"} (values parsed as YAML scalars)."""
+    """``["lr=1e-4", "features=raw"]`` → {"lr": 0.0001, "features": "raw"} (values parsed as YAML, safely)."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {brief(item)}")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as exc:  # also the tags safe_load refuses (!!python/...)
+            problem = str(getattr(exc, "problem", "") or type(exc).__name__)
+            raise ConfigError(
+                f"--set {k.strip()}=...: cannot read the value {brief(v)} ({problem}). Give a number, a word, true/false "
+                "or a list like 0,45,25 (quote it in the shell if it holds spaces or brackets)."
+            ) from None
     return out
 
 
@@ -70,8 +97,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="dataset adapter (bench list datasets); default: synthetic (built-in)")
     p.add_argument("--data-root", help="dataset root folder (for synthetic: where to generate it)")
     p.add_argument("--categories", nargs="+", help="categories to run (default: all)")
-    p.add_argument("--shots", help="e.g. 1-5 (default) or 1,5")
-    p.add_argument("--seeds", help="e.g. 1-5 (default)")
+    p.add_argument("--shots", nargs="+", help="e.g. 1-5 (default), 1,5 or 1 5")
+    p.add_argument("--seeds", nargs="+", help="e.g. 1-5 (default), 1,3 or 1 3")
     p.add_argument("--protocol", choices=["paper", "random"], help="support selection: first-n (paper, default) or seeded random")
     p.add_argument("--include-good", action="store_true", default=None, help="add test good images as a class (Appendix F)")
     p.add_argument("--exclude-combined", action="store_true", default=None, help="drop the 'combined' defect type")
@@ -106,26 +133,36 @@ _SIMPLE = {
 }  # fmt: skip
 
 
+def _load_config_file(path: Path) -> dict[str, Any]:
+    """The options of a YAML config file, with the run's names (``method`` → methods, ``set`` → method_options)."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot parse config file {path}: {str(exc)[:300]}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of options (name: value), got {brief(loaded)}")
+    known = {f.name for f in dataclasses.fields(RunConfig)} | {"method", "set"}
+    unknown = sorted(brief(k) for k in loaded if k not in known)
+    if unknown:
+        raise ConfigError(f"unknown option(s) in {path}: {', '.join(unknown[:10])}. Known: {', '.join(sorted(known))}")
+    values = dict(loaded)
+    if "method" in values:
+        values["methods"] = values.pop("method")
+    if "set" in values:
+        values["method_options"] = values.pop("set")
+    opts = values.get("method_options")
+    if opts is not None and not (isinstance(opts, dict) and all(isinstance(k, str) for k in opts)):
+        raise ConfigError(
+            f"'set' in {path} must be a mapping of method options (e.g. set: {{lr: 0.001, epochs: 3}}), got {brief(opts)}"
+        )
+    return values
+
+
 def build_config(args: argparse.Namespace) -> RunConfig:
-    values: dict[str, Any] = {}
-    if args.config:
-        if not args.config.is_file():
-            raise ConfigError(f"config file not found: {args.config}")
-        try:
-            loaded = yaml.safe_load(args.config.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"cannot parse config file {args.config}: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {args.config} must hold a mapping of options")
-        known = {f.name for f in dataclasses.fields(RunConfig)} | {"method", "set"}
-        unknown = sorted(set(loaded) - known)
-        if unknown:
-            raise ConfigError(f"unknown option(s) in {args.config}: {', '.join(unknown)}. Known: {', '.join(sorted(known))}")
-        values.update(loaded)
-        if "method" in values:
-            values["methods"] = values.pop("method")
-        if "set" in values:
-            values["method_options"] = values.pop("set")
+    """The run's configuration from a config file and flags (flags win), every value checked (before any job)."""
+    values: dict[str, Any] = _load_config_file(args.config) if args.config else {}
     for attr, field in _SIMPLE.items():
         v = getattr(args, attr, None)
         if v is not None:
@@ -140,11 +177,11 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         values["seeds"] = args.seeds
     for k in ("shots", "seeds"):
         if k in values:
-            values[k] = parse_int_list(values[k])
+            values[k] = parse_int_list(values[k], f"--{k}")
     if args.zero_init_last is not None:
         values["zero_init_last"] = args.zero_init_last == "true"
     if args.set_:
-        values["method_options"] = {**values.get("method_options", {}), **parse_set(args.set_)}
+        values["method_options"] = {**(values.get("method_options") or {}), **parse_set(args.set_)}
     if "methods" not in values:
         raise ConfigError("no method given: pass --method NAME (see `python -m bench list methods`)")
     if isinstance(values.get("categories"), str):
@@ -157,17 +194,29 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     return RunConfig(**values)
 
 
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     out = Path(cfg.out)
+    # SIGTERM (`kill PID`, a batch system's time limit) stops the run the way Ctrl-C does, instead of killing it
+    # on the spot: the worker pool is shut down (no leaked-semaphore warnings), the resume hint is printed.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         report = execute(cfg, progress=not args.no_progress)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(
-            f"\ninterrupted: every finished job is saved in {out / 'results.jsonl'}; run the same command again to resume.",
+            f"\n{what}: every finished job is saved in {out / 'results.jsonl'}; run the same command again to resume.",
             file=sys.stderr,
         )
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     table = summary_table(out / "results.jsonl") if (out / "results.jsonl").exists() else "no results"
     try:  # atomically: runs sharing the folder may write it at the same time
         tmp = out / f".summary.md.tmp-{os.getpid()}"

@@ -63,6 +63,7 @@ def tsne_2d(x: np.ndarray, perplexity: float | None, seed: int) -> np.ndarray:
 
 def main(args: argparse.Namespace) -> int:
     from bench import plots
+    from bench.render import csv_safe
     from bench.cmd_run import parse_set
     from bench.episodes import make_episode
     from bench.method import SupportSet, TaskContext, get_method
@@ -113,10 +114,10 @@ def main(args: argparse.Namespace) -> int:
         {f"before: pooled PatchCore features ({before.shape[1]}-d)": xy_b, f"after: {args.method} embedding ({after.shape[1]}-d)": xy_a},
         labels, is_support, ep.class_names, stem, title,
     )  # fmt: skip
-    pd.DataFrame({
+    csv_safe(pd.DataFrame({
         "path": paths, "class": [ep.class_names[i] for i in labels], "role": np.where(is_support, "support", "query"),
         "before_x": xy_b[:, 0], "before_y": xy_b[:, 1], "after_x": xy_a[:, 0], "after_y": xy_a[:, 1],
-    }).to_csv(stem.with_suffix(".csv"), index=False)  # fmt: skip
+    })).to_csv(stem.with_suffix(".csv"), index=False)  # fmt: skip
     print(f"wrote {fig.png}, {fig.svg}, {stem.with_suffix('.csv')} ({len(paths)} images: {int(is_support.sum())} support, "
           f"{len(ep.queries)} queries; query accuracy {100 * acc:.1f}%)")  # fmt: skip
     if not weights.get("pretrained", True):

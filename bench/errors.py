@@ -6,7 +6,16 @@ traceback and exits with status 2; anything else that escapes is a bug and keeps
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
 EXIT_INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # ... and for one stopped by SIGTERM (128 + 15): `kill PID`, a batch system, `timeout`
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main process when SIGTERM arrives during a run, so that it stops as after Ctrl-C: the pool
+    is shut down, every finished job is kept, the resume hint is printed (see ``bench.cmd_run``)."""
 
 
 class BenchError(Exception):
@@ -25,3 +34,19 @@ class ConfigError(BenchError):
 
 class WeightsError(BenchError):
     """Pretrained weights that cannot be obtained or loaded."""
+
+
+_BRIEF = reprlib.Repr()  # keyword arguments only from Python 3.12
+_BRIEF.maxlevel, _BRIEF.maxdict, _BRIEF.maxlist, _BRIEF.maxtuple, _BRIEF.maxset = 2, 4, 4, 4, 4
+_BRIEF.maxstring, _BRIEF.maxother, _BRIEF.maxlong = 60, 60, 40
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """A short ``repr`` of a user-given value for an error message: never the whole value.
+
+    A YAML file of a few hundred bytes can hold a value of billions of elements through nested aliases (a
+    "billion laughs" document); ``repr`` of it would take gigabytes. :mod:`reprlib` stops after a few items per
+    level and two levels, so the cost is bounded whatever the value.
+    """
+    text = _BRIEF.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 import numpy as np
 import torch
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, brief
 from bench.registry import Registry
 from bench.seeding import numpy_rng, seed_torch_global, torch_generator
 
@@ -251,27 +251,27 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
             return value.strip().lower() in ("true", "yes", "on", "1")
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        raise ValueError(f"option {name!r} must be true or false, got {value!r}")
+        raise ValueError(f"option {name!r} must be true or false, got {brief(value)}")
     if kind is float:
         if isinstance(value, bool):
-            raise ValueError(f"option {name!r} must be a number, got {value!r}")
+            raise ValueError(f"option {name!r} must be a number, got {brief(value)}")
         try:
             return float(value)  # YAML reads "1e-4" (no dot) as a string: accept it as the number it spells
         except (TypeError, ValueError):
-            raise ValueError(f"option {name!r} must be a number, got {value!r}") from None
+            raise ValueError(f"option {name!r} must be a number, got {brief(value)}") from None
     if kind is int:
         if isinstance(value, bool):
-            raise ValueError(f"option {name!r} must be an integer, got {value!r}")
+            raise ValueError(f"option {name!r} must be an integer, got {brief(value)}")
         try:
             as_float = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"option {name!r} must be an integer, got {value!r}") from None
+            raise ValueError(f"option {name!r} must be an integer, got {brief(value)}") from None
         if not as_float.is_integer():
-            raise ValueError(f"option {name!r} must be an integer, got {value!r}")
+            raise ValueError(f"option {name!r} must be an integer, got {brief(value)}")
         return int(as_float)
     if kind is str:
         if isinstance(value, (list, tuple, dict, set)) or value is None:
-            raise ValueError(f"option {name!r} must be a name (text), got {value!r}")
+            raise ValueError(f"option {name!r} must be a name (text), got {brief(value)}")
         return value if isinstance(value, str) else str(value)
     return value
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
@@ -81,6 +82,12 @@ def import_plugins(modules: Sequence[str]) -> None:
     from bench.errors import BenchError
 
     for mod in modules:
+        if mod.endswith(".py") or "/" in mod or "\\" in mod:  # a file path, not a module name
+            path = Path(mod)
+            raise BenchError(
+                f"--plugin takes a module name, not a file path: {mod!r}. Put the folder on PYTHONPATH and pass the "
+                f"module name: PYTHONPATH={path.parent or '.'} python -m bench --plugin {path.stem} ..."
+            )
         try:
             importlib.import_module(mod)
         except ImportError as exc:

@@ -87,17 +87,23 @@ def slug(text: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ Markdown
+def one_line(text: object) -> str:
+    """``text`` on one line: line breaks (which a category or file name can hold) would split a table row or
+    end a heading in Markdown."""
+    return " ".join(str(text).splitlines()) if any(c in str(text) for c in "\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029") else str(text)
+
+
 def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|")
+    return one_line(text).replace("|", "\\|")
 
 
 def table_markdown(t: Table) -> str:
     """A table as GitHub Markdown with its title, caption and notes."""
     shown = t.shown().map(_md_escape)
     body = tabulate(shown.values.tolist(), headers=[_md_escape(c) for c in shown.columns], tablefmt="github", disable_numparse=True)
-    parts = [f"### {t.title}", "", body]
+    parts = [f"### {one_line(t.title)}", "", body]
     if t.caption:
-        parts += ["", f"*{t.caption}*"]
+        parts += ["", f"*{one_line(t.caption)}*"]
     parts += [f"\n{n}" for n in t.notes]
     return "\n".join(parts)
 
@@ -172,6 +178,25 @@ def to_latex(doc: Document) -> str:
 
 
 # ------------------------------------------------------------------------------------------ CSV
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with text cells that a spreadsheet would run as a formula made inert (OWASP "CSV injection").
+
+    A text cell starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return (a category or method name
+    from a user's folders, say ``=HYPERLINK(...)``) is written with a leading apostrophe, which spreadsheets
+    show as text. Numbers are untouched (they are not text cells), so negative values stay numbers.
+    """
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v)
+    if out.columns.map(lambda c: isinstance(c, str) and c.startswith(FORMULA_START)).any():
+        out.columns = ["'" + c if isinstance(c, str) and c.startswith(FORMULA_START) else c for c in out.columns]
+    return out
+
+
 def write_csvs(doc: Document, folder: Path, prefix: str = "") -> list[Path]:
     """One CSV per table (the tidy ``data`` frame) in ``folder``; returns the paths."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -179,7 +204,7 @@ def write_csvs(doc: Document, folder: Path, prefix: str = "") -> list[Path]:
     for t in doc.tables():
         frame = t.data if t.data is not None else t.shown()
         p = folder / f"{prefix}{slug(t.key)}.csv"
-        frame.to_csv(p, index=False)
+        csv_safe(frame).to_csv(p, index=False)
         paths.append(p)
     return paths
 

@@ -155,7 +155,7 @@ class Results:
     def intro(self) -> list[str]:
         lines = [f"Sources: {', '.join(self.sources)}; {len(self.frame)} job(s), {len(self.configs)} configuration(s)."]
         if self.skipped_lines:
-            lines.append(f"skipped {self.skipped_lines} unreadable line(s) (e.g. a run killed mid-write): "
+            lines.append(f"skipped {self.skipped_lines} unreadable or incomplete line(s) (e.g. a run killed mid-write): "
                          + "; ".join(self.skipped_detail[:3]))  # fmt: skip
         failed = self.frame[self.frame.status != "ok"]
         if len(failed):
@@ -253,7 +253,7 @@ def cell_text(mean: float, std: float, n: int, big_n: int) -> str:
     """``mean ± std``, with ``(n/N)†`` when not every expected run finished; ``—`` when none did."""
     if n == 0:
         return f"— (0/{big_n})"
-    text = f"{fmt(mean)} ± {fmt(std)}"
+    text = f"{fmt(mean)} ± {fmt(std)}" if n > 1 else fmt(mean)  # one value has no spread to show
     return text if n >= big_n else f"{text} ({n}/{big_n})†"
 
 

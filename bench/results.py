@@ -28,6 +28,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +173,36 @@ class ResultsStore:
         return {r["key"] for r in self.read().rows if r.get("status") == "ok" and "key" in r}
 
 
+REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "key": str, "status": str, "method": str, "category": str, "shots": int, "seed": int,
+}  # fmt: skip
+"""Fields every row has, with their JSON types; a line without them is skipped like a corrupt one."""
+OK_METRICS = {"classification": "accuracy"}
+"""The number an ``ok`` row of each task must carry (finite, in [0, 1])."""
+
+
+def row_problem(row: Any) -> str:
+    """Why a parsed JSON line is not a usable result row ("" when it is).
+
+    A line can parse and still be useless: a hand-edited or foreign file, or a row of an unknown schema
+    (``{"key": "zzz", "status": "ok"}``). Reports index these fields, so such a line is skipped (and counted)
+    instead of failing the report with a traceback.
+    """
+    if not isinstance(row, dict):
+        return "not a result row (a JSON object)"
+    missing = [k for k, t in REQUIRED_FIELDS.items() if not isinstance(row.get(k), t) or isinstance(row.get(k), bool)]
+    if missing:
+        return f"not a complete result row (missing or mistyped: {', '.join(missing)})"
+    if row["status"] == "ok":
+        metric = OK_METRICS.get(str(row.get("task", "classification")))
+        if metric is None:
+            return f"unknown task {str(row.get('task'))[:40]!r}"
+        v = row.get(metric)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not 0 <= v <= 1:
+            return f"an ok row without a finite {metric} in [0, 1]"
+    return ""
+
+
 def read_rows(paths: Iterable[str | Path]) -> ReadResult:
     """Read rows from results files (or folders containing ``results.jsonl``)."""
     out = ReadResult(rows=[])
@@ -187,16 +218,17 @@ def read_rows(paths: Iterable[str | Path]) -> ReadResult:
                     continue
                 try:
                     row = json.loads(raw)
-                    if not isinstance(row, dict) or "key" not in row:
-                        raise ValueError("not a result row")
-                except (ValueError, UnicodeDecodeError) as exc:
+                    problem = row_problem(row)
+                    if problem:
+                        raise ValueError(problem)
+                except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                     out.skipped_lines += 1
                     out.skipped_detail.append(f"{p}:{i}: {str(exc)[:80]}")
                     continue
                 out.rows.append(row)
     if out.skipped_lines:
         log.warning(
-            "skipped %d unreadable line(s) (e.g. a run killed mid-write): %s",
+            "skipped %d unreadable or incomplete line(s) (e.g. a run killed mid-write): %s",
             out.skipped_lines,
             "; ".join(out.skipped_detail[:3]),
         )

@@ -17,7 +17,9 @@ import contextlib
 import dataclasses
 import errno
 import logging
+import math
 import os
+import re
 import signal
 import threading
 import time
@@ -37,7 +39,7 @@ from bench.datasets import DatasetOptions, Samples, load_dataset
 from bench.datasets._base import describe_ignored
 from bench.episodes import Episode, make_episode, protocol_id
 from bench.envinfo import environment
-from bench.errors import BenchError, ConfigError, DatasetError, WeightsError
+from bench.errors import BenchError, ConfigError, DatasetError, WeightsError, brief
 from bench.images import DECODING
 from bench.registry import import_plugins
 from bench.method import SupportSet, TaskContext, check_options, config_dict, config_hash, get_method
@@ -78,6 +80,40 @@ class RunConfig:
     cache_dir: str | None = None
     threads: int | None = None
     plugins: list[str] = field(default_factory=list)  # modules imported first, here and in every worker
+
+    def __post_init__(self) -> None:
+        """Check every option before any work: a bad value is one :class:`ConfigError` naming the option and the
+        fix, never an error row per job, a traceback, or a value accepted silently (``--jobs 0``, NaN ratio)."""
+        from bench.images import FITS
+
+        def bad(option: str, value: Any, expected: str) -> ConfigError:
+            return ConfigError(f"{option} {brief(value)} is not allowed: {expected}")
+
+        if not all(isinstance(m, str) and m for m in self.methods):
+            raise bad("--method", self.methods, "give registered method names (python -m bench list methods)")
+        if not isinstance(self.method_options, dict):
+            raise bad("--set", self.method_options, "method options are key=value pairs")
+        for option, values, low in (("--shots", self.shots, 1), ("--seeds", self.seeds, 0)):
+            if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in values):
+                raise bad(option, values, f"a non-empty list of integers ≥ {low} (e.g. 1-5, 1,3 or 1 3)")
+        if self.protocol not in ("paper", "random"):
+            raise bad("--protocol", self.protocol, "paper or random")
+        if self.min_defect_types < 1:
+            raise bad("--min-defect-types", self.min_defect_types, "at least 1 (default 2)")
+        if not (math.isfinite(self.coreset_ratio) and 0 < self.coreset_ratio <= 1):
+            raise bad("--coreset-ratio", self.coreset_ratio, "a share of the memory bank kept, in (0, 1] (default 0.1)")
+        if self.precision not in ("fp32", "bf16"):
+            raise bad("--precision", self.precision, "fp32 or bf16")
+        if self.image_fit is not None and self.image_fit not in FITS:
+            raise bad("--image-fit", self.image_fit, " or ".join(FITS))
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(self.device)):
+            raise bad("--device", self.device, "auto, cpu, cuda or cuda:N")
+        if self.jobs < 1:
+            raise bad("--jobs", self.jobs, "at least 1 worker process (default 1)")
+        if self.backend not in ("loky", "dask"):
+            raise bad("--backend", self.backend, "loky or dask")
+        if self.threads is not None and self.threads < 1:
+            raise bad("--threads", self.threads, "at least 1 (default: all cores)")
 
     def dataset_options(self) -> DatasetOptions:
         return DatasetOptions(

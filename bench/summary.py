@@ -1,4 +1,11 @@
-"""The compact table printed at the end of ``bench run``: per method, category and shots, mean ± std over seeds."""
+"""The compact table printed at the end of ``bench run`` and written to ``summary.md``.
+
+One block per configuration, as ``bench report`` tells configurations apart (:func:`bench.report.load_results`:
+method, its options, backbone and weights, features, dataset, protocol, class set, harness version): two
+runs into one folder that differ in a ``--set`` option or in the dataset are two blocks, never one cell with
+their seeds pooled. Rows = categories (+ mean), columns = shots, cells = mean ± sample std over seeds (number
+of seeds); with one seed there is no spread to show, so the cell is the value alone.
+"""
 
 from __future__ import annotations
 
@@ -7,47 +14,40 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from bench.results import latest_ok, read_rows
+from bench.errors import BenchError
+from bench.report import load_results, weights_desc
 
 
-def rows_frame(rows: list[dict]) -> pd.DataFrame:
-    keep = [r for r in latest_ok(rows)]
-    recs = [
-        {
-            "method": r["method"],
-            "category": r["category"],
-            "shots": r["shots"],
-            "seed": r["seed"],
-            "status": r.get("status"),
-            "accuracy": r.get("accuracy"),
-            "weights": (r.get("weights") or {}).get("weights", "?"),
-        }
-        for r in keep
-    ]
-    return pd.DataFrame(recs, columns=["method", "category", "shots", "seed", "status", "accuracy", "weights"])
+def cell(values: pd.Series) -> str:
+    """``mean ± std (n)`` in percent; ``value (1)`` for a single seed (a spread of one value is not zero)."""
+    n = int(values.count())
+    if n == 1:
+        return f"{values.mean():.1f} (1)"
+    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f} ({n})"
 
 
 def summary_table(results_file: Path) -> str:
-    """Markdown: one block per method, rows = categories (+ mean), columns = shots, cells = mean ± std (n seeds)."""
-    df = rows_frame(read_rows([results_file]).rows)
-    ok = df[df.status == "ok"]
+    """Markdown: one block per configuration (grouped as ``bench report`` does), categories × shots."""
+    try:
+        res = load_results([results_file])
+    except BenchError:
+        return "no finished jobs"
+    ok = res.ok()
     if ok.empty:
         return "no finished jobs"
     blocks = []
-    for method, sub in ok.groupby("method", sort=True):
-        g = sub.groupby(["category", "shots"]).accuracy.agg(["mean", "std", "count"]).reset_index()
-        cells = g.assign(
-            cell=lambda d: d.apply(
-                lambda r: f"{100 * r['mean']:.1f} ± {0 if pd.isna(r['std']) else 100 * r['std']:.1f} ({int(r['count'])})", axis=1
-            )
-        ).pivot(index="category", columns="shots", values="cell")
-        means = g.groupby("shots")["mean"].mean()
-        cells.loc["mean"] = [f"{100 * means[s]:.1f}" for s in cells.columns]
+    for (group, label), sub in ok.groupby(["group", "label"], sort=True):
+        f = res.configs[sub.config.iloc[0]]
+        by_cell = sub.groupby(["category", "shots"]).accuracy
+        cells = by_cell.agg(cell).unstack("shots")
+        means = by_cell.mean().groupby("shots").mean()
+        cells.loc["mean"] = [f"{means[s]:.1f}" for s in cells.columns]
         cells.columns = [f"{s}-shot" for s in cells.columns]
-        weights = ", ".join(sorted(sub.weights.unique()))
+        cells.index = [str(c).replace("\n", " ").replace("|", "/") for c in cells.index]
         blocks.append(
-            f"### {method}  (weights: {weights})\n\n"
-            + tabulate(cells, headers="keys", tablefmt="github")
-            + "\n\naccuracy %, mean ± sample std over seeds (number of seeds); mean row = unweighted mean over categories"
+            f"### {label}  ({group}; {weights_desc(f)})\n\n"
+            + tabulate(cells.fillna("–"), headers="keys", tablefmt="github")
+            + "\n\naccuracy %, mean ± sample std over seeds (number of seeds; no ± for one seed); mean row = "
+            "unweighted mean over categories"
         )
     return "\n\n".join(blocks)

@@ -276,7 +276,7 @@ def test_results_file_with_corrupt_lines(capsys, caplog, out, cache, prior, tiny
         code = main(args)
     cap = capsys.readouterr()
     assert code == 0, cap.err
-    assert "skipped 2 unreadable line(s)" in caplog.text and f"{out / 'results.jsonl'}:2" in caplog.text
+    assert "skipped 2 unreadable or incomplete line(s)" in caplog.text and f"{out / 'results.jsonl'}:2" in caplog.text
     assert "resuming: 3 of 4 jobs already finished" in cap.out
     data = (out / "results.jsonl").read_bytes()
     assert data.startswith(corrupt)  # nothing rewritten or dropped
@@ -635,3 +635,124 @@ def test_cache_prune_while_a_bank_is_built(capsys, caplog, monkeypatch, data, ou
     assert row["status"] == "ok"
     for k in ("key", "y_pred", "accuracy"):
         assert row[k] == ref[k], k
+
+
+# --------------------------------------------------------------------------------------------- options (issue 12)
+ALIAS_BOMB = (  # a ~330-byte YAML value of 9**6 = 531,441 strings through nested aliases ("billion laughs")
+    '[&a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], '
+    "&c [*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c], &e [*d,*d,*d,*d,*d,*d,*d,*d,*d], "
+    "[*e,*e,*e,*e,*e,*e,*e,*e,*e]]"
+)
+
+
+@pytest.mark.parametrize(
+    "args, config, message",
+    [
+        (["--shots", "0"], None, "--shots [0] is not allowed: a non-empty list of integers ≥ 1"),
+        (["--seeds", "-1"], None, "cannot read '-1' as a list of integers (--seeds"),
+        (["--shots", "3-1"], None, "empty range '3-1' for --shots"),
+        (["--coreset-ratio", "-0.5"], None, "--coreset-ratio -0.5 is not allowed: a share of the memory bank kept, in (0, 1]"),
+        (["--coreset-ratio", "nan"], None, "--coreset-ratio nan is not allowed"),
+        (["--min-defect-types", "0"], None, "--min-defect-types 0 is not allowed: at least 1"),
+        (["--jobs", "0"], None, "--jobs 0 is not allowed: at least 1 worker process"),
+        (["--threads", "-1"], None, "--threads -1 is not allowed: at least 1"),
+        (["--device", "tpu"], None, "--device 'tpu' is not allowed: auto, cpu, cuda or cuda:N"),
+        (["--set", "pool=[1"], None, "--set pool=...: cannot read the value '[1'"),
+        (["--set", "pool=!!python/object/apply:os.system [\"true\"]"], None, "could not determine a constructor for the tag"),
+        ([], 'shots: [1, "two"]\n', "cannot read 'two' as a list of integers (--shots"),
+        ([], "set: [pool, max]\n", "'set' in {config} must be a mapping of method options"),
+        ([], "set: {1: 2}\n", "'set' in {config} must be a mapping of method options"),
+        ([], "- a\n- b\n", "config file {config} must hold a mapping of options"),
+        ([], "method: [[protonet]]\n", "option 'methods' must be a name (text)"),
+        ([], "1: 2\n", "unknown option(s) in {config}: 1."),
+        ([], f"categories: {ALIAS_BOMB}\n", "option 'categories' must be a name (text), got ['lol', 'lol', 'lol', 'lol', ...]"),
+        ([], f"shots: {ALIAS_BOMB}\n", "as a list of integers (--shots"),
+        ([], f"set: {{pool: {ALIAS_BOMB}}}\n", "option 'pool' must be a name (text)"),
+    ],
+    ids=["shots-0", "seeds-negative", "shots-empty-range", "coreset-negative", "coreset-nan", "min-types-0", "jobs-0",
+         "threads-negative", "device-tpu", "set-bad-yaml", "set-python-tag", "yaml-shots-word", "yaml-set-list",
+         "yaml-set-int-key", "yaml-not-mapping", "yaml-method-nested", "yaml-int-key", "alias-bomb-categories",
+         "alias-bomb-shots", "alias-bomb-set"],
+)
+def test_bad_option_values_stop_before_any_job(capsys, out, cache, prior, tiny_root, tmp_path, args, config, message) -> None:  # noqa: ANN001
+    """Every run option is checked before the first job: one short `error:` line, exit 2, no row written.
+
+    The alias-bomb cases are issue 12 item 9: the error message must stay short (it printed 312 MB before)."""
+    extra = list(args)
+    if config is not None:
+        path = tmp_path / "grid.yaml"
+        path.write_text(config)
+        extra += ["--config", str(path)]
+        message = message.format(config=path)
+    method = [] if config and "method:" in config else ["--method", "protonet"]
+    code = main(["run", "--dataset", "synthetic-tiny", "--data-root", str(tiny_root), *COMMON, *method,
+                 "--out", str(out), "--cache-dir", str(cache), *extra])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and len(err) < 1000, err[:2000]
+    assert message in err, err
+    assert (out / "results.jsonl").read_bytes() == prior[0]
+
+
+def test_list_options_take_spaces_commas_and_ranges(capsys, out, cache, prior, tiny_root) -> None:  # noqa: ANN001
+    """`--shots 1 2` and `--seeds 1 2` as well as `1,2` and `1-2` (issue 13: 'unrecognized arguments' before)."""
+    code = main(["run", "--dataset", "folder", "--data-root", str(tiny_root), *COMMON, "--method", "protonet",
+                 "--categories", "tile", "--shots", "1", "2-3", "--seeds", "1", "2", "--out", str(out), "--cache-dir", str(cache)])  # fmt: skip
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    rows = read_rows([out / "results.jsonl"]).rows[4:]
+    assert sorted((r["shots"], r["seed"]) for r in rows) == [(s, d) for s in (1, 2, 3) for d in (1, 2) if (s, d) not in ((1, 1), (2, 1))]
+    assert "resuming: 2 of 6 jobs already finished" in cap.out
+
+
+def test_summary_keeps_configurations_apart(capsys, out, cache, prior, tiny_root) -> None:  # noqa: ANN001
+    """Issue 12 item 3: two runs into one folder that differ in a --set option are two blocks of the summary,
+    not one cell with their seeds pooled; a single seed shows no '± 0.0'."""
+    code = main(["run", "--dataset", "folder", "--data-root", str(tiny_root), *COMMON, "--method", "protonet",
+                 "--set", "pool=max", "--shots", "1,2", "--seeds", "1", "--out", str(out), "--cache-dir", str(cache)])  # fmt: skip
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    summary = (out / "summary.md").read_text()
+    assert "### protonet [pool=max]" in summary and "### protonet [pool=mean]" in summary, summary
+    assert "(2)" not in summary and "± 0.0" not in summary, summary
+    assert summary in cap.out
+
+
+def test_report_skips_a_row_without_its_fields(capsys, out, cache, prior) -> None:  # noqa: ANN001
+    """A line that parses but is not a complete row (``{"key": "zzz", "status": "ok"}``) is skipped and counted like
+    a corrupt one, never a traceback."""
+    with (out / "results.jsonl").open("a") as f:
+        f.write('{"key": "zzz", "status": "ok"}\n{"key": "yyy", "status": "ok", "method": "m", "category": "c", '
+                '"shots": 1, "seed": 1, "accuracy": "NaN"}\n')
+    code = main(["report", str(out), "--format", "md", "--out", str(out / "report")])
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err, err
+    assert "skipped 2 unreadable or incomplete line(s)" in err
+    only_bad = out / "bad.jsonl"
+    only_bad.write_text('{"key": "zzz", "status": "ok"}\n')
+    assert main(["report", str(only_bad), "--format", "md", "--out", str(out / "report2")]) == 2
+    assert capsys.readouterr().err.startswith("error: no result rows in")
+
+
+def test_category_names_cannot_break_tables_or_spreadsheets(capsys, tiny_root, tmp_path) -> None:  # noqa: ANN001
+    """A category named with a newline stays one Markdown table row; one starting with '=' is text in the CSVs."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_root / "tile", data / "=HYPERLINK(x)")
+    shutil.copytree(tiny_root / "screw", data / "two\nlines")
+    out = tmp_path / "out"
+    code = main(["run", "--dataset", "folder", "--data-root", str(data), *COMMON, "--method", "protonet", "--shots", "1",
+                 "--seeds", "1", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert "| two lines " in (out / "summary.md").read_text()
+    assert main(["report", str(out), "--format", "md", "csv", "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "two lines" in md and "two\nlines" not in md
+    csvs = "".join(p.read_text() for p in (tmp_path / "rep" / "csv").glob("*.csv"))
+    assert "'=HYPERLINK(x)" in csvs and ",=HYPERLINK" not in csvs and "\n=HYPERLINK" not in csvs
+
+
+def test_plugin_given_as_a_file_path(capsys, tmp_path) -> None:  # noqa: ANN001
+    code = main(["--plugin", "plugins/my_method.py", "list", "methods"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--plugin takes a module name, not a file path" in err
+    assert "PYTHONPATH=plugins python -m bench --plugin my_method" in err

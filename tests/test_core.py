@@ -108,10 +108,16 @@ def test_metrics() -> None:
     assert m["chance"] == pytest.approx(1 / 3) and m["majority"] == pytest.approx(0.5)
 
 
+def row(key: str, status: str = "ok", **fields: object) -> dict:
+    """A minimal complete result row (the fields every reader needs, :data:`bench.results.REQUIRED_FIELDS`)."""
+    base = {"key": key, "status": status, "method": "m", "category": "c", "shots": 1, "seed": 1}
+    return {**base, **({"accuracy": 0.5} if status == "ok" else {}), **fields}
+
+
 def _writer(path: str, n: int, tag: int) -> None:
     store = ResultsStore(path)
     for i in range(n):
-        store.append({"key": f"{tag}-{i}", "status": "ok", "payload": "x" * 5000})
+        store.append(row(f"{tag}-{i}", payload="x" * 5000))
 
 
 def test_store_concurrent_appends_and_truncated_line(tmp_path: Path) -> None:
@@ -127,10 +133,21 @@ def test_store_concurrent_appends_and_truncated_line(tmp_path: Path) -> None:
         f.write(b'{"key": "half-writ')  # a run killed mid-line
     res = read_rows([path])
     assert len(res.rows) == 150 and res.skipped_lines == 1
-    ResultsStore(path).append({"key": "after", "status": "ok"})  # starts on a fresh line
+    ResultsStore(path).append(row("after"))  # starts on a fresh line
     res = read_rows([path])
     assert len(res.rows) == 151 and res.skipped_lines == 1
     assert "after" in ResultsStore(path).finished_keys()
+
+
+def test_incomplete_rows_are_skipped_like_corrupt_lines(tmp_path: Path) -> None:
+    """A line that parses but lacks a row's fields, or an ok row without a finite accuracy, is not a result."""
+    path = tmp_path / "results.jsonl"
+    lines = [row("good"), {"key": "zzz", "status": "ok"}, row("nan", accuracy=float("nan")), row("str", shots="1"),
+             row("bool", seed=True), row("far", accuracy=1.5), row("err", "error"), [1, 2]]
+    path.write_text("".join(__import__("json").dumps(x) + "\n" for x in lines))
+    res = read_rows([path])
+    assert [r["key"] for r in res.rows] == ["good", "err"] and res.skipped_lines == 6
+    assert "missing or mistyped: method, category, shots, seed" in res.skipped_detail[0]
 
 
 def test_latest_ok_prefers_success() -> None:

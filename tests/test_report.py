@@ -120,8 +120,8 @@ def test_report_outputs_exist(report_dir: tuple[Path, str]) -> None:
 
 def test_truncated_line_reported(report_dir: tuple[Path, str]) -> None:
     out, err = report_dir
-    assert "skipped 1 unreadable line" in err
-    assert "skipped 1 unreadable line" in (out / "report.md").read_text()
+    assert "skipped 1 unreadable or incomplete line" in err
+    assert "skipped 1 unreadable or incomplete line" in (out / "report.md").read_text()
 
 
 def test_csv_numbers_match_raw_rows(report_dir: tuple[Path, str], fabricated: tuple[Path, list[dict]]) -> None:
@@ -154,7 +154,7 @@ def test_leaderboard(fabricated: tuple[Path, list[dict]], tmp_path: Path, capsys
     out = tmp_path / "leaderboard.md"
     assert cli_main(["leaderboard", str(fabricated[0]), "--out", str(out), "--format", "md", "csv", "--boot", "2000"]) == 0
     md = out.read_text()
-    assert "skipped 1 unreadable line" in capsys.readouterr().err
+    assert "skipped 1 unreadable or incomplete line" in capsys.readouterr().err
     assert "unit" in md and "10,000" not in md and "2,000 resamples" in md
     assert "python -m bench leaderboard" in md
     table = pd.concat(pd.read_csv(p) for p in sorted((tmp_path / "leaderboard").glob("leaderboard-*.csv")))

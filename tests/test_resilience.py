@@ -371,6 +371,31 @@ def test_ctrl_c_stops_cleanly_and_prints_how_to_resume(tiny_root: Path, referenc
         assert gated == {(v[2], v[3]): v[6] for v in proto.values()}, "gated-protonet predicts as protonet"
 
 
+def test_sigterm_stops_like_ctrl_c(tiny_root: Path, reference: tuple[dict, Path], tmp_path: Path) -> None:
+    """SIGTERM to the run's process alone (``kill PID``, a batch system's limit) during a ``--jobs 2`` run: the pool
+    is shut down, finished rows are kept, the resume hint is printed, no loky leak warnings, exit by SIGTERM."""
+    out, cache = tmp_path / "out", warm_cache(reference, tmp_path)
+    grid = ["--method", "protonet", "gated-protonet", "--categories", "tile", "--shots", "1-3", "--seeds", "1-2"]
+    args = run_args(tiny_root, out, cache, grid, extra=["--jobs", "2"])
+    with_plugin(args)
+    proc = start(args, cache, tmp_path / "logs", plugin_env(tmp_path / "gate"))
+    wait_until(lambda: n_rows(out / "results.jsonl") >= 1, proc, "the first row")
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the run did not stop within 60 s of SIGTERM")
+    err = (tmp_path / "logs" / "0.err").read_text()
+    assert code == -signal.SIGTERM, err[-3000:]  # a shell shows exit status 143
+    assert "terminated (SIGTERM)" in err and "run the same command again to resume" in err, err[-3000:]
+    assert "Traceback" not in err and "leaked" not in err, err[-3000:]
+    assert group_gone(proc.pid, timeout=20), "worker processes still running 20 s after the run stopped"
+    res = read_rows([out / "results.jsonl"])
+    assert res.skipped_lines == 0 and res.rows and {r["method"] for r in res.rows} == {"protonet"}
+    check_results_partial(out, reference[0], complete_lines(out / "results.jsonl"))
+
+
 def group_gone(pgid: int, timeout: float) -> bool:
     """Whether every process of the process group ``pgid`` has ended within ``timeout`` seconds."""
     t0 = time.monotonic()
@@ -441,13 +466,15 @@ def test_two_concurrent_runs_into_one_folder(tiny_root: Path, reference: tuple[d
 def _append_same_keys(path: str, n: int) -> None:
     store = ResultsStore(path)
     for i in range(n):
-        store.append_new({"key": f"job-{i}", "status": "ok", "pid": os.getpid(), "payload": "x" * 3000})
+        store.append_new({"key": f"job-{i}", "status": "ok", "method": "m", "category": "c", "shots": 1, "seed": 1,
+                          "accuracy": 0.5, "pid": os.getpid(), "payload": "x" * 3000})
 
 
 def test_append_new_stores_each_finished_key_once(tmp_path: Path) -> None:
     """Four processes finishing the same 40 jobs: one ok row per key, no torn lines."""
     path = tmp_path / "results.jsonl"
-    ResultsStore(path).append({"key": "job-0", "status": "error", "error": "earlier failure"})
+    ResultsStore(path).append({"key": "job-0", "status": "error", "method": "m", "category": "c", "shots": 1, "seed": 1,
+                               "error": "earlier failure"})
     procs = [mp.get_context("fork").Process(target=_append_same_keys, args=(str(path), 40)) for _ in range(4)]
     for p in procs:
         p.start()
