@@ -1,0 +1,70 @@
+"""A fixed grid gives the result rows recorded in ``tests/data/golden_grid.json``.
+
+The rows were recorded with the harness as it stood before ``bench/`` was laid out by stage (commit d60e6ec):
+four methods (``protonet-residual``, ``knn``, ``logreg`` and ``contrastive`` with a short schedule) on
+``synthetic-tiny``, 1 and 2 shots, seeds 1 and 2, two random-init backbones, one torch thread. Any change that
+moves code without meaning to change what it computes must give the same job keys (so existing results folders
+still resume), the same predictions, accuracies, per-class recalls and confusion matrices. The code version
+(``env``), timings and cache counts are not compared.
+
+Regenerate (only for a change that is *meant* to change results, and say so in its commit)::
+
+    python tests/test_golden_grid.py --write
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+GOLDEN = Path(__file__).parent / "data" / "golden_grid.json"
+BACKBONES = ("resnet18", "resnet34")
+ARGS = [
+    "run", "--method", "protonet-residual", "knn", "logreg", "contrastive", "--dataset", "synthetic-tiny",
+    "--shots", "1,2", "--seeds", "1,2", "--weights", "random", "--threads", "1", "--no-progress",
+    "--set", "max_episodes=2", "--set", "episode_groups=2", "--set", "episode_classes=5", "--set", "episode_queries=3",
+    "--set", "finetune_passes=0,2",
+]  # fmt: skip
+FIELDS = ("key", "method", "category", "shots", "seed", "class_names", "y_true", "y_pred", "accuracy",
+          "per_class_recall", "confusion")  # fmt: skip
+
+
+def run_grid(work: Path) -> list[dict[str, Any]]:
+    """Run the fixed grid into ``work`` (results and a fresh cache) and return its rows' compared fields, sorted."""
+    from bench.cli import main
+    from bench.results import read_rows
+
+    rows = []
+    for backbone in BACKBONES:
+        out = work / backbone
+        code = main([*ARGS, "--backbone", backbone, "--out", str(out), "--cache-dir", str(work / "cache")])
+        assert code == 0, f"the fixed grid failed with {backbone}"
+        for r in read_rows([out]).rows:
+            assert r["status"] == "ok", r.get("error")
+            assert r.get("task", "classification") == "classification"
+            rows.append({"backbone": backbone, **{k: r[k] for k in FIELDS}})
+    return sorted(rows, key=lambda r: (r["backbone"], r["method"], r["category"], r["shots"], r["seed"]))
+
+
+@pytest.mark.slow
+def test_fixed_grid_gives_the_recorded_rows(tmp_path: Path) -> None:
+    golden = json.loads(GOLDEN.read_text())
+    rows = run_grid(tmp_path)
+    assert len(rows) == len(golden["rows"]) == 64
+    for got, want in zip(rows, golden["rows"]):
+        assert got == want, f"{want['backbone']} {want['method']} {want['category']} {want['shots']}-shot seed {want['seed']}"
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
+    with tempfile.TemporaryDirectory(prefix="golden-grid-") as tmp:
+        result = run_grid(Path(tmp))
+    GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["python -m bench", *ARGS, "--backbone", "|".join(BACKBONES)])
+    lines = ",\n".join(json.dumps(r, sort_keys=True) for r in result)  # one row a line: readable diffs
+    GOLDEN.write_text(f'{{"command": {json.dumps(command)}, "fields": {json.dumps(list(FIELDS))}, "rows": [\n{lines}\n]}}\n')
+    print(f"wrote {len(result)} rows to {GOLDEN}")
