@@ -1,8 +1,8 @@
 """fsad-bench: a benchmark harness for few-shot anomaly multi-classification (defect-type classification).
 
 Data flows one way: dataset (``bench.datasets``) → episodes (:mod:`bench.episodes`) → features, cached
-(:mod:`bench.features`) → method (``bench.methods``) → metrics (:mod:`bench.metrics`) → results store
-(:mod:`bench.results`) → reports (:mod:`bench.report`).
+(:mod:`bench.features`) → method (``bench.methods``) → metrics (:mod:`bench.run.metrics`) → results store
+(:mod:`bench.results`) → reports (:mod:`bench.report.load`).
 """
 
 from __future__ import annotations

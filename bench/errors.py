@@ -15,7 +15,7 @@ EXIT_TERMINATED = 143  # ... and for one stopped by SIGTERM (128 + 15): `kill PI
 
 class Terminated(KeyboardInterrupt):
     """Raised in the main process when SIGTERM arrives during a run, so that it stops as after Ctrl-C: the pool
-    is shut down, every finished job is kept, the resume hint is printed (see ``bench.cmd_run``)."""
+    is shut down, every finished job is kept, the resume hint is printed (see ``bench.cli.run``)."""
 
 
 class BenchError(Exception):

@@ -11,6 +11,10 @@ import os
 from pathlib import Path
 
 
+CHECKOUT = Path(__file__).resolve().parent.parent
+"""The folder that holds ``bench/`` (a source checkout's root: ``benchmarks/``, ``.git``, ``docs/``)."""
+
+
 def cache_dir() -> Path:
     """Root of the on-disk cache (created on demand)."""
     p = Path(os.environ.get("BENCH_CACHE", "~/.cache/fsad-bench")).expanduser()
@@ -22,7 +26,7 @@ def shared_data_dir() -> Path | None:
     """The read-only real image sets (``$BENCH_SHARED_DATA`` or ``../shared/data`` next to the checkout)."""
     env = os.environ.get("BENCH_SHARED_DATA")
     candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parent.parent.parent / "shared" / "data")
+    candidates.append(CHECKOUT.parent / "shared" / "data")
     for c in candidates:
         if c.is_dir():
             return c

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench import cache as bcache  # noqa: E402
-from bench.coreset import (  # noqa: E402
+from bench.features.coreset import (  # noqa: E402
     approximate_greedy_coreset,
     coreset_rng,
     coreset_size,
@@ -43,7 +43,7 @@ from bench.coreset import (  # noqa: E402
     random_projection,
 )
 from bench.features import FeatureConfig, FeatureStore, to_patches  # noqa: E402
-from bench.knn import MemoryBank  # noqa: E402
+from bench.features.knn import MemoryBank  # noqa: E402
 
 
 def load() -> str:

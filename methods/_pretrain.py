@@ -157,8 +157,8 @@ class PseudoSource:
     """
 
     def __init__(self, method: "PaperMethod") -> None:
-        from bench.datasets.pseudo import PseudoConfig, PseudoDefectGenerator
-        from bench.datasets.textures import load_textures
+        from bench.datasets.pseudo.generator import PseudoConfig, PseudoDefectGenerator
+        from bench.datasets.pseudo.textures import load_textures
 
         cfg, ctx = method.config, method.ctx
         self.method = method
@@ -194,7 +194,7 @@ class PseudoSource:
         return head_input(x, cfg.residual_layout, m.ctx.device)
 
     def _source_key(self, source_idx: int) -> str:
-        from bench.datasets.foreground import source_content
+        from bench.datasets.pseudo.foreground import source_content
 
         payload = ["pseudo-source", source_content(self.gen.normal_paths[source_idx]), self.pseudo_config.size]
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:32]

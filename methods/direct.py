@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.backbones import create_backbone
+from bench.features.backbones import create_backbone
 from bench.errors import ConfigError
 from bench.images import Preprocess
 from bench.method import Method, SupportSet, register_method

@@ -439,7 +439,7 @@ def test_data_root_that_is_a_file(capsys, out, cache, tmp_path) -> None:  # noqa
 def test_replaced_image_reruns_its_jobs(capsys, data, out, cache, prior, tmp_path) -> None:  # noqa: ANN001
     """Resume keys cover image bytes: an image replaced under its own name (and its old modification time) makes
     the category's jobs new; their rows are the numbers of the new images, and `bench report` shows those."""
-    from bench.report import load_results
+    from bench.report.load import load_results
 
     args = (*QUICK, "--categories", "tile")
     code, _, err = run(capsys, data, out, cache, *args)
@@ -602,8 +602,8 @@ def test_cache_prune_while_a_bank_is_built(capsys, caplog, monkeypatch, data, ou
     building a memory bank (deterministically: just before the coreset reads them and again before the chosen rows
     are gathered; removed as prune removes entries, one unlink each, two of them to keep the test fast): the
     entries are recomputed and the job succeeds with the numbers of an undisturbed run."""
-    import bench.features
-    import bench.runner
+    import bench.features.store
+    import bench.run.grid
     from bench import cache as bcache
     from bench.cache import file_sha256
 
@@ -615,7 +615,7 @@ def test_cache_prune_while_a_bank_is_built(capsys, caplog, monkeypatch, data, ou
     (feature_dir,) = (cache / "features").iterdir()
     train = [feature_dir / f"{file_sha256(p)}.npy" for p in sorted((data / "tile" / "train" / "good").glob("*.png"))[:2]]
     assert all(e.is_file() for e in train)
-    real = bench.features.approximate_greedy_coreset
+    real = bench.features.store.approximate_greedy_coreset
     removed = []
 
     def coreset_with_prunes(*a: Any, **k: Any) -> Any:
@@ -624,8 +624,8 @@ def test_cache_prune_while_a_bank_is_built(capsys, caplog, monkeypatch, data, ou
         removed.append(sum(e.unlink() is None for e in train if e.exists()))
         return sel
 
-    monkeypatch.setattr(bench.features, "approximate_greedy_coreset", coreset_with_prunes)
-    monkeypatch.setattr(bench.runner, "_STORES", {})  # a new feature store: no bank held in memory
+    monkeypatch.setattr(bench.features.store, "approximate_greedy_coreset", coreset_with_prunes)
+    monkeypatch.setattr(bench.run.grid, "_STORES", {})  # a new feature store: no bank held in memory
     with caplog.at_level("WARNING"):
         code, _, err = run(capsys, data, tmp_path / "out2", cache, *args)
     assert code == 0, err

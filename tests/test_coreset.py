@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.coreset import (
+from bench.features.coreset import (
     approximate_greedy_coreset,
     coreset_rng,
     coreset_size,

@@ -15,14 +15,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bench import cache as bcache
-from bench.coreset import approximate_greedy_coreset, coreset_rng
+from bench.features.coreset import approximate_greedy_coreset, coreset_rng
 from bench.datasets import load_dataset
-from bench.detect import detect, format_detect
+from bench.features.detect import detect, format_detect
 from bench.errors import BenchError
-from bench.extractor import PatchCoreExtractor, build_extractor
+from bench.features.extractor import PatchCoreExtractor, build_extractor
 from bench.features import FeatureConfig, FeatureStore, from_patches, to_patches
 from bench.images import load_rgb
-from bench.knn import MemoryBank, brute_force_nearest
+from bench.features.knn import MemoryBank, brute_force_nearest
 
 CFG = FeatureConfig(backbone="resnet18", weights="random", resize=64, crop=64)  # 8×8 grid, D = 1024
 

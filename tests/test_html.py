@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.cmd_leaderboard import build_leaderboard
-from bench.html import table_id, to_html
-from bench.report import load_results
+from bench.report.leaderboard import build_leaderboard
+from bench.report.html import table_id, to_html
+from bench.report.load import load_results
 
 try:
     from tests.test_report import write_results

@@ -16,10 +16,10 @@ from bench.cli import main
 from bench.datasets import DatasetOptions, load_dataset
 from bench.datasets.mtd import CATEGORY, TYPES, holdout_names, write_mtd
 from bench.errors import ConfigError
-from bench.extractor import FeatureConfig
+from bench.features.extractor import FeatureConfig
 from bench.images import Preprocess
 from bench.results import read_rows
-from bench.runner import RunConfig
+from bench.run.grid import RunConfig
 
 COMMON = ["--backbone", "resnet18", "--weights", "random", "--no-progress"]
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from bench.datasets import foreground as fgm
-from bench.datasets.pseudo import (
+from bench.datasets.pseudo.generator import (
     PseudoConfig,
     PseudoDefectGenerator,
     perlin_mask,
@@ -18,7 +18,7 @@ from bench.datasets.pseudo import (
     polygon_mask,
     save_examples,
 )
-from bench.datasets.textures import SKIMAGE_TEXTURES, TextureBank, load_dtd, load_textures, procedural_bank
+from bench.datasets.pseudo.textures import SKIMAGE_TEXTURES, TextureBank, load_dtd, load_textures, procedural_bank
 from bench.errors import ConfigError, DatasetError
 from bench.paths import shared_data_dir
 

@@ -410,7 +410,7 @@ def group_gone(pgid: int, timeout: float) -> bool:
 
 def _sigint_state_in_worker() -> tuple[bool, bool]:
     """(SIGINT blocked when the task starts, SIGINT ignored after the worker prologue), in a worker process."""
-    from bench.runner import _ignore_sigint
+    from bench.run.grid import _ignore_sigint
 
     blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
     _ignore_sigint()
@@ -422,7 +422,7 @@ def test_workers_started_by_a_run_never_see_ctrl_c() -> None:
     its first task in which a Ctrl-C kills it with a traceback) and ignores it after the task prologue."""
     from joblib.externals.loky import get_reusable_executor
 
-    from bench.runner import _sigint_held
+    from bench.run.grid import _sigint_held
 
     with _sigint_held():
         executor = get_reusable_executor(max_workers=1, reuse=False)

@@ -12,7 +12,7 @@ from bench.datasets import load_dataset
 from bench.episodes import make_episode
 from bench.errors import ConfigError, DatasetError
 from bench.method import METHODS, get_method
-from bench.metrics import episode_metrics
+from bench.run.metrics import episode_metrics
 from bench.registry import Registry, UnknownNameError
 from bench.results import ResultsStore, latest_ok, read_rows
 from tests.test_datasets import make_tree
@@ -45,7 +45,7 @@ def test_option_values_take_the_declared_types(tmp_path: Path) -> None:
     """YAML (``--set`` values, ``--config`` files) reads ``1e-3`` as a string; options are converted to the
     dataclass field types, and a value that cannot be converted is a configuration error naming the option."""
     from bench.cli import build_parser
-    from bench.cmd_run import build_config
+    from bench.cli.run import build_config
 
     cfg = get_method("direct").make_config({"lr": "1e-3", "epochs": "5"})
     assert cfg.lr == 0.001 and isinstance(cfg.lr, float) and cfg.epochs == 5 and isinstance(cfg.epochs, int)

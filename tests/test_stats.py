@@ -1,4 +1,4 @@
-"""bench.stats: t-interval, category-stratified bootstrap, probability of improvement."""
+"""bench.report.stats: t-interval, category-stratified bootstrap, probability of improvement."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from bench.stats import prob_improvement, stratified_bootstrap_mean, t_interval
+from bench.report.stats import prob_improvement, stratified_bootstrap_mean, t_interval
 
 SEED_VALUES = {"bottle": [60.0, 62.5, 58.0, 65.0, 61.0], "cable": [30.0, 35.0, 28.0, 33.0, 31.0], "grid": [40.0, 44.0, 39.0, 47.0, 41.0]}
 

@@ -35,8 +35,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from bench.datasets import DatasetOptions, load_dataset
-    from bench.detect import detect, format_detect
-    from bench.runner import RunConfig, get_store
+    from bench.features.detect import detect, format_detect
+    from bench.run.grid import RunConfig, get_store
 
     zil = None if args.zero_init_last is None else args.zero_init_last == "true"
     cfg = RunConfig(
@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
     print(format_detect(df))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        from bench.render import csv_safe
+        from bench.report.render import csv_safe
 
         csv_safe(df).to_csv(args.out, index=False)
         print(f"wrote {args.out}")

@@ -17,15 +17,15 @@ from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, BenchError, Terminat
 from bench.registry import UnknownNameError, import_plugins
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("bench.cmd_run", "run a grid of methods × categories × shots × seeds"),
-    "list": ("bench.cmd_list", "list registered methods, datasets or backbones"),
-    "detect": ("bench.cmd_detect", "PatchCore image AUROC per category (feature-pipeline sanity check)"),
-    "cache": ("bench.cmd_cache", "show or clear the feature / bank / dataset cache"),
-    "report": ("bench.cmd_report", "tables (per method, ablation, per class) from results files"),
-    "leaderboard": ("bench.cmd_leaderboard", "ranked methods with confidence intervals"),
-    "tsne": ("bench.cmd_tsne", "t-SNE of support and query embeddings"),
-    "show-pseudo": ("bench.cmd_pseudo", "save a picture of generated pseudo-defects"),
-    "perf": ("bench.cmd_perf", "speed benchmarks (features, coreset, cache, grid)"),
+    "run": ("bench.cli.run", "run a grid of methods × categories × shots × seeds"),
+    "list": ("bench.cli.list", "list registered methods, datasets or backbones"),
+    "detect": ("bench.cli.detect", "PatchCore image AUROC per category (feature-pipeline sanity check)"),
+    "cache": ("bench.cli.cache", "show or clear the feature / bank / dataset cache"),
+    "report": ("bench.report.tables", "tables (per method, ablation, per class) from results files"),
+    "leaderboard": ("bench.report.leaderboard", "ranked methods with confidence intervals"),
+    "tsne": ("bench.cli.tsne", "t-SNE of support and query embeddings"),
+    "show-pseudo": ("bench.cli.pseudo", "save a picture of generated pseudo-defects"),
+    "perf": ("bench.cli.perf", "speed benchmarks (features, coreset, cache, grid)"),
 }
 
 

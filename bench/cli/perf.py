@@ -25,7 +25,9 @@ BENCHMARKS = {"features": "features.py", "grid": "grid.py", "steps": "steps.py"}
 
 def benchmarks_dir() -> Path | None:
     """``<checkout>/benchmarks`` when running from a source checkout (or an editable install), else ``None``."""
-    d = Path(__file__).resolve().parent.parent / "benchmarks"
+    from bench.paths import CHECKOUT
+
+    d = CHECKOUT / "benchmarks"
     return d if d.is_dir() else None
 
 

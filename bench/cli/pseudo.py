@@ -25,8 +25,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from bench.datasets import DatasetOptions, load_dataset
-    from bench.datasets.pseudo import PseudoConfig, PseudoDefectGenerator, save_examples
-    from bench.datasets.textures import load_textures
+    from bench.datasets.pseudo.generator import PseudoConfig, PseudoDefectGenerator, save_examples
+    from bench.datasets.pseudo.textures import load_textures
     from bench.errors import DatasetError
 
     samples = load_dataset(args.dataset, args.data_root, DatasetOptions(categories=(args.category,)))

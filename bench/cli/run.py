@@ -26,8 +26,8 @@ import yaml
 
 from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, Terminated, brief
 from bench.method import coerce_options
-from bench.runner import Job, RunConfig, execute
-from bench.summary import summary_table
+from bench.run.grid import Job, RunConfig, execute
+from bench.report.summary import summary_table
 
 
 def parse_int_list(text: str | int | list | tuple, option: str = "list") -> list[int]:

@@ -62,12 +62,12 @@ def tsne_2d(x: np.ndarray, perplexity: float | None, seed: int) -> np.ndarray:
 
 
 def main(args: argparse.Namespace) -> int:
-    from bench import plots
-    from bench.render import csv_safe
-    from bench.cmd_run import parse_set
+    from bench.report import plots
+    from bench.report.render import csv_safe
+    from bench.cli.run import parse_set
     from bench.episodes import make_episode
     from bench.method import SupportSet, TaskContext, get_method
-    from bench.runner import RunConfig, get_store, preflight, resolve_device
+    from bench.run.grid import RunConfig, get_store, preflight, resolve_device
 
     spec = get_method(args.method)
     if not callable(getattr(spec.cls, "embed", None)):

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from bench.datasets import Samples
-from bench.features import FeatureStore
+from bench.features.store import FeatureStore
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.backbones import WeightsInfo, _supports_zero_init_last, create_backbone, weights_tag
+from bench.features.backbones import WeightsInfo, _supports_zero_init_last, create_backbone, weights_tag
 from bench.cache import file_sha256, stable_hash
 from bench.errors import ConfigError
 from bench.images import DECODING, FITS
@@ -56,7 +56,7 @@ class FeatureConfig:
 
     Attributes:
         backbone: timm model name (``resnet50`` as the paper's code; ``wide_resnet50_2``, ``resnet18``...).
-        weights: ``imagenet`` | ``random`` | a weights file path (see :mod:`bench.backbones`).
+        weights: ``imagenet`` | ``random`` | a weights file path (see :mod:`bench.features.backbones`).
         zero_init_last: only for random weights (``None`` = False: no identity blocks, see backbones).
         layers: backbone stages to aggregate; the first sets the output grid.
         resize: shorter side after resizing (method-spec §4.1).
@@ -316,7 +316,7 @@ def _out_indices(name: str, layers: Sequence[str], init_seed: int) -> list[int]:
 
 
 def build_extractor(config: FeatureConfig) -> tuple[PatchCoreExtractor, WeightsInfo]:
-    """Build the extractor for ``config`` (weights through :func:`bench.backbones.create_backbone`).
+    """Build the extractor for ``config`` (weights through :func:`bench.features.backbones.create_backbone`).
 
     Returns:
         The extractor (eval mode, CPU) and what weights were loaded.

@@ -1,7 +1,7 @@
 """Cached PatchCore features, memory banks, residuals and anomaly scores: :class:`FeatureStore`.
 
 PatchCore: Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022. The extractor is
-in :mod:`bench.extractor`, the coreset in :mod:`bench.coreset`, the faiss bank in :mod:`bench.knn`; this module
+in :mod:`bench.features.extractor`, the coreset in :mod:`bench.features.coreset`, the faiss bank in :mod:`bench.features.knn`; this module
 adds the on-disk cache (:mod:`bench.cache`) and the data flow (method-spec §4, §13):
 
 * features of an image are computed once per (image bytes, :meth:`FeatureConfig.key`) and reused by every
@@ -23,7 +23,7 @@ adds the on-disk cache (:mod:`bench.cache`) and the data flow (method-spec §4, 
   checked to be finite when computed (non-finite ones fail the job and are never cached), so every entry read
   back is finite too. An entry pruned by another process while a bank is built is recomputed (:class:`_Entry`).
 
-Deviations from the reference: see :mod:`bench.extractor`, :mod:`bench.coreset` and :mod:`bench.knn`.
+Deviations from the reference: see :mod:`bench.features.extractor`, :mod:`bench.features.coreset` and :mod:`bench.features.knn`.
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ from bench.cache import (
     DiskCache, check_npy, file_sha256, hash_memo_dir, load_json, load_npy, read_npy_into, save_json, save_npy,
     stable_hash,
 )  # fmt: skip
-from bench.coreset import CORESET_MIN_POINTS, CORESET_VERSION, approximate_greedy_coreset, coreset_rng
+from bench.features.coreset import CORESET_MIN_POINTS, CORESET_VERSION, approximate_greedy_coreset, coreset_rng
 from bench.errors import BenchError, ConfigError, DatasetError
-from bench.extractor import FEATURE_VERSION, FeatureConfig, PatchCoreExtractor, build_extractor, from_patches, to_patches
+from bench.features.extractor import FEATURE_VERSION, FeatureConfig, PatchCoreExtractor, build_extractor, from_patches, to_patches
 from bench.images import DECODING, Preprocess
-from bench.knn import MemoryBank, faiss_version
+from bench.features.knn import MemoryBank, faiss_version
 
 __all__ = [
     "FEATURE_VERSION", "FeatureConfig", "FeatureStore", "MemoryBank", "PatchCoreExtractor", "build_extractor",
@@ -106,7 +106,7 @@ class FeatureStore:
         num_workers: decoding threads (they prepare the next batch while the network runs).
 
     Attributes:
-        weights_info: what weights were loaded (from :func:`bench.backbones.create_backbone`).
+        weights_info: what weights were loaded (from :func:`bench.features.backbones.create_backbone`).
         key: ``config.key()``.
         grid: (h, w) of the patch grid (28, 28 for a 224 crop).
         dim: feature dimension D.
@@ -294,9 +294,9 @@ class FeatureStore:
 
         Args:
             train_paths: the category's normal train images.
-            seed: run seed; the coreset uses its ``coreset`` stream (:func:`bench.coreset.coreset_rng`).
+            seed: run seed; the coreset uses its ``coreset`` stream (:func:`bench.features.coreset.coreset_rng`).
             coreset_ratio: fraction of patches kept (0.1).
-            min_points: banks up to this size are kept whole (see :func:`bench.coreset.coreset_size`).
+            min_points: banks up to this size are kept whole (see :func:`bench.features.coreset.coreset_size`).
 
         Returns:
             The bank: (M, D) float32 vectors + exact L2 index; ``bank.key`` identifies it.

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import paper
-from bench.cmd_report import command_line
+from bench.report import paper
+from bench.report.tables import command_line
 from bench.errors import BenchError
-from bench.render import FORMATS, Document, Section, Table, slug, write_document
-from bench.report import Results, at_shots, averages, cells, fmt, load_results, reference_rows, weights_desc
-from bench.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, prob_improvement
+from bench.report.render import FORMATS, Document, Section, Table, slug, write_document
+from bench.report.load import Results, at_shots, averages, cells, fmt, load_results, reference_rows, weights_desc
+from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, prob_improvement
 
 UNIT = ("95% CI: category-stratified bootstrap over seeds, {n_boot:,} resamples; a unit = one (category, seed) run; "
         "accuracy % = unweighted mean over categories of the per-category means over seeds")  # fmt: skip
@@ -102,7 +102,7 @@ def _coverage(r: pd.Series) -> str:
 
 def build_leaderboard(res: Results, n_boot: int, boot_seed: int, plots_dir: Path | None, command: str | None) -> Document:
     """The leaderboard document: per group, one ranked table per shot count, plus plots."""
-    from bench import plots
+    from bench.report import plots
 
     doc = Document("Leaderboard: few-shot defect-type classification", res.intro(), command=command)
     for group in res.groups():

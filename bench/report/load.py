@@ -25,7 +25,7 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.results import latest_ok, read_rows
 from bench.seeding import stable_int
-from bench.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, Interval, stratified_bootstrap_mean, t_interval
+from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, Interval, stratified_bootstrap_mean, t_interval
 
 # Fields that follow from another one: not repeated in labels when that one already differs.
 IMPLIED = {"weights": ("weights.source", "weights.sha256", "zero_init_last"), "weights.sha256": ("weights.source",)}
@@ -147,7 +147,7 @@ class Results:
         return sorted(g.category.unique()), sorted(int(s) for s in g.seed.unique()), sorted(int(s) for s in g.shots.unique())
 
     def config_ids(self, group: str) -> list[str]:
-        from bench.paper import ablation_order
+        from bench.report.paper import ablation_order
 
         ids = [c for c in self.configs if group_label(self.configs[c]) == group]
         return sorted(ids, key=lambda c: (ablation_order(self.configs[c]["method"]), self.labels[c]))

@@ -1,4 +1,4 @@
-"""Writers for report documents: Markdown, CSV, LaTeX (and HTML via :mod:`bench.html`).
+"""Writers for report documents: Markdown, CSV, LaTeX (and HTML via :mod:`bench.report.html`).
 
 A :class:`Document` is a list of :class:`Section`\\s holding :class:`Table`\\s and :class:`Figure`\\s. Each table
 carries two frames: ``display`` (formatted strings, what a reader sees in Markdown / LaTeX / HTML) and
@@ -217,7 +217,7 @@ def write_document(doc: Document, fmt: str, path: Path) -> list[Path]:
     elif fmt == "latex":
         path.write_text(to_latex(doc))
     elif fmt == "html":
-        from bench.html import to_html
+        from bench.report.html import to_html
 
         path.write_text(to_html(doc))
     elif fmt == "csv":

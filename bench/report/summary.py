@@ -15,7 +15,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench.errors import BenchError
-from bench.report import load_results, weights_desc
+from bench.report.load import load_results, weights_desc
 
 
 def cell(values: pd.Series) -> str:

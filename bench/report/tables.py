@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import paper
+from bench.report import paper
 from bench.errors import BenchError
-from bench.render import FORMATS, Document, Section, Table, slug, to_markdown, write_document
-from bench.report import (
+from bench.report.render import FORMATS, Document, Section, Table, slug, to_markdown, write_document
+from bench.report.load import (
     Results, at_shots, averages, cell_text, cells, fmt, group_label, load_results, reference_rows, weights_desc,
 )  # fmt: skip
-from bench.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, prob_improvement
+from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, prob_improvement
 
 INCOMPLETE = "† incomplete: (n/N) = finished runs of the N expected (missing seeds, failed jobs or categories); not averaged as if complete."
 
@@ -238,7 +238,7 @@ def build_report(
     command: str | None = None,
 ) -> Document:
     """The full report document (tables, and plots when ``plots_dir`` is given)."""
-    from bench import plots
+    from bench.report import plots
 
     doc = Document("Few-shot defect-type classification: report", res.intro(), command=command)
     doc.sections.append(Section("Configurations", tables=[configs_table(res)]))

@@ -7,7 +7,6 @@ import importlib.metadata
 import os
 import platform
 import subprocess
-from pathlib import Path
 
 import torch
 
@@ -27,8 +26,8 @@ def _version(pkg: str) -> str | None:
 def code_version() -> dict[str, object]:
     """Harness version, git commit and whether the working tree had uncommitted changes."""
     import bench
+    from bench.paths import CHECKOUT as root
 
-    root = Path(__file__).resolve().parent.parent
     out: dict[str, object] = {"harness": bench.__version__, "git_commit": None, "git_dirty": None}
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)

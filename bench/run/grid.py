@@ -38,12 +38,12 @@ from bench.cache import hash_memo_dir
 from bench.datasets import DatasetOptions, Samples, load_dataset
 from bench.datasets._base import describe_ignored
 from bench.episodes import Episode, make_episode, protocol_id
-from bench.envinfo import environment
+from bench.run.envinfo import environment
 from bench.errors import BenchError, ConfigError, DatasetError, WeightsError, brief
 from bench.images import DECODING
 from bench.registry import import_plugins
 from bench.method import SupportSet, TaskContext, check_options, config_dict, config_hash, get_method
-from bench.metrics import episode_metrics
+from bench.run.metrics import episode_metrics
 from bench.results import ResultsStore
 
 log = logging.getLogger(__name__)

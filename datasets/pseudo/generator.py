@@ -26,8 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from bench.datasets.foreground import FOREGROUND_VERSION, cached_foreground, load_resized, source_content
-from bench.datasets.textures import TextureBank, _resize
+from bench.datasets.pseudo.foreground import FOREGROUND_VERSION, cached_foreground, load_resized, source_content
+from bench.datasets.pseudo.textures import TextureBank, _resize
 from bench.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
