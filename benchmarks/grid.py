@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the caches and results of the runs")
     args = p.parse_args(argv)
 
-    from bench.cli.run import parse_int_list
+    from bench.cli._args import parse_int_list
     from bench.datasets.synthetic import PRESETS, default_root, generate
 
     methods, missing = available_methods(args.methods)

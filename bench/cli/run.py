@@ -24,68 +24,11 @@ from typing import Any
 
 import yaml
 
+from bench.cli._args import parse_int_list, parse_set
 from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, Terminated, brief
 from bench.method import coerce_options
 from bench.run.grid import Job, RunConfig, execute
 from bench.report.summary import summary_table
-
-
-def parse_int_list(text: str | int | list | tuple, option: str = "list") -> list[int]:
-    """``"1-5"`` → [1..5], ``"1,3,5"`` → [1, 3, 5], ``3`` → [3]; a list (``--shots 1 2 3``, YAML ``[1, 2]``) joins
-    the parse of each item (``["1-3", "5"]`` → [1, 2, 3, 5]).
-
-    Raises:
-        ConfigError: naming the option and a short form of the value (never the whole of a huge YAML value).
-    """
-    fix = f"{option}: use e.g. 1-5, 1,2,5 or 1 2 5"
-    if isinstance(text, bool):
-        raise ConfigError(f"cannot read {brief(text)} as a list of integers ({fix})")
-    if isinstance(text, int):
-        return [text]
-    if isinstance(text, (list, tuple)):
-        if not all(isinstance(x, (int, str)) and not isinstance(x, bool) for x in text):
-            raise ConfigError(f"cannot read {brief(text)} as a list of integers ({fix})")
-        out = [n for x in text for n in parse_int_list(x, option)]
-        if not out:
-            raise ConfigError(f"empty integer list for {option} ({fix})")
-        return out
-    if not isinstance(text, str):
-        raise ConfigError(f"cannot read {brief(text)} as a list of integers ({fix})")
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part:  # a range (no negative numbers: shots and seeds are ≥ 1 and ≥ 0)
-                a, b = part.split("-", 1)
-                lo, hi = int(a), int(b)
-                if hi < lo:
-                    raise ConfigError(f"empty range {part!r} for {option} ({fix})")
-                out.extend(range(lo, hi + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise ConfigError(f"cannot read {brief(text)} as a list of integers ({fix})") from None
-    if not out:
-        raise ConfigError(f"empty integer list {brief(text)} for {option} ({fix})")
-    return out
-
-
-def parse_set(items: list[str]) -> dict[str, Any]:
-    """``["lr=1e-4", "features=raw"]`` → {"lr": 0.0001, "features": "raw"} (values parsed as YAML, safely)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {brief(item)}")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError as exc:  # also the tags safe_load refuses (!!python/...)
-            problem = str(getattr(exc, "problem", "") or type(exc).__name__)
-            raise ConfigError(
-                f"--set {k.strip()}=...: cannot read the value {brief(v)} ({problem}). Give a number, a word, true/false "
-                "or a list like 0,45,25 (quote it in the shell if it holds spaces or brackets)."
-            ) from None
-    return out
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -64,7 +64,7 @@ def tsne_2d(x: np.ndarray, perplexity: float | None, seed: int) -> np.ndarray:
 def main(args: argparse.Namespace) -> int:
     from bench.report import plots
     from bench.report.render import csv_safe
-    from bench.cli.run import parse_set
+    from bench.cli._args import parse_set
     from bench.episodes import make_episode
     from bench.method import SupportSet, TaskContext, get_method
     from bench.run.grid import RunConfig, get_store, preflight, resolve_device

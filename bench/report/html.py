@@ -13,7 +13,7 @@ import base64
 import html
 import re
 
-from bench.report.render import Document, Figure, Table, slug
+from bench.report.document import Document, Figure, Table, slug
 
 PINNED = ("average", "chance", "majority", "paper average")
 _NUM = re.compile(r"^\s*[-+]?\d+(?:\.\d+)?")

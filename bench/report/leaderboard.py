@@ -1,33 +1,26 @@
-"""Ranked configurations with 95% confidence intervals and coverage, per shot count.
+"""The leaderboard: configurations ranked per shot count, with 95% confidence intervals and coverage.
 
-Examples::
-
-    python -m bench leaderboard results/                           # results/leaderboard.md
-    python -m bench leaderboard results/ --format md html csv     # + a single static HTML page and CSVs
-
-For each dataset × protocol × class-set group and each shot count: configurations ranked by mean accuracy
-(unweighted mean over categories of the per-category seed means), a 95% interval from a category-stratified
-bootstrap over seeds, the coverage (finished (category, seed) runs of the expected grid), P(> next) (the
-probability of beating the next-ranked configuration on a random paired run), backbone and weights, and
-chance / majority-class reference rows. A configuration with missing categories, seeds or failed jobs is
-marked † and listed after the ranked ones, never ranked as if complete.
+For each dataset × protocol × class-set group and each shot count (:func:`shot_table`): configurations ranked by
+mean accuracy (unweighted mean over categories of the per-category seed means), a 95% interval from a
+category-stratified bootstrap over seeds, the coverage (finished (category, seed) runs of the expected grid),
+P(> next) (the probability of beating the next-ranked configuration on a random paired run), backbone and
+weights, and chance / majority-class reference rows. A configuration with missing categories, seeds or failed
+jobs is marked † and listed after the ranked ones, never ranked as if complete. :func:`build_leaderboard` puts the
+tables and plots into one document (``bench leaderboard`` writes it).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bench.report import paper
-from bench.report.tables import command_line
-from bench.errors import BenchError
-from bench.report.render import FORMATS, Document, Section, Table, slug, write_document
-from bench.report.load import Results, at_shots, averages, cells, fmt, load_results, reference_rows, weights_desc
-from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, prob_improvement
+from bench.report.document import Document, Section, Table, slug
+from bench.report.load import Results, weights_desc
+from bench.report.stats import prob_improvement
+from bench.report.tables import at_shots, averages, cells, fmt, reference_rows
 
 UNIT = ("95% CI: category-stratified bootstrap over seeds, {n_boot:,} resamples; a unit = one (category, seed) run; "
         "accuracy % = unweighted mean over categories of the per-category means over seeds")  # fmt: skip
@@ -125,36 +118,3 @@ def build_leaderboard(res: Results, n_boot: int, boot_seed: int, plots_dir: Path
                                                    "mean over seeds; error bar = 95% t-interval across seeds"))  # fmt: skip
         doc.sections.append(sec)
     return doc
-
-
-def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results", nargs="+", help="results.jsonl files or run folders")
-    p.add_argument("--out", default="results/leaderboard.md", help="output file (default results/leaderboard.md); "
-                   "other formats are written next to it with their own suffix (CSV: a folder)")  # fmt: skip
-    p.add_argument("--format", nargs="+", choices=[*FORMATS, "all"], help="formats (default: from the --out suffix, else md)")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG/SVG plots")
-    p.add_argument("--boot", type=int, default=DEFAULT_BOOT, help=f"bootstrap resamples (default {DEFAULT_BOOT:,})")
-    p.add_argument("--boot-seed", type=int, default=DEFAULT_BOOT_SEED, help="seed of the bootstrap generator (default 0)")
-
-
-FLAGS = {"out": "--out", "format": "--format", "no_plots": "--no-plots", "boot": "--boot", "boot_seed": "--boot-seed"}
-_BY_SUFFIX = {".md": "md", ".html": "html", ".htm": "html", ".tex": "latex", ".csv": "csv"}
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.boot < 100:
-        raise BenchError(f"--boot {args.boot} is too few bootstrap resamples for a 95% interval; use ≥ 1000 (default 10,000).")
-    out = Path(args.out)
-    formats = args.format or [_BY_SUFFIX.get(out.suffix.lower(), "md")]
-    formats = list(FORMATS) if "all" in formats else list(dict.fromkeys(formats))
-    res = load_results(args.results)
-    plots_dir = None if args.no_plots else out.parent / f"{out.stem}_plots"
-    doc = build_leaderboard(res, args.boot, args.boot_seed, plots_dir, command_line("leaderboard", args, FLAGS))
-    written: list[Path] = []
-    for f in formats:
-        target = out.with_suffix("") if f == "csv" else out.with_suffix({"latex": ".tex"}.get(f, "." + f))
-        written += write_document(doc, f, target)
-    print(f"wrote {', '.join(str(p) for p in written[:6])}{' ...' if len(written) > 6 else ''}")
-    if res.skipped_lines:
-        print(f"skipped {res.skipped_lines} unreadable or incomplete line(s) in the results (e.g. a run killed mid-write)", file=sys.stderr)
-    return 0

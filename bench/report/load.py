@@ -1,4 +1,4 @@
-"""Result tables built from results files: loading, configurations, coverage and the report's tables.
+"""Results files → one frame of jobs with their configurations, labels and groups: what every table reads.
 
 Rows are read with :func:`bench.results.read_rows` (truncated or corrupt lines are skipped and counted)
 and deduplicated per job key with :func:`bench.results.latest_ok`. A *configuration* is everything in a
@@ -25,14 +25,14 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.results import latest_ok, read_rows
 from bench.seeding import stable_int
-from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, Interval, stratified_bootstrap_mean, t_interval
 
 # Fields that follow from another one: not repeated in labels when that one already differs.
 IMPLIED = {"weights": ("weights.source", "weights.sha256", "zero_init_last"), "weights.sha256": ("weights.source",)}
 SHORT = {"weights.sha256": "sha256", "weights.source": "source", "method_config_hash": "config"}
 
 
-def _s(v: Any) -> str:
+def as_text(v: Any) -> str:
+    """A field value as the text that identifies it in a configuration (``None`` → ``"none"``, JSON for containers)."""
     if v is None:
         return "none"
     if isinstance(v, bool):
@@ -49,25 +49,25 @@ def config_fields(row: dict[str, Any]) -> dict[str, str]:
     w = dict(row.get("weights") or {})
     sha = w.get("sha256") or ""
     f = {
-        "method": _s(row.get("method")),
-        "method_config_hash": _s(row.get("method_config_hash")),
-        "backbone": _s(w.get("backbone") or feats.get("backbone")),
-        "weights": _s(w.get("weights") or feats.get("weights")),
-        "weights.source": "" if sha else _s(w.get("source")),
+        "method": as_text(row.get("method")),
+        "method_config_hash": as_text(row.get("method_config_hash")),
+        "backbone": as_text(w.get("backbone") or feats.get("backbone")),
+        "weights": as_text(w.get("weights") or feats.get("weights")),
+        "weights.source": "" if sha else as_text(w.get("source")),
         "weights.sha256": sha[:12],
-        "zero_init_last": _s(w.get("zero_init_last", feats.get("zero_init_last"))),
-        "dataset": _s(row.get("dataset")),
-        "protocol": _s(row.get("protocol")),
-        "textures": _s(row.get("textures")),
-        "harness": _s((row.get("env") or {}).get("harness")),
+        "zero_init_last": as_text(w.get("zero_init_last", feats.get("zero_init_last"))),
+        "dataset": as_text(row.get("dataset")),
+        "protocol": as_text(row.get("protocol")),
+        "textures": as_text(row.get("textures")),
+        "harness": as_text((row.get("env") or {}).get("harness")),
     }
     for k, v in sorted((row.get("method_config") or {}).items()):
-        f[f"option.{k}"] = _s(v)
+        f[f"option.{k}"] = as_text(v)
     for k, v in sorted(feats.items()):
         if k not in ("key", "backbone", "weights", "zero_init_last"):
-            f[f"features.{k}"] = _s(v)
+            f[f"features.{k}"] = as_text(v)
     for k, v in sorted((row.get("class_set") or {}).items()):
-        f[f"class_set.{k}"] = _s(v)
+        f[f"class_set.{k}"] = as_text(v)
     return f
 
 
@@ -201,70 +201,3 @@ def load_results(paths: Iterable[str | Path]) -> Results:
     labels = make_labels(configs)
     frame["label"] = frame.config.map(labels)
     return Results(frame, configs, labels, paths, read.skipped_lines, read.skipped_detail, superseded)
-
-
-# ------------------------------------------------------------------------------------------ numbers
-def cells(res: Results, cid: str) -> pd.DataFrame:
-    """Per (category, shots) of the group's grid: mean, std (ddof 1), t-interval, n finished seeds, N expected."""
-    group = group_label(res.configs[cid])
-    cats, seeds, shots = res.grid(group)
-    ok = res.ok()
-    ok = ok[ok.config == cid]
-    out = []
-    for c in cats:
-        for s in shots:
-            v = ok[(ok.category == c) & (ok.shots == s)].accuracy.to_numpy(float)
-            ti = t_interval(v)
-            std = float(np.std(v, ddof=1)) if len(v) > 1 else np.nan
-            out.append({"category": c, "shots": s, "mean_pct": ti.mean, "std_pct": std, "ci_low_pct": ti.low,
-                        "ci_high_pct": ti.high, "n": len(v), "N": len(seeds)})  # fmt: skip
-    return pd.DataFrame(out)
-
-
-def boot_rng(seed: int, cid: str, shots: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, stable_int("bootstrap", cid, shots)]))
-
-
-def averages(res: Results, cid: str, n_boot: int = DEFAULT_BOOT, boot_seed: int = DEFAULT_BOOT_SEED) -> pd.DataFrame:
-    """Per shots: mean over categories of category means, bootstrap CI, std of per-seed means, coverage."""
-    group = group_label(res.configs[cid])
-    cats, seeds, shots = res.grid(group)
-    ok = res.ok()
-    ok = ok[ok.config == cid]
-    out = []
-    for s in shots:
-        sub = ok[ok.shots == s]
-        wide = sub.pivot_table(index="category", columns="seed", values="accuracy").reindex(index=cats, columns=seeds)
-        iv: Interval = stratified_bootstrap_mean(wide, n_boot=n_boot, rng=boot_rng(boot_seed, cid, s))
-        per_seed = wide.dropna(axis=1, how="any").mean(axis=0)  # seeds with every category
-        n_cat = int(wide.notna().any(axis=1).sum())
-        out.append({"category": "average", "shots": s, "mean_pct": iv.mean,
-                    "std_pct": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else np.nan,
-                    "ci_low_pct": iv.low, "ci_high_pct": iv.high, "n": int(wide.notna().sum().sum()),
-                    "N": len(cats) * len(seeds), "n_categories": n_cat, "N_categories": len(cats)})  # fmt: skip
-    return pd.DataFrame(out)
-
-
-def fmt(x: float, nd: int = 2) -> str:
-    return "–" if x is None or not np.isfinite(x) else f"{x:.{nd}f}"
-
-
-def cell_text(mean: float, std: float, n: int, big_n: int) -> str:
-    """``mean ± std``, with ``(n/N)†`` when not every expected run finished; ``—`` when none did."""
-    if n == 0:
-        return f"— (0/{big_n})"
-    text = f"{fmt(mean)} ± {fmt(std)}" if n > 1 else fmt(mean)  # one value has no spread to show
-    return text if n >= big_n else f"{text} ({n}/{big_n})†"
-
-
-def reference_rows(res: Results, group: str) -> pd.DataFrame:
-    """Chance and majority-class accuracy (percent) per shots: mean over categories of the rows' values."""
-    ok = res.ok()
-    ok = ok[ok.group == group]
-    per_cat = ok.groupby(["shots", "category"])[["chance", "majority"]].mean()
-    return per_cat.groupby("shots").mean().T  # index chance/majority, columns shots
-
-
-def at_shots(frame: pd.DataFrame, shots: int) -> pd.DataFrame:
-    """Rows of a :func:`cells` frame at one shot count, indexed by category."""
-    return frame[frame.shots == shots].set_index("category")

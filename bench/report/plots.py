@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure as MplFigure
 
-from bench.report.render import Figure
+from bench.report.document import Figure
 
 _SAVE = {"png": {"dpi": 130}, "svg": {}}
 

@@ -1,89 +1,20 @@
-"""Writers for report documents: Markdown, CSV, LaTeX (and HTML via :mod:`bench.report.html`).
+"""Writers for report documents (:mod:`bench.report.document`): Markdown, CSV, LaTeX, and HTML through
+:mod:`bench.report.html`.
 
-A :class:`Document` is a list of :class:`Section`\\s holding :class:`Table`\\s and :class:`Figure`\\s. Each table
-carries two frames: ``display`` (formatted strings, what a reader sees in Markdown / LaTeX / HTML) and
-``data`` (tidy numbers, written to CSV, so that anyone can recompute the displayed figures). Nothing in
-a table is typed by hand: every document is built from results files by a command, whose command line
-the document records.
+Markdown, LaTeX and HTML show each table's ``display`` frame; CSV holds its tidy ``data`` frame, so that anyone
+can recompute the displayed figures.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from tabulate import tabulate
 
+from bench.report.document import Document, Table, slug
+
 FORMATS = ("md", "csv", "latex", "html")
-EXTENSIONS = {"md": ".md", "csv": ".csv", "latex": ".tex", "html": ".html"}
-
-
-@dataclass
-class Table:
-    """One table.
-
-    Attributes:
-        key: file-safe identifier (CSV file name, HTML id).
-        title: heading.
-        display: formatted cells; the index is shown as the first column (its name is the header).
-        data: tidy numeric rows for CSV (``display`` is written when None).
-        caption: what the numbers are, including the unit of variance.
-        notes: footnotes (markers such as † explained).
-    """
-
-    key: str
-    title: str
-    display: pd.DataFrame
-    data: pd.DataFrame | None = None
-    caption: str = ""
-    notes: list[str] = field(default_factory=list)
-
-    def shown(self) -> pd.DataFrame:
-        """``display`` with the index as a first column."""
-        d = self.display.copy()
-        name = d.index.name or ""
-        d = d.reset_index()
-        d.columns = [name if i == 0 else str(c) for i, c in enumerate(d.columns)]
-        return d.fillna("")
-
-
-@dataclass
-class Figure:
-    """A plot saved as PNG (embedded in HTML) and SVG."""
-
-    png: Path
-    svg: Path | None
-    caption: str
-
-
-@dataclass
-class Section:
-    title: str
-    text: list[str] = field(default_factory=list)
-    tables: list[Table] = field(default_factory=list)
-    figures: list[Figure] = field(default_factory=list)
-
-
-@dataclass
-class Document:
-    title: str
-    intro: list[str] = field(default_factory=list)
-    sections: list[Section] = field(default_factory=list)
-    command: str | None = None
-
-    def tables(self) -> list[Table]:
-        return [t for s in self.sections for t in s.tables]
-
-
-def slug(text: str) -> str:
-    """A file- and id-safe version of ``text``."""
-    s = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "table"
-    if len(s) > 80:  # keep names short but distinct
-        s = s[:71].rstrip("-") + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
-    return s
 
 
 # ------------------------------------------------------------------------------------------ Markdown

@@ -1,24 +1,16 @@
-"""Tables (and plots) from results files, in the paper's shapes; everything generated, nothing typed by hand.
+"""The report's tables, built from :class:`~bench.report.load.Results`, in the paper's shapes; nothing typed by hand.
 
-Examples::
-
-    python -m bench report results/                                   # Markdown: report/report.md
-    python -m bench report results/ --format md csv latex html --out report
-    python -m bench report results/ --compare paper                   # the paper's numbers next to ours
-    python -m bench report results/ --category bottle --detail-shots 5
-
-Per configuration: categories × shots (mean ± sample std over seeds, an average row over categories);
-categories (classes, queries, chance, majority); an ablation table (configurations × shots averaged over
-categories, rows named as the paper names them); paired P(A > B); per-class recall and confusion matrices
-for a chosen category. Configurations that differ in anything but category, shots and seed are separate
-lines labelled by what differs; incomplete grids show (n/N) and a †. CSV files hold the tidy numbers.
+Numbers first (:func:`cells`: per category and shots, mean ± sample std over seeds with coverage n/N;
+:func:`averages`: per shots, the unweighted mean over categories with a category-stratified bootstrap interval),
+then the tables of ``bench report`` (:func:`build_report`): per configuration categories × shots with an average
+row; categories (classes, queries, chance, majority); an ablation table (configurations × shots averaged over
+categories, rows named as the paper names them); paired P(A > B); per-class recall and confusion matrices for a
+chosen category. Configurations that differ in anything but category, shots and seed are separate lines labelled
+by what differs; incomplete grids show (n/N) and a †. Every table's ``data`` frame holds the tidy numbers (CSV).
 """
 
 from __future__ import annotations
 
-import argparse
-import shlex
-import sys
 from itertools import combinations
 from pathlib import Path
 
@@ -26,18 +18,75 @@ import numpy as np
 import pandas as pd
 
 from bench.report import paper
-from bench.errors import BenchError
-from bench.report.render import FORMATS, Document, Section, Table, slug, to_markdown, write_document
-from bench.report.load import (
-    Results, at_shots, averages, cell_text, cells, fmt, group_label, load_results, reference_rows, weights_desc,
-)  # fmt: skip
-from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, prob_improvement
+from bench.report.document import Document, Section, Table, slug
+from bench.report.load import Results, group_label, weights_desc
+from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, Interval, prob_improvement, stratified_bootstrap_mean, t_interval
+from bench.seeding import numpy_rng
+
+
+def cells(res: Results, cid: str) -> pd.DataFrame:
+    """Per (category, shots) of the group's grid: mean, std (ddof 1), t-interval, n finished seeds, N expected."""
+    group = group_label(res.configs[cid])
+    cats, seeds, shots = res.grid(group)
+    ok = res.ok()
+    ok = ok[ok.config == cid]
+    out = []
+    for c in cats:
+        for s in shots:
+            v = ok[(ok.category == c) & (ok.shots == s)].accuracy.to_numpy(float)
+            ti = t_interval(v)
+            std = float(np.std(v, ddof=1)) if len(v) > 1 else np.nan
+            out.append({"category": c, "shots": s, "mean_pct": ti.mean, "std_pct": std, "ci_low_pct": ti.low,
+                        "ci_high_pct": ti.high, "n": len(v), "N": len(seeds)})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def averages(res: Results, cid: str, n_boot: int = DEFAULT_BOOT, boot_seed: int = DEFAULT_BOOT_SEED) -> pd.DataFrame:
+    """Per shots: mean over categories of category means, bootstrap CI, std of per-seed means, coverage."""
+    group = group_label(res.configs[cid])
+    cats, seeds, shots = res.grid(group)
+    ok = res.ok()
+    ok = ok[ok.config == cid]
+    out = []
+    for s in shots:
+        sub = ok[ok.shots == s]
+        wide = sub.pivot_table(index="category", columns="seed", values="accuracy").reindex(index=cats, columns=seeds)
+        iv: Interval = stratified_bootstrap_mean(wide, n_boot=n_boot, rng=numpy_rng(boot_seed, "bootstrap", cid, s))
+        per_seed = wide.dropna(axis=1, how="any").mean(axis=0)  # seeds with every category
+        n_cat = int(wide.notna().any(axis=1).sum())
+        out.append({"category": "average", "shots": s, "mean_pct": iv.mean,
+                    "std_pct": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else np.nan,
+                    "ci_low_pct": iv.low, "ci_high_pct": iv.high, "n": int(wide.notna().sum().sum()),
+                    "N": len(cats) * len(seeds), "n_categories": n_cat, "N_categories": len(cats)})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def fmt(x: float, nd: int = 2) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{x:.{nd}f}"
+
+
+def cell_text(mean: float, std: float, n: int, big_n: int) -> str:
+    """``mean ± std``, with ``(n/N)†`` when not every expected run finished; ``—`` when none did."""
+    if n == 0:
+        return f"— (0/{big_n})"
+    text = f"{fmt(mean)} ± {fmt(std)}" if n > 1 else fmt(mean)  # one value has no spread to show
+    return text if n >= big_n else f"{text} ({n}/{big_n})†"
+
+
+def reference_rows(res: Results, group: str) -> pd.DataFrame:
+    """Chance and majority-class accuracy (percent) per shots: mean over categories of the rows' values."""
+    ok = res.ok()
+    ok = ok[ok.group == group]
+    per_cat = ok.groupby(["shots", "category"])[["chance", "majority"]].mean()
+    return per_cat.groupby("shots").mean().T  # index chance/majority, columns shots
+
+
+def at_shots(frame: pd.DataFrame, shots: int) -> pd.DataFrame:
+    """Rows of a :func:`cells` frame at one shot count, indexed by category."""
+    return frame[frame.shots == shots].set_index("category")
+
 
 INCOMPLETE = "† incomplete: (n/N) = finished runs of the N expected (missing seeds, failed jobs or categories); not averaged as if complete."
-
-
-def _f(res: Results, cid: str) -> dict[str, str]:
-    return res.configs[cid]
 
 
 def configs_table(res: Results) -> Table:
@@ -73,7 +122,7 @@ def category_table(res: Results, group: str) -> Table:
 
 def method_table(res: Results, cid: str, n_boot: int, boot_seed: int) -> Table:
     """The paper's table shape for one configuration: categories × shots, plus an average row."""
-    f = _f(res, cid)
+    f = res.configs[cid]
     c, a = cells(res, cid), averages(res, cid, n_boot, boot_seed)
     disp = c.assign(cell=[cell_text(*r) for r in c[["mean_pct", "std_pct", "n", "N"]].itertuples(index=False)])
     disp = disp.pivot(index="category", columns="shots", values="cell")
@@ -90,7 +139,7 @@ def method_table(res: Results, cid: str, n_boot: int, boot_seed: int) -> Table:
 
 def paper_compare_table(res: Results, cid: str) -> Table | None:
     """The run's own figures next to the paper's for the same method, category and shots (None if no paper table)."""
-    f = _f(res, cid)
+    f = res.configs[cid]
     found = paper.paper_numbers(f["method"], f["dataset"], f.get("class_set.good") == "included")
     if found is None:
         return None
@@ -132,7 +181,7 @@ def ablation_table(res: Results, group: str, n_boot: int, boot_seed: int, compar
     """Configurations × shots, averaged over categories, rows named as the paper's ablation names them."""
     rows, data = {}, []
     for cid in res.config_ids(group):
-        f, a = _f(res, cid), averages(res, cid, n_boot, boot_seed)
+        f, a = res.configs[cid], averages(res, cid, n_boot, boot_seed)
         label = res.labels[cid]
         name = paper.ablation_name(f["method"]) + (label[len(f["method"]):] if label != f["method"] else "")
         cell = {f"{r.shots}-shot": f"{fmt(r.mean_pct)} [{fmt(r.ci_low_pct)}, {fmt(r.ci_high_pct)}]" + ("" if r.n >= r.N else f" ({r.n}/{r.N})†")
@@ -206,7 +255,7 @@ def per_class_table(res: Results, cid: str, category: str) -> Table | None:
     disp = disp.pivot(index="class", columns="shots", values="cell")
     disp.columns = [f"{s}-shot" for s in disp.columns]
     disp.index.name = "defect type"
-    return Table(f"perclass-{res.labels[cid]}-{category}-{group_label(_f(res, cid))}", f"{res.labels[cid]}: recall per defect type, {category}",
+    return Table(f"perclass-{res.labels[cid]}-{category}-{group_label(res.configs[cid])}", f"{res.labels[cid]}: recall per defect type, {category}",
                  disp, g.rename(columns={"mean": "recall_mean_pct", "std": "recall_std_pct", "count": "n_seeds"}).assign(configuration=res.labels[cid], category=category),
                  "recall % per true class, mean ± std over seeds (number of seeds); few queries per class make these coarse")  # fmt: skip
 
@@ -221,7 +270,7 @@ def confusion(res: Results, cid: str, category: str, shots: int) -> tuple[Table,
     total = sum(np.asarray(r["confusion"], dtype=int) for r in rows if list(r["class_names"]) == names)
     disp = pd.DataFrame(total, index=pd.Index(names, name="true \\ predicted"), columns=names)
     data = disp.stack().rename("count").reset_index().set_axis(["true", "predicted", "count"], axis=1)
-    t = Table(f"confusion-{res.labels[cid]}-{category}-{shots}-{group_label(_f(res, cid))}",
+    t = Table(f"confusion-{res.labels[cid]}-{category}-{shots}-{group_label(res.configs[cid])}",
               f"{res.labels[cid]}: confusion matrix, {category}, {shots}-shot", disp, data.assign(configuration=res.labels[cid]),
               f"query counts summed over {len(rows)} seed(s); rows = true defect type, columns = predicted")  # fmt: skip
     return t, total, names
@@ -293,67 +342,3 @@ def build_report(
                                                                    cm[0].title + " (row-normalised; numbers = counts summed over seeds)"))  # fmt: skip
             doc.sections.append(sec)
     return doc
-
-
-def command_line(name: str, args: argparse.Namespace, flags: dict[str, str]) -> str:
-    """Reconstruct ``python -m bench NAME ...`` from parsed arguments (the exact regenerating command)."""
-    parts = ["python", "-m", "bench", name, *[str(p) for p in args.results]]
-    for dest, flag in flags.items():
-        v = getattr(args, dest, None)
-        if v is None or v is False:
-            continue
-        if v is True:
-            parts.append(flag)
-        elif isinstance(v, (list, tuple)):
-            parts += [flag, *[str(x) for x in v]]
-        else:
-            parts += [flag, str(v)]
-    return shlex.join(parts)
-
-
-def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results", nargs="+", help="results.jsonl files or run folders")
-    p.add_argument("--format", nargs="+", default=["md"], choices=[*FORMATS, "all"], help="output formats (default md)")
-    p.add_argument("--out", default="report", help="output folder (default report/); '-' prints Markdown to stdout")
-    p.add_argument("--compare", choices=["paper"], help="put the paper's reported numbers next to ours")
-    p.add_argument("--category", nargs="+", help="categories for per-class tables and confusion matrices (default: the first)")
-    p.add_argument("--detail-shots", type=int, help="shots for confusion matrices and per-category bars (default: the largest)")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG/SVG plots")
-    p.add_argument("--boot", type=int, default=DEFAULT_BOOT, help=f"bootstrap resamples (default {DEFAULT_BOOT:,})")
-    p.add_argument("--boot-seed", type=int, default=DEFAULT_BOOT_SEED, help="seed of the bootstrap generator (default 0)")
-
-
-FLAGS = {"format": "--format", "out": "--out", "compare": "--compare", "category": "--category", "detail_shots": "--detail-shots",
-         "no_plots": "--no-plots", "boot": "--boot", "boot_seed": "--boot-seed"}  # fmt: skip
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.boot < 100:
-        raise BenchError(f"--boot {args.boot} is too few bootstrap resamples for a 95% interval; use ≥ 1000 (default 10,000).")
-    res = load_results(args.results)
-    grids = [res.grid(g) for g in res.groups()]
-    unknown = sorted(set(args.category or []) - {c for cats, _, _ in grids for c in cats})
-    if unknown:
-        raise BenchError(f"--category {', '.join(unknown)}: not in these results; they hold {', '.join(sorted({c for g in grids for c in g[0]}))}.")
-    if args.detail_shots is not None and not any(args.detail_shots in shots for _, _, shots in grids):
-        raise BenchError(f"--detail-shots {args.detail_shots}: no results at that shot count; they hold {sorted({s for g in grids for s in g[2]})}.")
-    formats = list(FORMATS) if "all" in args.format else list(dict.fromkeys(args.format))
-    cmd = command_line("report", args, FLAGS)
-    if args.out == "-":
-        doc = build_report(res, args.compare == "paper", args.category, args.detail_shots, args.boot, args.boot_seed, None, cmd)
-        sys.stdout.write(to_markdown(doc))
-    else:
-        out = Path(args.out)
-        plots_dir = None if args.no_plots else out / "plots"
-        doc = build_report(res, args.compare == "paper", args.category, args.detail_shots, args.boot, args.boot_seed, plots_dir, cmd)
-        written: list[Path] = []
-        for fmt_ in formats:
-            target = out / "csv" if fmt_ == "csv" else out / f"report{'.tex' if fmt_ == 'latex' else '.' + fmt_}"
-            written += write_document(doc, fmt_, target)
-        if plots_dir is not None:
-            written += sorted(plots_dir.glob("*.*"))
-        print(f"wrote {len(written)} file(s) to {out}/: " + ", ".join(str(p.relative_to(out)) for p in written[:8])
-              + (" ..." if len(written) > 8 else ""))  # fmt: skip
-    if res.skipped_lines:
-        print(f"skipped {res.skipped_lines} unreadable or incomplete line(s) in the results (e.g. a run killed mid-write)", file=sys.stderr)
-    return 0

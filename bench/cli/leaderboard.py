@@ -1,0 +1,53 @@
+"""Ranked configurations with 95% confidence intervals and coverage, per shot count.
+
+Examples::
+
+    python -m bench leaderboard results/                           # results/leaderboard.md
+    python -m bench leaderboard results/ --format md html csv     # + a single static HTML page and CSVs
+
+For each dataset × protocol × class-set group and each shot count: configurations ranked by mean accuracy
+(unweighted mean over categories of the per-category seed means), a 95% interval from a category-stratified
+bootstrap over seeds, the coverage (finished (category, seed) runs of the expected grid), P(> next) (the
+probability of beating the next-ranked configuration on a random paired run), backbone and weights, and
+chance / majority-class reference rows. A configuration with missing categories, seeds or failed jobs is
+marked † and listed after the ranked ones, never ranked as if complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.cli._args import add_document_options, check_boot, command_line, note_skipped_lines
+from bench.report.leaderboard import build_leaderboard
+from bench.report.load import load_results
+from bench.report.render import FORMATS, write_document
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", nargs="+", help="results.jsonl files or run folders")
+    p.add_argument("--out", default="results/leaderboard.md", help="output file (default results/leaderboard.md); "
+                   "other formats are written next to it with their own suffix (CSV: a folder)")  # fmt: skip
+    p.add_argument("--format", nargs="+", choices=[*FORMATS, "all"], help="formats (default: from the --out suffix, else md)")
+    add_document_options(p)
+
+
+FLAGS = {"out": "--out", "format": "--format", "no_plots": "--no-plots", "boot": "--boot", "boot_seed": "--boot-seed"}
+_BY_SUFFIX = {".md": "md", ".html": "html", ".htm": "html", ".tex": "latex", ".csv": "csv"}
+
+
+def main(args: argparse.Namespace) -> int:
+    check_boot(args.boot)
+    out = Path(args.out)
+    formats = args.format or [_BY_SUFFIX.get(out.suffix.lower(), "md")]
+    formats = list(FORMATS) if "all" in formats else list(dict.fromkeys(formats))
+    res = load_results(args.results)
+    plots_dir = None if args.no_plots else out.parent / f"{out.stem}_plots"
+    doc = build_leaderboard(res, args.boot, args.boot_seed, plots_dir, command_line("leaderboard", args, FLAGS))
+    written: list[Path] = []
+    for f in formats:
+        target = out.with_suffix("") if f == "csv" else out.with_suffix({"latex": ".tex"}.get(f, "." + f))
+        written += write_document(doc, f, target)
+    print(f"wrote {', '.join(str(p) for p in written[:6])}{' ...' if len(written) > 6 else ''}")
+    note_skipped_lines(res.skipped_lines)
+    return 0

@@ -1,0 +1,71 @@
+"""Tables (and plots) from results files, in the paper's shapes; everything generated, nothing typed by hand.
+
+Examples::
+
+    python -m bench report results/                                   # Markdown: report/report.md
+    python -m bench report results/ --format md csv latex html --out report
+    python -m bench report results/ --compare paper                   # the paper's numbers next to ours
+    python -m bench report results/ --category bottle --detail-shots 5
+
+Per configuration: categories × shots (mean ± sample std over seeds, an average row over categories);
+categories (classes, queries, chance, majority); an ablation table (configurations × shots averaged over
+categories, rows named as the paper names them); paired P(A > B); per-class recall and confusion matrices
+for a chosen category. Configurations that differ in anything but category, shots and seed are separate
+lines labelled by what differs; incomplete grids show (n/N) and a †. CSV files hold the tidy numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.cli._args import add_document_options, check_boot, command_line, note_skipped_lines
+from bench.errors import BenchError
+from bench.report.load import load_results
+from bench.report.render import FORMATS, to_markdown, write_document
+from bench.report.tables import build_report
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", nargs="+", help="results.jsonl files or run folders")
+    p.add_argument("--format", nargs="+", default=["md"], choices=[*FORMATS, "all"], help="output formats (default md)")
+    p.add_argument("--out", default="report", help="output folder (default report/); '-' prints Markdown to stdout")
+    p.add_argument("--compare", choices=["paper"], help="put the paper's reported numbers next to ours")
+    p.add_argument("--category", nargs="+", help="categories for per-class tables and confusion matrices (default: the first)")
+    p.add_argument("--detail-shots", type=int, help="shots for confusion matrices and per-category bars (default: the largest)")
+    add_document_options(p)
+
+
+FLAGS = {"format": "--format", "out": "--out", "compare": "--compare", "category": "--category", "detail_shots": "--detail-shots",
+         "no_plots": "--no-plots", "boot": "--boot", "boot_seed": "--boot-seed"}  # fmt: skip
+
+
+def main(args: argparse.Namespace) -> int:
+    check_boot(args.boot)
+    res = load_results(args.results)
+    grids = [res.grid(g) for g in res.groups()]
+    unknown = sorted(set(args.category or []) - {c for cats, _, _ in grids for c in cats})
+    if unknown:
+        raise BenchError(f"--category {', '.join(unknown)}: not in these results; they hold {', '.join(sorted({c for g in grids for c in g[0]}))}.")
+    if args.detail_shots is not None and not any(args.detail_shots in shots for _, _, shots in grids):
+        raise BenchError(f"--detail-shots {args.detail_shots}: no results at that shot count; they hold {sorted({s for g in grids for s in g[2]})}.")
+    formats = list(FORMATS) if "all" in args.format else list(dict.fromkeys(args.format))
+    cmd = command_line("report", args, FLAGS)
+    if args.out == "-":
+        doc = build_report(res, args.compare == "paper", args.category, args.detail_shots, args.boot, args.boot_seed, None, cmd)
+        sys.stdout.write(to_markdown(doc))
+    else:
+        out = Path(args.out)
+        plots_dir = None if args.no_plots else out / "plots"
+        doc = build_report(res, args.compare == "paper", args.category, args.detail_shots, args.boot, args.boot_seed, plots_dir, cmd)
+        written: list[Path] = []
+        for fmt_ in formats:
+            target = out / "csv" if fmt_ == "csv" else out / f"report{'.tex' if fmt_ == 'latex' else '.' + fmt_}"
+            written += write_document(doc, fmt_, target)
+        if plots_dir is not None:
+            written += sorted(plots_dir.glob("*.*"))
+        print(f"wrote {len(written)} file(s) to {out}/: " + ", ".join(str(p.relative_to(out)) for p in written[:8])
+              + (" ..." if len(written) > 8 else ""))  # fmt: skip
+    note_skipped_lines(res.skipped_lines)
+    return 0
