@@ -289,7 +289,7 @@ def coerce_options(config_cls: type, values: dict[str, Any]) -> dict[str, Any]:
     return {k: (_coerce(k, v, hints[k]) if k in fields and k in hints else v) for k, v in values.items()}
 
 
-METHODS: Registry[MethodSpec] = Registry("method")
+METHODS: Registry[MethodSpec] = Registry("method", package="bench.methods")
 
 
 def register_method(
@@ -315,9 +315,8 @@ def register_method(
 
 
 def get_method(name: str) -> MethodSpec:
-    from bench.methods import import_all
-
-    import_all()
+    """The registered method ``name`` (every module of ``bench.methods`` is imported first)."""
+    METHODS.import_all()
     return METHODS.get(name).obj
 
 

@@ -2,13 +2,16 @@
 
 Used for methods (``methods/``) and dataset adapters (``datasets/``). Registering a name twice is an
 error (unless ``override=True``); looking up an unknown name raises :class:`UnknownNameError` with the
-closest registered names, so a typo on the command line gets a useful answer.
+closest registered names, so a typo on the command line gets a useful answer. A registry knows the package
+whose modules register into it (:meth:`Registry.import_all`), so the module that defines a registry never
+imports that package (no import circle between ``bench.method`` and ``bench.methods``).
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Iterator, Sequence, TypeVar
@@ -34,11 +37,22 @@ class Entry(Generic[T]):
 
 
 class Registry(Generic[T]):
-    """Name → :class:`Entry` map with helpful errors."""
+    """Name → :class:`Entry` map with helpful errors.
 
-    def __init__(self, kind: str) -> None:
+    Args:
+        kind: what is registered (``method``, ``dataset``), for messages.
+        package: the package whose modules register here; :meth:`import_all` imports them.
+    """
+
+    def __init__(self, kind: str, package: str | None = None) -> None:
         self.kind = kind
+        self.package = package
         self._entries: dict[str, Entry[T]] = {}
+
+    def import_all(self) -> None:
+        """Import every module of :attr:`package` so that their registrations run (see :func:`import_modules`)."""
+        if self.package:
+            import_modules(self.package)
 
     def add(self, name: str, obj: T, description: str = "", override: bool = False, **meta: Any) -> Entry[T]:
         if not name or name != name.strip() or " " in name:
@@ -71,6 +85,28 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+_IMPORTED: set[str] = set()
+
+
+def import_modules(package: str) -> None:
+    """Import every module of ``package`` whose name does not start with ``_``, sorted by name, once per process.
+
+    Sub-packages are left out (``bench.datasets.pseudo`` registers nothing). The package counts as imported from
+    the start, so a module that looks a name up while it is being imported does not import the package again; if
+    an import fails, the next call tries again.
+    """
+    if package in _IMPORTED:
+        return
+    _IMPORTED.add(package)
+    try:
+        for info in sorted(pkgutil.iter_modules(importlib.import_module(package).__path__), key=lambda i: i.name):
+            if not info.name.startswith("_") and not info.ispkg:
+                importlib.import_module(f"{package}.{info.name}")
+    except BaseException:
+        _IMPORTED.discard(package)
+        raise
 
 
 def import_plugins(modules: Sequence[str]) -> None:

@@ -126,7 +126,7 @@ class Samples:
 
 
 Adapter = Callable[[Path | None, DatasetOptions], Samples]
-DATASETS: Registry[Adapter] = Registry("dataset")
+DATASETS: Registry[Adapter] = Registry("dataset", package="bench.datasets")
 
 
 def register_dataset(name: str, description: str = "", **meta: object) -> Callable[[Adapter], Adapter]:
@@ -141,15 +141,22 @@ def register_dataset(name: str, description: str = "", **meta: object) -> Callab
 
 def load_dataset(name: str, root: str | Path | None = None, options: DatasetOptions | None = None) -> Samples:
     """Parse dataset ``name`` at ``root`` into a :class:`Samples` table (validated, filtered by ``options``)."""
-    from bench.datasets import import_all
-
-    import_all()
+    DATASETS.import_all()
     entry = DATASETS.get(name)
     samples = entry.obj(Path(root).expanduser() if root is not None else None, options or DatasetOptions())
     return finalize(samples, options or DatasetOptions())
 
 
-def _list_images(folder: Path, ignored: list[str] | None = None, base: Path | None = None) -> list[Path]:
+def dataset_image_fit(name: str) -> str:
+    """The image fit an adapter declares (``register_dataset(..., image_fit=...)``; MTD: ``squash``), else ``crop``.
+
+    An unknown dataset name gives ``crop`` here; :func:`load_dataset` reports the name with the known ones.
+    """
+    DATASETS.import_all()
+    return str(DATASETS.get(name).meta.get("image_fit", "crop")) if name in DATASETS else "crop"
+
+
+def list_images(folder: Path, ignored: list[str] | None = None, base: Path | None = None) -> list[Path]:
     """Image files of ``folder``, sorted; hidden and system files go to ``ignored`` (relative to ``base``)."""
     out = []
     for p in sorted(folder.iterdir()):
@@ -235,7 +242,7 @@ def scan_mvtec_layout(
                 idir = ldir / image_subdir if image_subdir else ldir
                 if not idir.is_dir():
                     continue
-                for img in _list_images(idir, left_out, cdir):
+                for img in list_images(idir, left_out, cdir):
                     mask = mask_folder(cdir, ldir.name, img.stem) if (mask_folder and split == "test") else None
                     rows.append(
                         dict(

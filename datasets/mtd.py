@@ -53,7 +53,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from bench.datasets._base import SAMPLE_COLUMNS, DatasetOptions, Samples, _list_images, check_root, register_dataset
+from bench.datasets._base import SAMPLE_COLUMNS, DatasetOptions, Samples, check_root, list_images, register_dataset
 from bench.errors import DatasetError
 from bench.seeding import stable_int
 
@@ -129,7 +129,7 @@ def _scan_type(folder: Path, need_masks: bool) -> list[tuple[Path, Path | None]]
             f"{imgs_dir} is missing: MTD keeps the images of {folder.name} in {folder.name}/Imgs/<name>.jpg. "
             "Restore the folder from the original download or remove it."
         )
-    files = _list_images(imgs_dir)
+    files = list_images(imgs_dir)
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTS]
     if not images:
         raise DatasetError(

@@ -7,18 +7,9 @@ file with a ``@register_method`` class is all it takes to add a method. Out-of-t
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
-_IMPORTED = False
+from bench.method import METHODS
 
 
 def import_all() -> None:
-    """Import every method module so that their registrations run."""
-    global _IMPORTED
-    if _IMPORTED:
-        return
-    _IMPORTED = True
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
+    """Import every method module so that their registrations run (:meth:`bench.registry.Registry.import_all`)."""
+    METHODS.import_all()

@@ -54,7 +54,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _supports_zero_init_last(name: str) -> bool:
+def supports_zero_init_last(name: str) -> bool:
+    """Whether timm's ``name`` takes ``zero_init_last`` (its ResNet family: the last BN of each block zeroed)."""
     return name.startswith(("resnet", "wide_resnet", "resnext", "seresnet"))
 
 
@@ -98,7 +99,7 @@ def create_backbone(
     kwargs = dict(timm_kwargs)
     if weights == "random":
         zil = False if zero_init_last is None else zero_init_last
-        if _supports_zero_init_last(name):
+        if supports_zero_init_last(name):
             kwargs["zero_init_last"] = zil
         else:
             zil = None

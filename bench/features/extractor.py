@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.features.backbones import WeightsInfo, _supports_zero_init_last, create_backbone, weights_tag
+from bench.features.backbones import WeightsInfo, create_backbone, supports_zero_init_last, weights_tag
 from bench.cache import file_sha256, stable_hash
 from bench.errors import ConfigError
 from bench.images import DECODING, FITS
@@ -101,7 +101,7 @@ class FeatureConfig:
     @property
     def effective_zero_init_last(self) -> bool | None:
         """What the backbone is built with: False for random ResNets unless set, None when meaningless."""
-        if self.weights != "random" or not _supports_zero_init_last(self.backbone):
+        if self.weights != "random" or not supports_zero_init_last(self.backbone):
             return None
         return bool(self.zero_init_last) if self.zero_init_last is not None else False
 

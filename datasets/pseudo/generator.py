@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from bench.datasets.pseudo.foreground import FOREGROUND_VERSION, cached_foreground, load_resized, source_content
-from bench.datasets.pseudo.textures import TextureBank, _resize
+from bench.datasets.pseudo.textures import TextureBank, resize_square
 from bench.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -262,7 +262,7 @@ class PseudoDefectGenerator:
         self.normal_paths = [str(p) for p in normal_paths]
         self.textures, self.category, self.config, self.seed = textures, category, config, int(seed)
         swap = config.texture_bgr and not textures.bgr  # a bank loaded with bgr=True is not swapped twice
-        self._tex = [np.ascontiguousarray(_resize(t, config.size)[..., ::-1 if swap else 1]) for t in textures.images]
+        self._tex = [np.ascontiguousarray(resize_square(t, config.size)[..., ::-1 if swap else 1]) for t in textures.images]
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._cache_size = cache_size
 

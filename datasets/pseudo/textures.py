@@ -62,7 +62,7 @@ class TextureBank:
         return self._digest
 
 
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
+def resize_square(img: np.ndarray, size: int) -> np.ndarray:
     """Resize an (H, W[, 3]) uint8 array to (size, size[, 3]) with cv2's bilinear filter, as the reference code."""
     import cv2
 
@@ -124,7 +124,7 @@ def load_dtd(root: Path, size: int = 256, bgr: bool = False) -> TextureBank:
                 "texture; replace the file with the original from the DTD archive, or delete it so that the next "
                 "one is used)"
             ) from None
-        img = _resize(arr, size)
+        img = resize_square(arr, size)
         names.append(folder.name)
         images.append(np.ascontiguousarray(img[..., ::-1]) if bgr else img)
     source = f"dtd:{images_dir.resolve()}" + (":bgr" if bgr else "")
@@ -282,7 +282,7 @@ def procedural_bank(seed: int = 0, size: int = 256) -> TextureBank:
 
     for name in SKIMAGE_TEXTURES:
         gray = np.asarray(getattr(skimage.data, name)(), dtype=np.uint8)
-        images.append(np.repeat(_resize(gray, size)[..., None], 3, axis=2))
+        images.append(np.repeat(resize_square(gray, size)[..., None], 3, axis=2))
         names.append(name)
     return TextureBank(names=names, images=images, source=f"{PROCEDURAL_VERSION}:seed={seed}")
 
