@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.datasets import foreground as fgm
+from bench.datasets.pseudo import foreground as fgm
 from bench.datasets.pseudo.generator import (
     PseudoConfig,
     PseudoDefectGenerator,
