@@ -40,6 +40,7 @@ import torch
 
 from bench.errors import ConfigError, brief
 from bench.registry import Registry
+from bench.results import DEFAULT_TASK
 from bench.seeding import numpy_rng, seed_torch_global, torch_generator
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ class Method(abc.ABC):
     """Base class of every few-shot defect-type classifier."""
 
     Config: ClassVar[type]
+    task: ClassVar[str] = DEFAULT_TASK  # what it solves (bench.results.OK_METRICS); a run mixes no tasks
     name: str = ""  # set per instance by the registry (variants share the class)
 
     def __init__(self, config: Any, ctx: TaskContext) -> None:
@@ -320,8 +322,12 @@ def get_method(name: str) -> MethodSpec:
     return METHODS.get(name).obj
 
 
-def check_options(specs: Sequence[MethodSpec], options: dict[str, Any] | None) -> None:
-    """Raise :class:`ConfigError` for a ``--set`` option that applies to none of the run's methods."""
+def check_options(specs: Sequence[MethodSpec], options: dict[str, Any] | None) -> dict[str, Any]:
+    """Each method's config with the options that apply to it, by method name.
+
+    Raises:
+        ConfigError: for a ``--set`` option that applies to none of the run's methods, or a value a method refuses.
+    """
     by_name = {s.name: s for s in specs}
     for k in options or {}:
         if "." in k:
@@ -335,8 +341,7 @@ def check_options(specs: Sequence[MethodSpec], options: dict[str, Any] | None) -
         elif not any(k in s.option_names() for s in specs):
             opts = "; ".join(f"{s.name}: {', '.join(sorted(s.option_names()))}" for s in specs)
             raise ConfigError(f"no method of this run has an option {k!r} (--set). Options: {opts}.")
-    for s in specs:
-        s.make_config(s.select_options(options))
+    return {s.name: s.make_config(s.select_options(options)) for s in specs}
 
 
 def config_dict(config: Any) -> dict[str, Any]:

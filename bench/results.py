@@ -8,7 +8,9 @@ when a row with its key and ``status == "ok"`` exists, so re-running a command r
 
 Row schema (``schema: 1``), top-level keys:
 
-* identity: ``key``, ``status`` ("ok" | "error"), ``error`` (message or null), ``method``,
+* identity: ``key``, ``task`` (what the job solves, :data:`OK_METRICS`; a row without it is a
+  ``classification`` row, written before tasks existed), ``status`` ("ok" | "error"), ``error`` (message or
+  null), ``method``,
   ``method_config`` (dict), ``method_config_hash``, ``features`` (feature/backbone config dict, with
   ``decoding``: EXIF orientation, float and 16-bit handling),
   ``weights`` (what was loaded: backbone, weights, pretrained, source, sha256, zero_init_last),
@@ -178,7 +180,14 @@ REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
 }  # fmt: skip
 """Fields every row has, with their JSON types; a line without them is skipped like a corrupt one."""
 OK_METRICS = {"classification": "accuracy"}
-"""The number an ``ok`` row of each task must carry (finite, in [0, 1])."""
+"""The tasks the harness knows, each with the number an ``ok`` row of that task must carry (finite, in [0, 1])."""
+DEFAULT_TASK = "classification"
+"""The task of a row without a ``task`` field: rows written before tasks existed are defect-type classification."""
+
+
+def row_task(row: dict[str, Any]) -> str:
+    """The task a row belongs to (:data:`DEFAULT_TASK` when it does not say)."""
+    return str(row.get("task") or DEFAULT_TASK)
 
 
 def row_problem(row: Any) -> str:
@@ -194,7 +203,7 @@ def row_problem(row: Any) -> str:
     if missing:
         return f"not a complete result row (missing or mistyped: {', '.join(missing)})"
     if row["status"] == "ok":
-        metric = OK_METRICS.get(str(row.get("task", "classification")))
+        metric = OK_METRICS.get(row_task(row))
         if metric is None:
             return f"unknown task {str(row.get('task'))[:40]!r}"
         v = row.get(metric)

@@ -603,7 +603,6 @@ def test_cache_prune_while_a_bank_is_built(capsys, caplog, monkeypatch, data, ou
     are gathered; removed as prune removes entries, one unlink each, two of them to keep the test fast): the
     entries are recomputed and the job succeeds with the numbers of an undisturbed run."""
     import bench.features.store
-    import bench.run.grid
     from bench import cache as bcache
     from bench.cache import file_sha256
 
@@ -625,7 +624,7 @@ def test_cache_prune_while_a_bank_is_built(capsys, caplog, monkeypatch, data, ou
         return sel
 
     monkeypatch.setattr(bench.features.store, "approximate_greedy_coreset", coreset_with_prunes)
-    monkeypatch.setattr(bench.run.grid, "_STORES", {})  # a new feature store: no bank held in memory
+    monkeypatch.setattr(bench.features.store, "SHARED_STORES", {})  # a new feature store: no bank held in memory
     with caplog.at_level("WARNING"):
         code, _, err = run(capsys, data, tmp_path / "out2", cache, *args)
     assert code == 0, err

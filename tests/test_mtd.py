@@ -19,7 +19,7 @@ from bench.errors import ConfigError
 from bench.features.extractor import FeatureConfig
 from bench.images import Preprocess
 from bench.results import read_rows
-from bench.run.grid import RunConfig
+from bench.run import RunConfig
 
 COMMON = ["--backbone", "resnet18", "--weights", "random", "--no-progress"]
 
@@ -224,10 +224,10 @@ def test_image_fit_in_the_feature_key_and_the_dataset_default() -> None:
     assert len(keys) == 3
     with pytest.raises(ConfigError, match="image fit"):
         FeatureConfig(image_fit="pad")
-    assert RunConfig(dataset="mtd").feature_config().image_fit == "squash"  # the adapter's declared preference
-    assert RunConfig(dataset="mtd", image_fit="crop").feature_config().image_fit == "crop"  # --image-fit wins
-    assert RunConfig(dataset="synthetic-tiny").feature_config().image_fit == "crop"
-    assert RunConfig(dataset="no-such-dataset").feature_config().image_fit == "crop"  # reported by load_dataset
+    assert RunConfig(dataset="mtd").features.image_fit == "squash"  # the adapter's declared preference
+    assert RunConfig(dataset="mtd", image_fit="crop").features.image_fit == "crop"  # --image-fit wins
+    assert RunConfig(dataset="synthetic-tiny").features.image_fit == "crop"
+    assert RunConfig(dataset="no-such-dataset").features.image_fit == "crop"  # reported by load_dataset
 
 
 # --------------------------------------------------------------------------------------------- the real dataset

@@ -362,7 +362,7 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def _run(tmp_path: Path, method: str, shots: list[int], options: dict[str, Any], categories: list[str] | None = None,
          cache: Path | None = None) -> list[dict]:  # fmt: skip
     from bench.results import read_rows
-    from bench.run.grid import RunConfig, execute
+    from bench.run import RunConfig, execute
 
     cfg = RunConfig(
         methods=[method], method_options=options, dataset="synthetic-tiny", categories=categories, shots=shots,

@@ -353,11 +353,12 @@ class _FakeStore:
 def test_tsne_with_fake_feature_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """The whole `bench tsne` path (episode, fit, embed, t-SNE, plot, CSV) with the feature store faked."""
     import bench.run.grid
+    import bench.run.job
     from bench.datasets import DatasetOptions, load_dataset
 
     data = tmp_path / "data"
     store = _FakeStore()
-    monkeypatch.setattr(bench.run.grid, "get_store", lambda cfg: store)
+    monkeypatch.setattr(bench.run.job, "feature_store", lambda cfg: store)
     monkeypatch.setattr(bench.run.grid, "preflight", lambda cfg: load_dataset(cfg.dataset, cfg.data_root, cfg.dataset_options()))
     out = tmp_path / "tsne"
     args = ["tsne", "--method", "test-fake-embed", "--dataset", "synthetic-tiny", "--data-root", str(data), "--category", "tile",

@@ -410,21 +410,21 @@ def group_gone(pgid: int, timeout: float) -> bool:
 
 def _sigint_state_in_worker() -> tuple[bool, bool]:
     """(SIGINT blocked when the task starts, SIGINT ignored after the worker prologue), in a worker process."""
-    from bench.run.grid import _ignore_sigint
+    from bench.run.workers import ignore_sigint
 
     blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
-    _ignore_sigint()
+    ignore_sigint()
     return blocked, signal.getsignal(signal.SIGINT) == signal.SIG_IGN and signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
 def test_workers_started_by_a_run_never_see_ctrl_c() -> None:
-    """A worker started under ``_sigint_held`` has SIGINT blocked from its first instruction (no window before
+    """A worker started under ``sigint_held`` has SIGINT blocked from its first instruction (no window before
     its first task in which a Ctrl-C kills it with a traceback) and ignores it after the task prologue."""
     from joblib.externals.loky import get_reusable_executor
 
-    from bench.run.grid import _sigint_held
+    from bench.run.workers import sigint_held
 
-    with _sigint_held():
+    with sigint_held():
         executor = get_reusable_executor(max_workers=1, reuse=False)
         future = executor.submit(_sigint_state_in_worker)
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, []), "the main process's mask is restored"

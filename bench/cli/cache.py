@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 
 from bench.errors import ConfigError
+from bench.paths import CACHE_ENV, DEFAULT_CACHE
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["info", "prune", "clear"])
-    p.add_argument("--cache-dir", help="cache root (default $BENCH_CACHE or ~/.cache/fsad-bench)")
+    p.add_argument("--cache-dir", help=f"cache root (default ${CACHE_ENV} or {DEFAULT_CACHE})")
     p.add_argument("--kinds", nargs="+", help="only these kinds (top-level folders shown by `cache info`)")
     p.add_argument("--max-size", help="prune: the size to get down to, e.g. 20G or 500M")
     p.add_argument("--dry-run", action="store_true", help="prune: only show what would be removed")

@@ -34,23 +34,24 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from bench.datasets import DatasetOptions, load_dataset
+    from bench.datasets import DatasetOptions, dataset_image_fit, load_dataset
     from bench.features.detect import detect, format_detect
-    from bench.run.grid import RunConfig, get_store
+    from bench.features.extractor import FeatureConfig
+    from bench.features.store import shared_store
+    from bench.paths import cache_root, set_cache_root
+    from bench.run.config import resolve_device
 
-    zil = None if args.zero_init_last is None else args.zero_init_last == "true"
-    cfg = RunConfig(
-        methods=[], dataset=args.dataset, data_root=args.data_root, categories=args.categories, backbone=args.backbone,
-        weights=args.weights, zero_init_last=zil, precision=args.precision, image_fit=args.image_fit,
-        cache_dir=args.cache_dir, device=args.device,
-    )
+    fcfg = FeatureConfig(
+        backbone=args.backbone, weights=args.weights, precision=args.precision,
+        zero_init_last=None if args.zero_init_last is None else args.zero_init_last == "true",
+        image_fit=args.image_fit or dataset_image_fit(args.dataset),
+    )  # fmt: skip
+    device = resolve_device(args.device)
     if args.cache_dir:
-        import os
-
-        os.environ["BENCH_CACHE"] = str(Path(args.cache_dir).expanduser().resolve())
+        set_cache_root(args.cache_dir)
     # detection needs every category with test images, including single-type ones (toothbrush)
     samples = load_dataset(args.dataset, args.data_root, DatasetOptions(categories=tuple(args.categories) if args.categories else None, min_defect_types=1))
-    store = get_store(cfg)
+    store = shared_store(fcfg, device, cache_root(args.cache_dir))
     if not store.weights_info.pretrained:
         print("note: RANDOM backbone weights: AUROCs are a pipeline sanity check, not PatchCore's published figures.")
     df = detect(samples, store, seed=args.seed, coreset_ratio=args.coreset_ratio)

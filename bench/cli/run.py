@@ -27,8 +27,9 @@ import yaml
 from bench.cli._args import parse_int_list, parse_set
 from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, Terminated, brief
 from bench.method import coerce_options
-from bench.run.grid import Job, RunConfig, execute
+from bench.paths import CACHE_ENV, DEFAULT_CACHE
 from bench.report.summary import summary_table
+from bench.run import Job, RunConfig, execute
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -62,18 +63,16 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", help="Dask scheduler address for --backend dask (default: a local cluster)")
     p.add_argument("--threads", type=int, help="torch threads in total (split between workers)")
     p.add_argument("--out", help="results folder (default results/)")
-    p.add_argument("--cache-dir", help="cache folder (default $BENCH_CACHE or ~/.cache/fsad-bench)")
+    p.add_argument("--cache-dir", help=f"cache folder (default ${CACHE_ENV} or {DEFAULT_CACHE})")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-_SIMPLE = {
-    "dataset": "dataset", "data_root": "data_root", "categories": "categories", "protocol": "protocol",
-    "include_good": "include_good", "exclude_combined": "exclude_combined", "min_defect_types": "min_defect_types",
-    "backbone": "backbone", "weights": "weights", "precision": "precision", "image_fit": "image_fit",
-    "coreset_ratio": "coreset_ratio",
-    "textures": "textures", "device": "device", "jobs": "jobs", "backend": "backend", "scheduler": "scheduler",
-    "threads": "threads", "out": "out", "cache_dir": "cache_dir",
-}  # fmt: skip
+COPIED_OPTIONS = (
+    "dataset", "data_root", "categories", "protocol", "include_good", "exclude_combined", "min_defect_types",
+    "backbone", "weights", "precision", "image_fit", "coreset_ratio",
+    "textures", "device", "jobs", "backend", "scheduler", "threads", "out", "cache_dir",
+)  # fmt: skip
+"""Flags whose value, when given, is the :class:`RunConfig` field of the same name as is (the others are parsed)."""
 
 
 def _load_config_file(path: Path) -> dict[str, Any]:
@@ -106,10 +105,10 @@ def _load_config_file(path: Path) -> dict[str, Any]:
 def build_config(args: argparse.Namespace) -> RunConfig:
     """The run's configuration from a config file and flags (flags win), every value checked (before any job)."""
     values: dict[str, Any] = _load_config_file(args.config) if args.config else {}
-    for attr, field in _SIMPLE.items():
-        v = getattr(args, attr, None)
+    for name in COPIED_OPTIONS:
+        v = getattr(args, name, None)
         if v is not None:
-            values[field] = v
+            values[name] = v
     if args.methods:
         values["methods"] = args.methods
     if isinstance(values.get("methods"), str):

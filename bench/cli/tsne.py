@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError, ConfigError
+from bench.paths import CACHE_ENV, DEFAULT_CACHE
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -35,7 +36,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="resnet50", help="timm backbone (default resnet50)")
     p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a local weights file")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    p.add_argument("--cache-dir", help="cache folder (default $BENCH_CACHE or ~/.cache/fsad-bench)")
+    p.add_argument("--cache-dir", help=f"cache folder (default ${CACHE_ENV} or {DEFAULT_CACHE})")
     p.add_argument("--perplexity", type=float, help="t-SNE perplexity (default min(30, (N-1)/3))")
     p.add_argument("--tsne-seed", type=int, default=0, help="t-SNE random state (default 0)")
     p.add_argument("--out", default="tsne", help="output folder (default tsne/)")
@@ -62,12 +63,14 @@ def tsne_2d(x: np.ndarray, perplexity: float | None, seed: int) -> np.ndarray:
 
 
 def main(args: argparse.Namespace) -> int:
+    from bench.cli._args import parse_set
+    from bench.method import SupportSet, get_method
     from bench.report import plots
     from bench.report.render import csv_safe
-    from bench.cli._args import parse_set
-    from bench.episodes import make_episode
-    from bench.method import SupportSet, TaskContext, get_method
-    from bench.run.grid import RunConfig, get_store, preflight, resolve_device
+    from bench.run.config import RunConfig
+    from bench.run.grid import preflight
+    from bench.run.job import build_method, feature_store, make_context
+    from bench.run.plan import plan
 
     spec = get_method(args.method)
     if not callable(getattr(spec.cls, "embed", None)):
@@ -84,15 +87,13 @@ def main(args: argparse.Namespace) -> int:
     if args.category not in samples.categories():
         why = samples.skipped.get(args.category)
         raise BenchError(f"category {args.category!r} is not usable in dataset {args.dataset!r}" + (f": {why}" if why else ""))
-    ep = make_episode(samples, args.category, args.shots, args.seed, cfg.protocol, cfg.include_good)
-    store = get_store(cfg)
-    ctx = TaskContext(
-        dataset=samples.dataset, category=args.category, seed=args.seed, shots=args.shots,
-        train_paths=samples.train_paths(args.category), store_factory=lambda: store, coreset_ratio=cfg.coreset_ratio,
-        device=resolve_device(cfg.device), cache_root=Path(cfg.cache_dir) if cfg.cache_dir else None, textures=cfg.textures,
-    )  # fmt: skip
-    method = spec.cls(spec.make_config(spec.select_options(cfg.method_options)), ctx)
-    method.name = spec.name
+    (job,) = plan(cfg, samples)  # the job `bench run` would run, with the same episode and method configuration
+    if job.error or job.episode is None:
+        raise BenchError(job.error or "no episode")
+    ep = job.episode
+    store = feature_store(cfg)
+    ctx = make_context(cfg, samples, job, store)
+    method = build_method(job, ctx)
     support = SupportSet(tuple(ep.support_paths()), tuple(ep.support_labels()), ep.class_names)
     method.fit(support)
     paths = list(ep.support_paths()) + list(ep.queries)

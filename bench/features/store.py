@@ -425,3 +425,21 @@ class FeatureStore:
     def anomaly_scores(self, paths: Sequence[str | Path], bank: MemoryBank) -> np.ndarray:
         """PatchCore image anomaly score: max over patches of the nearest-bank distance, (N,) float32."""
         return self.anomaly_maps(paths, bank).reshape(len(paths), -1).max(1) if len(paths) else np.zeros(0, np.float32)
+
+
+SHARED_STORES: dict[tuple[str, str, str], FeatureStore] = {}
+"""The feature stores of this process by (feature key, device, cache root): see :func:`shared_store`."""
+
+
+def shared_store(
+    config: FeatureConfig, device: str | torch.device = "cpu", cache_root: str | Path | None = None
+) -> FeatureStore:
+    """This process's :class:`FeatureStore` for ``config`` on ``device`` over ``cache_root``, built on first use.
+
+    The backbone is loaded once per process and the memory banks it builds stay in memory, so every job of a run
+    (and ``bench detect``) that needs the same features shares them.
+    """
+    key = (config.key(), str(device), str(cache_root))
+    if key not in SHARED_STORES:
+        SHARED_STORES[key] = FeatureStore(config, cache_root=cache_root, device=str(device))
+    return SHARED_STORES[key]

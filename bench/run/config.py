@@ -1,0 +1,149 @@
+"""The run's configuration: :class:`RunConfig`, every option of ``bench run`` checked before any work, and what is
+built from it once: the feature configuration (:attr:`RunConfig.features`), each method's configuration
+(:attr:`RunConfig.method_configs`), the cache root and the torch device.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from bench.datasets import DatasetOptions, dataset_image_fit
+from bench.errors import BenchError, ConfigError, brief
+from bench.method import check_options, get_method
+from bench.paths import cache_root
+from bench.results import DEFAULT_TASK, OK_METRICS
+
+if TYPE_CHECKING:
+    from bench.features.extractor import FeatureConfig
+
+
+@dataclass
+class RunConfig:
+    """Everything a ``bench run`` needs. CLI flags and YAML config files fill the same fields."""
+
+    methods: list[str] = field(default_factory=lambda: ["protonet"])
+    method_options: dict[str, Any] = field(default_factory=dict)  # applied to every method (unknown keys error)
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    categories: list[str] | None = None
+    shots: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    protocol: str = "paper"
+    include_good: bool = False
+    exclude_combined: bool = False
+    min_defect_types: int = 2
+    backbone: str = "resnet50"
+    weights: str = "imagenet"
+    zero_init_last: bool | None = None
+    precision: str = "fp32"
+    image_fit: str | None = None  # crop | squash | letterbox; None = the dataset adapter's preference, else crop
+    coreset_ratio: float = 0.1
+    textures: str | None = None
+    device: str = "auto"
+    jobs: int = 1
+    backend: str = "loky"
+    scheduler: str | None = None
+    out: str = "results"
+    cache_dir: str | None = None
+    threads: int | None = None
+    plugins: list[str] = field(default_factory=list)  # modules imported first, here and in every worker
+    task: str = DEFAULT_TASK  # what the jobs solve (bench.results.OK_METRICS); every method of the run must solve it
+
+    def __post_init__(self) -> None:
+        """Check every option before any work: a bad value is one :class:`ConfigError` naming the option and the
+        fix, never an error row per job, a traceback, or a value accepted silently (``--jobs 0``, NaN ratio)."""
+        from bench.images import FITS
+
+        def bad(option: str, value: Any, expected: str) -> ConfigError:
+            return ConfigError(f"{option} {brief(value)} is not allowed: {expected}")
+
+        if not all(isinstance(m, str) and m for m in self.methods):
+            raise bad("--method", self.methods, "give registered method names (python -m bench list methods)")
+        if not isinstance(self.method_options, dict):
+            raise bad("--set", self.method_options, "method options are key=value pairs")
+        for option, values, low in (("--shots", self.shots, 1), ("--seeds", self.seeds, 0)):
+            if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in values):
+                raise bad(option, values, f"a non-empty list of integers ≥ {low} (e.g. 1-5, 1,3 or 1 3)")
+        if self.protocol not in ("paper", "random"):
+            raise bad("--protocol", self.protocol, "paper or random")
+        if self.min_defect_types < 1:
+            raise bad("--min-defect-types", self.min_defect_types, "at least 1 (default 2)")
+        if not (math.isfinite(self.coreset_ratio) and 0 < self.coreset_ratio <= 1):
+            raise bad("--coreset-ratio", self.coreset_ratio, "a share of the memory bank kept, in (0, 1] (default 0.1)")
+        if self.precision not in ("fp32", "bf16"):
+            raise bad("--precision", self.precision, "fp32 or bf16")
+        if self.image_fit is not None and self.image_fit not in FITS:
+            raise bad("--image-fit", self.image_fit, " or ".join(FITS))
+        check_device(self.device)
+        if self.jobs < 1:
+            raise bad("--jobs", self.jobs, "at least 1 worker process (default 1)")
+        if self.backend not in ("loky", "dask"):
+            raise bad("--backend", self.backend, "loky or dask")
+        if self.threads is not None and self.threads < 1:
+            raise bad("--threads", self.threads, "at least 1 (default: all cores)")
+        if self.task not in OK_METRICS:
+            raise bad("task", self.task, " or ".join(OK_METRICS))
+
+    def dataset_options(self) -> DatasetOptions:
+        return DatasetOptions(
+            exclude_combined=self.exclude_combined,
+            min_defect_types=self.min_defect_types,
+            categories=tuple(self.categories) if self.categories else None,
+        )
+
+    @cached_property
+    def features(self) -> FeatureConfig:
+        """The feature configuration of the run, built once: the extractor, the job keys and the rows use it."""
+        from bench.features.extractor import FeatureConfig
+
+        return FeatureConfig(
+            backbone=self.backbone, weights=self.weights, zero_init_last=self.zero_init_last, precision=self.precision,
+            image_fit=self.image_fit or dataset_image_fit(self.dataset),
+        )
+
+    @cached_property
+    def method_configs(self) -> dict[str, Any]:
+        """Each method's configuration (its variant's defaults with the ``--set`` options that apply), by registered
+        name, built once; :func:`bench.run.plan.plan` gives each job its own.
+
+        Raises:
+            UnknownNameError: an unknown method name (with the closest registered ones).
+            ConfigError: an option that applies to no method of the run, a value a method refuses, or a method that
+                does not solve the run's task.
+        """
+        specs = [get_method(m) for m in self.methods]
+        for spec in specs:
+            if spec.cls.task != self.task:
+                raise ConfigError(f"method {spec.name!r} solves the task {spec.cls.task!r}, not {self.task!r}.")
+        return check_options(specs, self.method_options)
+
+    def cache_root(self) -> Path:
+        """The run's cache root (``--cache-dir``, else ``$BENCH_CACHE``, else the default), absolute."""
+        return cache_root(self.cache_dir)
+
+    def torch_device(self) -> torch.device:
+        """``--device`` resolved (:func:`resolve_device`)."""
+        return resolve_device(self.device)
+
+
+def check_device(name: str) -> None:
+    """Refuse a ``--device`` that is not ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` (:class:`ConfigError`)."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(name)):
+        raise ConfigError(f"--device {brief(name)} is not allowed: auto, cpu, cuda or cuda:N")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a CUDA device is an error."""
+    check_device(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto.")
+    return torch.device(name)
