@@ -14,7 +14,7 @@ from bench.errors import ConfigError, DatasetError
 from bench.method import METHODS, get_method
 from bench.run.metrics import episode_metrics
 from bench.registry import Registry, UnknownNameError
-from bench.results import ResultsStore, latest_ok, read_rows
+from bench.results import OK_METRICS, ResultsStore, latest_ok, read_rows, row_problem, row_task
 from tests.test_datasets import make_tree
 
 
@@ -173,3 +173,49 @@ def test_perf_passes_its_arguments_to_the_benchmark_script(capsys: pytest.Captur
     assert main(["perf", "grid", "--help"]) == 0
     out = capsys.readouterr().out
     assert "usage: grid.py" in out and "--jobs" in out
+
+
+def test_rows_belong_to_a_task() -> None:
+    """A row without ``task`` is a classification row (written before tasks existed); an ok row must carry its
+    task's metric; an ok row of a task the harness does not know is not a result."""
+    assert row_task(row("a")) == "classification" and row_task(row("a", task="classification")) == "classification"
+    assert OK_METRICS["classification"] == "accuracy"
+    assert row_problem(row("a", task="classification")) == ""
+    assert "unknown task" in row_problem(row("a", task="discovery"))
+    assert row_problem(row("a", "error", task="discovery")) == ""  # failures of any task stay visible
+
+
+def test_a_second_task_never_shares_a_table_or_a_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seam for the next tasks: with a second task registered, its rows form their own groups in reports,
+    the classification tables leave them out, and a job's key changes with its task (classification keys do not)."""
+    import bench.results
+    from bench.report.load import load_results
+    from bench.report.tables import build_report
+
+    monkeypatch.setitem(bench.results.OK_METRICS, "detection", "auroc")
+    path = tmp_path / "results.jsonl"
+    store = ResultsStore(path)
+    base = {"dataset": "d", "protocol": "paper_fixed", "class_set": {"combined": "kept", "good": "excluded"},
+            "n_classes": 2, "n_queries": 4}
+    store.append(row("c1", **base, accuracy=0.5, chance=0.5, majority=0.5))
+    store.append(row("d1", **base, task="detection", auroc=0.9, accuracy=None))
+    res = load_results([path])
+    assert res.tasks() == ["classification", "detection"]
+    assert res.groups("classification") == ["d · paper_fixed · combined kept, good excluded"]
+    assert res.groups("detection") == ["detection · d · paper_fixed · combined kept, good excluded"]
+    doc = build_report(res, n_boot=200)
+    assert not any("detection" in s.title for s in doc.sections)
+    assert any("detection" in line and "left out" in line for line in doc.intro)
+
+
+def test_job_keys_include_a_task_other_than_classification(tmp_path: Path) -> None:
+    from bench.datasets import load_dataset
+    from bench.run.config import RunConfig
+    from bench.run.plan import job_identity
+    from tests.test_datasets import make_tree
+
+    samples = load_dataset("folder", make_tree(tmp_path))
+    cfg = RunConfig(methods=["protonet"], dataset="folder", weights="random", backbone="resnet18")
+    args = (cfg, samples, "protonet", {}, "prod", 1, 1, "e", "c")
+    assert "task" not in job_identity(*args)  # the keys of existing results stay valid
+    assert job_identity(*args, task="detection")["task"] == "detection"

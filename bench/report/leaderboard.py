@@ -21,6 +21,7 @@ from bench.report.document import Document, Section, Table, slug
 from bench.report.load import Results, weights_desc
 from bench.report.stats import prob_improvement
 from bench.report.tables import at_shots, averages, cells, fmt, reference_rows
+from bench.results import DEFAULT_TASK
 
 UNIT = ("95% CI: category-stratified bootstrap over seeds, {n_boot:,} resamples; a unit = one (category, seed) run; "
         "accuracy % = unweighted mean over categories of the per-category means over seeds")  # fmt: skip
@@ -98,7 +99,7 @@ def build_leaderboard(res: Results, n_boot: int, boot_seed: int, plots_dir: Path
     from bench.report import plots
 
     doc = Document("Leaderboard: few-shot defect-type classification", res.intro(), command=command)
-    for group in res.groups():
+    for group in res.groups(DEFAULT_TASK):
         cats, seeds, shots = res.grid(group)
         text = [f"Expected grid: {len(cats)} categories ({', '.join(cats)}) × {len(seeds)} seeds {seeds}; shots {shots}.",
                 UNIT.format(n_boot=n_boot) + "."]  # fmt: skip

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.results import latest_ok, read_rows
+from bench.results import DEFAULT_TASK, latest_ok, read_rows, row_task
 from bench.seeding import stable_int
 
 # Fields that follow from another one: not repeated in labels when that one already differs.
@@ -49,6 +49,7 @@ def config_fields(row: dict[str, Any]) -> dict[str, str]:
     w = dict(row.get("weights") or {})
     sha = w.get("sha256") or ""
     f = {
+        **({} if row_task(row) == DEFAULT_TASK else {"task": row_task(row)}),  # classification ids stay as they were
         "method": as_text(row.get("method")),
         "method_config_hash": as_text(row.get("method_config_hash")),
         "backbone": as_text(w.get("backbone") or feats.get("backbone")),
@@ -72,9 +73,12 @@ def config_fields(row: dict[str, Any]) -> dict[str, str]:
 
 
 def group_label(f: dict[str, str]) -> str:
-    """The comparison universe of a configuration: dataset · protocol · class set."""
+    """The comparison universe of a configuration: task · dataset · protocol · class set, the task named only when
+    it is not classification (so classification groups keep the names they always had). No table spans two groups,
+    hence none mixes tasks."""
     cs = f"combined {f.get('class_set.combined', '?')}, good {f.get('class_set.good', '?')}"
-    return f"{f['dataset']} · {f['protocol']} · {cs}"
+    task = f"{f['task']} · " if f.get("task", DEFAULT_TASK) != DEFAULT_TASK else ""
+    return f"{task}{f['dataset']} · {f['protocol']} · {cs}"
 
 
 def short_name(key: str) -> str:
@@ -121,7 +125,7 @@ class Results:
     """Rows of one or more results files, one per job, with configuration ids and labels.
 
     Attributes:
-        frame: one row per job; columns config, label, group, method, dataset, category, shots, seed,
+        frame: one row per job; columns config, label, group, task, method, dataset, category, shots, seed,
             status, error, accuracy (percent), chance, majority (percent), n_classes, n_queries, row (the raw dict).
         configs: per configuration id: label, group, method and the identifying fields.
     """
@@ -138,8 +142,13 @@ class Results:
         f = self.frame
         return f[(f.status == "ok") & np.isfinite(f.accuracy.astype(float))]
 
-    def groups(self) -> list[str]:
-        return sorted(self.frame.group.unique())
+    def groups(self, task: str | None = None) -> list[str]:
+        """The groups (comparison universes), of ``task`` only when given."""
+        f = self.frame if task is None else self.frame[self.frame.task == task]
+        return sorted(f.group.unique())
+
+    def tasks(self) -> list[str]:
+        return sorted(self.frame.task.unique())
 
     def grid(self, group: str) -> tuple[list[str], list[int], list[int]]:
         """Expected categories, seeds and shots of a group (union over all its rows, failed ones included)."""
@@ -162,6 +171,9 @@ class Results:
             errors = failed.error.fillna("no message").astype(str).str.slice(0, 120).value_counts()
             lines.append(f"{len(failed)} failed job(s), counted as missing in every table: "
                          + "; ".join(f"{n}× {e}" for e, n in errors.head(3).items()))  # fmt: skip
+        others = [t for t in self.tasks() if t != DEFAULT_TASK]
+        if others:
+            lines.append(f"rows of the task(s) {', '.join(others)} are left out: these tables are for {DEFAULT_TASK}.")
         if self.superseded:
             lines.append(f"{self.superseded} older run(s) of the same (configuration, category, shots, seed) under "
                          "another job key were superseded by the latest one.")  # fmt: skip
@@ -183,7 +195,8 @@ def load_results(paths: Iterable[str | Path]) -> Results:
         configs.setdefault(cid, f)
         acc = r.get("accuracy")
         recs.append({
-            "config": cid, "group": group_label(f), "method": f["method"], "dataset": f["dataset"],
+            "config": cid, "group": group_label(f), "task": f.get("task", DEFAULT_TASK), "method": f["method"],
+            "dataset": f["dataset"],
             "category": str(r.get("category")), "shots": int(r.get("shots", -1)), "seed": int(r.get("seed", -1)),
             "status": r.get("status"), "error": r.get("error"),
             "accuracy": 100 * float(acc) if acc is not None else np.nan,

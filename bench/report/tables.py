@@ -21,6 +21,7 @@ from bench.report import paper
 from bench.report.document import Document, Section, Table, slug
 from bench.report.load import Results, group_label, weights_desc
 from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, Interval, prob_improvement, stratified_bootstrap_mean, t_interval
+from bench.results import DEFAULT_TASK
 from bench.seeding import numpy_rng
 
 
@@ -291,7 +292,7 @@ def build_report(
 
     doc = Document("Few-shot defect-type classification: report", res.intro(), command=command)
     doc.sections.append(Section("Configurations", tables=[configs_table(res)]))
-    for group in res.groups():
+    for group in res.groups(DEFAULT_TASK):
         cats, seeds, shots = res.grid(group)
         ids = res.config_ids(group)
         detail = detail_shots if detail_shots in shots else max(shots)
