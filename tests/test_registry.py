@@ -1,0 +1,59 @@
+"""The method and dataset registries: names, near-match errors, wildcards, option types, the import of every module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.errors import ConfigError
+from bench.method import METHODS, get_method
+from bench.registry import Registry, UnknownNameError
+
+
+def test_registry_errors() -> None:
+    r: Registry[int] = Registry("thing")
+    r.add("alpha", 1)
+    with pytest.raises(ValueError, match="already registered"):
+        r.add("alpha", 2)
+    with pytest.raises(UnknownNameError, match="Did you mean 'alpha'"):
+        r.get("alpah")
+
+
+def test_methods_registered_with_descriptions() -> None:
+    get_method("protonet")
+    assert {"direct", "direct-all", "protonet", "protonet-residual"} <= set(METHODS.names())
+    for e in METHODS:
+        assert e.description, f"method {e.name} has no description"
+        e.obj.make_config()
+    with pytest.raises(UnknownNameError, match="protonet"):
+        get_method("protonett")
+    with pytest.raises(ConfigError, match="no option"):
+        get_method("protonet").make_config({"nope": 1})
+    with pytest.raises(ConfigError, match="invalid options"):
+        get_method("protonet").make_config({"features": "bogus"})
+
+
+def test_option_values_take_the_declared_types(tmp_path: Path) -> None:
+    """YAML (``--set`` values, ``--config`` files) reads ``1e-3`` as a string; options are converted to the
+    dataclass field types, and a value that cannot be converted is a configuration error naming the option."""
+    from bench.cli import build_parser
+    from bench.cli.run import build_config
+
+    cfg = get_method("direct").make_config({"lr": "1e-3", "epochs": "5"})
+    assert cfg.lr == 0.001 and isinstance(cfg.lr, float) and cfg.epochs == 5 and isinstance(cfg.epochs, int)
+    c = get_method("contrastive").make_config({"finetune_passes": "0,2,3", "pretrain": "false", "lr": 1})
+    assert c.finetune_passes == (0, 2, 3) and c.pretrain is False and c.lr == 1.0
+    for bad, match in (({"lr": "fast"}, "'lr' must be a number"), ({"epochs": 2.5}, "'epochs' must be an integer"),
+                       ({"pretrain": "maybe"}, "'pretrain' must be true or false")):
+        with pytest.raises(ConfigError, match=match):
+            get_method("contrastive" if "pretrain" in bad else "direct").make_config(bad)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("method: direct\ncoreset_ratio: 1e-2\nset:\n  lr: 1e-3\n")
+    run = build_config(build_parser().parse_args(["run", "--config", str(grid), "--set", "epochs=3"]))
+    assert run.coreset_ratio == 0.01 and isinstance(run.coreset_ratio, float)
+    assert get_method("direct").make_config(run.method_options) == get_method("direct").make_config({"lr": 0.001, "epochs": 3})
+    grid.write_text("method: direct\njobs: many\n")
+    with pytest.raises(ConfigError, match="'jobs' must be an integer"):
+        build_config(build_parser().parse_args(["run", "--config", str(grid)]))
+
