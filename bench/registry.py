@@ -10,6 +10,7 @@ imports that package (no import circle between ``bench.method`` and ``bench.meth
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
@@ -74,8 +75,14 @@ class Registry(Generic[T]):
                 f"Run `python -m bench list {self.kind}s` to see them all."
             ) from None
 
-    def names(self) -> list[str]:
-        return sorted(self._entries)
+    def names(self, pattern: str | None = None) -> list[str]:
+        """The registered names, sorted; with ``pattern``, those matching the wildcard (``contrastive*``, ``*-raw``,
+        ``[kl]*``: :mod:`fnmatch` rules, case-sensitive), as timm's ``list_models(filter)``."""
+        return sorted(n for n in self._entries if pattern is None or fnmatch.fnmatchcase(n, pattern))
+
+    def entries(self, pattern: str | None = None) -> list[Entry[T]]:
+        """The entries of :meth:`names`, in that order."""
+        return [self._entries[n] for n in self.names(pattern)]
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -23,3 +23,18 @@ def test_perf_passes_its_arguments_to_the_benchmark_script(capsys: pytest.Captur
     out = capsys.readouterr().out
     assert "usage: grid.py" in out and "--jobs" in out
 
+
+def test_list_methods_takes_a_wildcard(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.cli import main
+
+    assert main(["list", "methods", "contrastive*"]) == 0
+    out = capsys.readouterr().out
+    names = [line.split()[0] for line in out.splitlines()[2:]]
+    assert names and all(n.startswith("contrastive") for n in names) and "contrastive-maml" in names
+    assert main(["list", "methods", "*-residual"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert names == ["contrastive-residual", "knn-residual", "logreg-residual", "protonet-residual"]
+    assert main(["list", "methods", "nothing*"]) == 0
+    assert "no method matches 'nothing*'" in capsys.readouterr().out
+    assert main(["list", "datasets", "synthetic*"]) == 0
+    assert {line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]} == {"synthetic", "synthetic-mvtec", "synthetic-tiny"}

@@ -57,3 +57,16 @@ def test_option_values_take_the_declared_types(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="'jobs' must be an integer"):
         build_config(build_parser().parse_args(["run", "--config", str(grid)]))
 
+
+def test_names_take_a_wildcard() -> None:
+    """As timm's ``list_models(filter)``: fnmatch rules, case-sensitive, sorted."""
+    r: Registry[int] = Registry("thing")
+    for name in ("beta-raw", "alpha", "alpha-raw", "Alpha"):
+        r.add(name, 1)
+    assert r.names() == ["Alpha", "alpha", "alpha-raw", "beta-raw"]
+    assert r.names("alpha*") == ["alpha", "alpha-raw"]
+    assert r.names("*-raw") == ["alpha-raw", "beta-raw"]
+    assert r.names("[ab]*a") == ["alpha"] and r.names("zzz*") == []
+    assert [e.name for e in r.entries("*-raw")] == ["alpha-raw", "beta-raw"]
+    get_method("protonet")
+    assert METHODS.names("contrastive*")[0] == "contrastive" and all(n.startswith("contrastive") for n in METHODS.names("contrastive*"))
