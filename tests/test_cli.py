@@ -38,3 +38,15 @@ def test_list_methods_takes_a_wildcard(capsys: pytest.CaptureFixture[str]) -> No
     assert "no method matches 'nothing*'" in capsys.readouterr().out
     assert main(["list", "datasets", "synthetic*"]) == 0
     assert {line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]} == {"synthetic", "synthetic-mvtec", "synthetic-tiny"}
+
+
+def test_the_package_entry_points_are_the_cli_face() -> None:
+    """``python -m bench`` and the ``bench`` script (pyproject: ``bench.cli:console_main``) keep working."""
+    import re
+    from pathlib import Path
+
+    import bench.cli
+
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    module, name = re.search(r'^bench = "([\w.]+):(\w+)"$', pyproject, re.M).groups()
+    assert module == "bench.cli" and callable(getattr(bench.cli, name)) and callable(bench.cli.main)

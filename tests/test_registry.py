@@ -70,3 +70,25 @@ def test_names_take_a_wildcard() -> None:
     assert [e.name for e in r.entries("*-raw")] == ["alpha-raw", "beta-raw"]
     get_method("protonet")
     assert METHODS.names("contrastive*")[0] == "contrastive" and all(n.startswith("contrastive") for n in METHODS.names("contrastive*"))
+
+
+def test_each_registry_imports_its_own_package() -> None:
+    """One helper imports the modules that register into a registry (every public module, no sub-package)."""
+    from bench.datasets import DATASETS
+    from bench.registry import import_modules
+
+    assert METHODS.package == "bench.methods" and DATASETS.package == "bench.datasets"
+    DATASETS.import_all()
+    import_modules("bench.datasets")  # a second call is a no-op
+    assert {"folder", "mvtec_ad", "mvtec_3d", "mtd", "synthetic", "synthetic-tiny"} <= set(DATASETS.names())
+    assert {e.obj.__module__ for e in DATASETS}.isdisjoint({"bench.datasets.pseudo", "bench.datasets.pseudo.generator"})
+
+
+def test_check_options_returns_each_methods_config() -> None:
+    from bench.method import check_options
+
+    specs = [get_method("direct"), get_method("protonet")]
+    configs = check_options(specs, {"epochs": 3, "protonet.features": "residual"})
+    assert configs["direct"].epochs == 3 and configs["protonet"].features == "residual"
+    with pytest.raises(ConfigError, match="no method of this run has an option 'nope'"):
+        check_options(specs, {"nope": 1})

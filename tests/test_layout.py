@@ -1,0 +1,217 @@
+"""The layout of ``bench/`` and its rules (docs/architecture.md), checked by walking the source's imports.
+
+Every ``import`` statement of the package counts, at module level or inside a function (a lazy import is still a
+dependency: the ``html``/``render`` circle was half lazy). An import names exactly one module: ``from bench.x
+import y`` depends on ``bench.x.y`` when that is a module, else on ``bench.x``; importing a module does not count
+as depending on its parent packages' faces.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIRS = {"bench": ROOT / "bench", "bench.datasets": ROOT / "datasets", "bench.methods": ROOT / "methods"}
+
+
+def _modules() -> dict[str, Path]:
+    """Module name → file, for the installed layout (``datasets/`` is ``bench.datasets``, ``methods/`` is
+    ``bench.methods``)."""
+    out = {}
+    for base, folder in PACKAGE_DIRS.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = list(path.relative_to(folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join([base, *parts])] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """The package's modules that module ``name`` imports anywhere in its source."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                mod = f"{base}.{node.module}" if node.module else base
+            else:
+                mod = node.module or ""
+            targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in MODULES else mod for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in MODULES and "." in t:  # ``import bench.x.y`` of a name inside a module
+                t = t.rsplit(".", 1)[0]
+            if t in MODULES and t != name:
+                found.add(t)
+    return found
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def _in(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def test_the_target_layout_is_in_place() -> None:
+    for package in ("bench.cli", "bench.run", "bench.features", "bench.report", "bench.datasets.pseudo"):
+        assert MODULES.get(package, Path()).name == "__init__.py", f"{package} is not a package"
+    expected = {
+        "bench.cli": {"main", "_args", "run", "list", "detect", "cache", "pseudo", "perf", "report", "leaderboard", "tsne"},
+        "bench.run": {"config", "plan", "job", "workers", "grid"},
+        "bench.features": {"store", "extractor", "backbones", "coreset", "knn", "detect"},
+        "bench.report": {"load", "tables", "leaderboard", "stats", "plots", "paper", "summary", "document", "render", "html"},
+    }
+    for package, names in expected.items():
+        assert {n.rsplit(".", 1)[1] for n in MODULES if n.startswith(package + ".")} >= names, package
+    top = {n.split(".")[1] for n in MODULES if n.count(".") == 1 and not n.startswith(("bench.datasets", "bench.methods"))}
+    assert top <= {"__main__", "method", "episodes", "results", "registry", "cache", "images", "seeding", "paths", "errors",
+                   "compat", "cli", "run", "features", "report", "datasets", "methods"}, sorted(top)  # fmt: skip
+
+
+def test_nothing_outside_the_cli_imports_it() -> None:
+    bad = [(m, t) for m, ts in GRAPH.items() for t in ts
+           if _in(t, "bench.cli") and not _in(m, "bench.cli") and m != "bench.__main__"]  # fmt: skip
+    assert not bad, f"imports of bench.cli from outside it: {bad}"
+
+
+def _closure(start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for t in GRAPH[todo.pop()]:
+            if t not in seen:
+                seen.add(t)
+                todo.append(t)
+    return seen
+
+
+def test_reports_never_reach_the_run_or_the_feature_pipeline() -> None:
+    for m in [m for m in MODULES if _in(m, "bench.report")]:
+        reached = sorted(t for t in _closure(m) if _in(t, "bench.run") or _in(t, "bench.features"))
+        assert not reached, f"{m} imports (directly or through other modules) {reached}"
+
+
+def test_no_import_circle() -> None:
+    """Tarjan's strongly connected components of the import graph: every one must be a single module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    circles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(GRAPH[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            scc = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                scc.append(w)
+                if w == v:
+                    break
+            if len(scc) > 1:
+                circles.append(sorted(scc))
+
+    for v in sorted(GRAPH):
+        if v not in index:
+            visit(v)
+    assert not circles, f"import circles: {circles}"
+
+
+def _calls(name: str, path: Path, callee: str) -> int:
+    tree = ast.parse(path.read_text())
+    return sum(
+        1 for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and (getattr(n.func, "id", None) == callee or getattr(n.func, "attr", None) == callee)
+    )  # fmt: skip
+
+
+def test_only_the_job_module_assembles_a_task_context() -> None:
+    where = {m for m, p in MODULES.items() if _calls(m, p, "TaskContext")}
+    assert where == {"bench.run.job"}, where
+
+
+def test_no_private_name_is_imported_across_modules() -> None:
+    bad = []
+    for m, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bench"):
+                bad += [(m, node.module, a.name) for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not bad, bad
+
+
+def _code_strings(path: Path) -> list[str]:
+    """The string constants of a module's code (docstrings, which may describe the default, left out)."""
+    tree = ast.parse(path.read_text())
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
+            and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}  # fmt: skip
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs]
+
+
+def test_one_spelling_of_the_cache_default_and_one_writer_of_the_cache_root() -> None:
+    spelled = {m for m, p in MODULES.items() if any(".cache/fsad-bench" in s for s in _code_strings(p))}
+    assert spelled == {"bench.paths"}, spelled
+    writes_env = re.compile(r"environ\[[^\]]*\]\s*=|environ\.(update|setdefault)|putenv")
+    writers = {m for m, p in MODULES.items() if writes_env.search(p.read_text())}
+    assert writers <= {"bench.paths", "bench.compat"}, writers  # compat sets the hub's offline default only
+    cache_env = {m for m, p in MODULES.items() if "BENCH_CACHE" in _code_strings(p)}
+    assert cache_env == {"bench.paths"}, cache_env
+
+
+def test_every_public_module_of_datasets_registers_an_adapter() -> None:
+    from bench.datasets import DATASETS, import_all
+
+    import_all()
+    registering = {e.obj.__module__ for e in DATASETS}
+    public = {m for m, p in MODULES.items()
+              if m.startswith("bench.datasets.") and m.count(".") == 2 and not m.rsplit(".", 1)[1].startswith("_")
+              and p.name != "__init__.py"}  # fmt: skip
+    assert public and public <= registering, sorted(public - registering)
+
+
+@pytest.mark.parametrize("package", ["bench.cli", "bench.run", "bench.features", "bench.report", "bench.datasets.pseudo"])
+def test_package_faces_are_short_and_say_what_they_export(package: str) -> None:
+    source = MODULES[package].read_text()
+    tree = ast.parse(source)
+    assert ast.get_docstring(tree), f"{package}/__init__.py has no docstring"
+    assert "__all__" in source, f"{package}/__init__.py does not list its public names"
+    assert len(source.splitlines()) <= 60, f"{package}/__init__.py is not short"
+
+
+def test_cross_command_helpers_live_in_the_cli_helper_module() -> None:
+    """A command module imports no other command module; what they share is in ``bench.cli._args``."""
+    commands = {m for m in MODULES if _in(m, "bench.cli") and m.count(".") == 2 and not m.endswith(("._args", ".main"))}
+    bad = [(m, t) for m in commands for t in GRAPH[m] if t in commands]
+    assert not bad, bad
+
+
+def test_graph_sees_lazy_imports() -> None:
+    """The walk counts imports inside functions (the check above would be toothless otherwise)."""
+    assert "bench.report.plots" in GRAPH["bench.report.tables"] or "bench.report.plots" in GRAPH["bench.report.leaderboard"]
+    deps = defaultdict(set)
+    for m, ts in GRAPH.items():
+        for t in ts:
+            deps[t].add(m)
+    assert "bench.cli.main" in deps["bench.errors"]
