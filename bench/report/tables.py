@@ -25,12 +25,16 @@ from bench.results import DEFAULT_TASK
 from bench.seeding import numpy_rng
 
 
+def config_grid(res: Results, cid: str) -> tuple[list[str], list[int], list[int], pd.DataFrame]:
+    """The expected grid of configuration ``cid`` (its group's categories, seeds and shots) and its finished rows."""
+    cats, seeds, shots = res.grid(group_label(res.configs[cid]))
+    ok = res.ok()
+    return cats, seeds, shots, ok[ok.config == cid]
+
+
 def cells(res: Results, cid: str) -> pd.DataFrame:
     """Per (category, shots) of the group's grid: mean, std (ddof 1), t-interval, n finished seeds, N expected."""
-    group = group_label(res.configs[cid])
-    cats, seeds, shots = res.grid(group)
-    ok = res.ok()
-    ok = ok[ok.config == cid]
+    cats, seeds, shots, ok = config_grid(res, cid)
     out = []
     for c in cats:
         for s in shots:
@@ -44,10 +48,7 @@ def cells(res: Results, cid: str) -> pd.DataFrame:
 
 def averages(res: Results, cid: str, n_boot: int = DEFAULT_BOOT, boot_seed: int = DEFAULT_BOOT_SEED) -> pd.DataFrame:
     """Per shots: mean over categories of category means, bootstrap CI, std of per-seed means, coverage."""
-    group = group_label(res.configs[cid])
-    cats, seeds, shots = res.grid(group)
-    ok = res.ok()
-    ok = ok[ok.config == cid]
+    cats, seeds, shots, ok = config_grid(res, cid)
     out = []
     for s in shots:
         sub = ok[ok.shots == s]
