@@ -102,10 +102,13 @@ def add_document_options(p: argparse.ArgumentParser) -> None:
 def check_boot(n_boot: int) -> None:
     """Refuse a bootstrap too small for a 95% interval (``--boot``)."""
     if n_boot < 100:
-        raise BenchError(f"--boot {n_boot} is too few bootstrap resamples for a 95% interval; use ≥ 1000 (default 10,000).")
+        raise BenchError(
+            f"--boot {n_boot} is too few bootstrap resamples for a 95% interval; use ≥ 1000 (default 10,000)."
+        )
 
 
 def note_skipped_lines(n: int) -> None:
     """Say on stderr how many results lines were unreadable (they are left out of every table)."""
     if n:
-        print(f"skipped {n} unreadable or incomplete line(s) in the results (e.g. a run killed mid-write)", file=sys.stderr)
+        print(f"skipped {n} unreadable or incomplete line(s) in the results (e.g. a run killed mid-write)",
+              file=sys.stderr)  # fmt: skip

@@ -13,7 +13,9 @@ the network), :mod:`~bench.features.backbones` (timm models and weights), :mod:`
 :mod:`~bench.features.knn` (the faiss bank) and :mod:`~bench.features.detect` (PatchCore image AUROC).
 """
 
-from bench.features.extractor import FEATURE_VERSION, FeatureConfig, PatchCoreExtractor, build_extractor, from_patches, to_patches
+from bench.features.extractor import (
+    FEATURE_VERSION, FeatureConfig, PatchCoreExtractor, build_extractor, from_patches, to_patches,
+)  # fmt: skip
 from bench.features.knn import MemoryBank
 from bench.features.store import FeatureStore
 

@@ -20,7 +20,9 @@ import pandas as pd
 from bench.report import paper
 from bench.report.document import Document, Section, Table, slug
 from bench.report.load import Results, group_label, weights_desc
-from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, Interval, prob_improvement, stratified_bootstrap_mean, t_interval
+from bench.report.stats import (
+    DEFAULT_BOOT, DEFAULT_BOOT_SEED, Interval, prob_improvement, stratified_bootstrap_mean, t_interval,
+)  # fmt: skip
 from bench.results import DEFAULT_TASK
 from bench.seeding import numpy_rng
 

@@ -103,8 +103,8 @@ def fatal_disk_error(exc: OSError, cfg: RunConfig, out: Path) -> BenchError:
     """The message that stops a run on a full, over-quota or read-only disk (:data:`FATAL_ERRNOS`)."""
     where = f" ({exc.filename})" if exc.filename else ""
     return BenchError(
-        f"{exc.strerror or exc}{where} while running the grid. The cache is at {cfg.cache_root()} (--cache-dir) and the "
-        f"results at {out} (--out): free space there or point them at another disk, then run the same command "
+        f"{exc.strerror or exc}{where} while running the grid. The cache is at {cfg.cache_root()} (--cache-dir) and "
+        f"the results at {out} (--out): free space there or point them at another disk, then run the same command "
         f"again to resume. Every finished job is saved in {out / 'results.jsonl'}."
     )
 

@@ -86,7 +86,9 @@ def ignore_sigint() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-def worker_setup(plugins: Sequence[str], cache_dir: str | Path | None, threads: int | None, parent_pid: int | None) -> None:
+def worker_setup(
+    plugins: Sequence[str], cache_dir: str | Path | None, threads: int | None, parent_pid: int | None
+) -> None:
     """Prologue of every task, in a worker process or in this one: Ctrl-C ignored and an orphan watchdog (local
     workers, ``parent_pid`` set), torch threads, the run's plugins and its cache root."""
     if parent_pid is not None:  # a local (loky) worker: the main process handles Ctrl-C and stops the pool
