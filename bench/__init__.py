@@ -1,8 +1,9 @@
 """fsad-bench: a benchmark harness for few-shot anomaly multi-classification (defect-type classification).
 
 Data flows one way: dataset (``bench.datasets``) → episodes (:mod:`bench.episodes`) → features, cached
-(:mod:`bench.features`) → method (``bench.methods``) → metrics (:mod:`bench.run.metrics`) → results store
-(:mod:`bench.results`) → reports (:mod:`bench.report.load`).
+(:mod:`bench.features`) → method (``bench.methods``, on :mod:`bench.method`) → metrics → results store
+(:mod:`bench.results`) → reports (:mod:`bench.report`). :mod:`bench.run` runs the grid, :mod:`bench.cli` is the
+command line; docs/architecture.md describes the layout and its rules.
 """
 
 from __future__ import annotations

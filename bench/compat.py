@@ -4,7 +4,7 @@ torchvision 0.28.0 from the registry is a CUDA build: on the CPU-only torch 2.13
 extension fails to load, and ``import torchvision`` (hence ``import timm``) dies with
 ``operator torchvision::nms does not exist``. :func:`patch_torchvision` registers the two operator
 schemas torchvision's Python code expects and a pure-torch CPU ``nms`` so the import works. On a machine
-where torchvision's extension loads normally it does nothing. See ``../shared/docs/environment.md``.
+where torchvision's extension loads normally it does nothing. See ``docs/environment.md``.
 """
 
 from __future__ import annotations

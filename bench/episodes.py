@@ -1,9 +1,9 @@
 """Few-shot episodes: which images are support and which are queries.
 
-* ``paper_fixed`` (CLI ``--protocol paper``, the default; method-spec §2): for n shots the support of each
+* ``paper_fixed`` (CLI ``--protocol paper``, the default; docs/method-notes.md §2): for n shots the support of each
   defect type is its first n images by sorted file name; the queries are all other images of those types.
   The split is the same for every seed; seeds change only what is random inside the method.
-* ``random_episodes`` (CLI ``--protocol random``; method-spec §12.1): the support is drawn per
+* ``random_episodes`` (CLI ``--protocol random``; docs/method-notes.md §12.1): the support is drawn per
   (dataset, category, shots, seed) from ``SeedSequence([seed, stable_hash(dataset, category, shots)])``.
 
 Every episode is persisted as JSON (file lists relative to the dataset root) under the results folder,

@@ -2,7 +2,7 @@
 
 Every image goes through :func:`load_rgb` so that broken files fail with a message naming the file and
 the fix (never a bare PIL traceback), and grayscale / RGBA / palette images are converted to RGB
-(``../shared/docs/datasets.md``: some MVTec AD categories are grayscale). What decoding does beyond that is
+(``docs/datasets.md``: some MVTec AD categories are grayscale). What decoding does beyond that is
 :data:`DECODING`; it is part of the feature cache key and of every result row:
 
 * the EXIF orientation tag is applied (``PIL.ImageOps.exif_transpose``), so a phone or camera photo stored
@@ -14,7 +14,7 @@ the fix (never a bare PIL traceback), and grayscale / RGBA / palette images are 
   [0, 1] floats to an all-black image);
 * an image larger than PIL's decompression-bomb limit is refused with a message naming it (PIL's error does not).
 
-Pre-processing follows the paper (method-spec §4.1): Resize(256) on the shorter side, CenterCrop(224),
+Pre-processing follows the paper (docs/method-notes.md §4.1): Resize(256) on the shorter side, CenterCrop(224),
 ImageNet normalisation. torchvision.io cannot decode on this CPU build, so PIL decodes. For images far from
 square the centre crop throws away much of the image (MTD's tiles, up to 2.8 : 1: the crop keeps 49 % of the
 area on average and misses 162 of 388 defects entirely), so :class:`Preprocess` also offers ``fit="squash"``

@@ -197,7 +197,7 @@ def bench_coreset(args: argparse.Namespace) -> None:
                 np.minimum(md, dot, out=md)
             mvs.append((time.perf_counter() - t0) / steps * m)
     print(f"    transposed mat-vec  : {mvs[0]:.0f} s (1 BLAS thread) / {mvs[1]:.0f} s (2) extrapolated from {steps} steps "
-          "(environment.md's 44 s layout, for reference)")
+          "(the transposed layout of docs/environment.md, for reference)")
     t0 = time.perf_counter()
     greedy_farthest_points(z, m, starts)
     print(f"    greedy loop alone   : {time.perf_counter() - t0:.1f} s (without the projection)")

@@ -1,10 +1,10 @@
 """Optimiser-step speed of the paper's heads at the paper's sizes. Prints figures, asserts nothing.
 
-The paper's fine-tuning is thousands of sequential Adam steps (method-spec §8: C·n·(n−1) steps per pass, 45/25/15/15
-passes at 2–5 shots), so the time of one step sets the time of every grid that contains the paper's methods. Each
-measurement runs in a fresh child process, once as the harness runs (``BENCH_MALLOC=heap``, the default: glibc
-serves blocks up to 256 MiB from the heap, see :func:`bench.compat.tune_malloc`) and once with glibc's defaults
-(``BENCH_MALLOC=system``), on the same random inputs from the same seed:
+The paper's fine-tuning is thousands of sequential Adam steps (docs/method-notes.md §8: C·n·(n−1) steps per pass,
+45/25/15/15 passes at 2–5 shots), so the time of one step sets the time of every grid that contains the paper's
+methods. Each measurement runs in a fresh child process, once as the harness runs (``BENCH_MALLOC=heap``, the
+default: glibc serves blocks up to 256 MiB from the heap, see :func:`bench.compat.tune_malloc`) and once with
+glibc's defaults (``BENCH_MALLOC=system``), on the same random inputs from the same seed:
 
 1. a contrastive fine-tuning step (keys of C classes encoded without gradient, one query, InfoNCE, fused Adam);
 2. a RelationNet fine-tuning step (C prototypes × C·(n−1) queries, weighted BCE, fused Adam);

@@ -44,7 +44,7 @@ class DatasetOptions:
     Attributes:
         exclude_combined: drop the ``combined`` defect type (the paper keeps it).
         min_defect_types: categories with fewer defect types are skipped with a logged message
-            (toothbrush has one; method-spec §11 item 11).
+            (toothbrush has one; docs/method-notes.md §11 item 11).
         categories: restrict to these categories (``None`` = all found).
     """
 

@@ -17,7 +17,7 @@ Choices made here:
   image goes into ``mask_path``; a defect image without its mask is an error (the mask is what pixel metrics
   and the crop measurement in the README read). ``MT_Free`` masks are not needed and not checked.
 * **The hold-out of normal images.** MTD has no train/test split and no defect-free test set, but detection
-  (``bench detect``, ``../shared/docs/tasks.md`` A.1) and the ``--include-good`` setting need normal *test*
+  (``bench detect``, ``docs/tasks.md``) and the ``--include-good`` setting need normal *test*
   images that the memory bank never saw. :data:`HOLDOUT_SHARE` = 20 % of ``MT_Free`` (190 of 952) becomes
   ``test/good``; the other 80 % (762) are ``train/good``, the only images ``train_paths`` (memory bank,
   pseudo-defects, detection shots) can draw from. 20 % because it gives the detection test set 190 normals

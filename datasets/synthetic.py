@@ -68,7 +68,7 @@ WORK_MARKER = ".generating.json"  # written into a temporary folder before its f
 GENERATOR_NAME = "fsad-bench synthetic"
 HINT = "The synthetic datasets are generated on first use; pass --data-root to choose where."
 
-# MVTec AD per-category counts (../shared/docs/datasets.md §1): train good, test good, {type: test images}.
+# MVTec AD per-category counts (docs/datasets.md §1): train good, test good, {type: test images}.
 MVTEC_AD_COUNTS: dict[str, tuple[int, int, dict[str, int]]] = {
     "bottle": (209, 20, {"broken_large": 20, "broken_small": 22, "contamination": 21}),
     "cable": (224, 58, {"bent_wire": 13, "cable_swap": 12, "combined": 11, "cut_inner_insulation": 14,

@@ -1,7 +1,7 @@
 """Shared machinery of the paper's trained classifiers: feature grids, prototypes, pseudo-defect pretraining.
 
 Liu et al., "Anomaly Multi-classification in Industrial Scenarios: Transferring Few-shot Learning to a New
-Task", arXiv 2406.05645, §3.3–§3.5 (method-spec §4.4, §7, §9, §13). Not a registered method (the leading
+Task", arXiv 2406.05645, §3.3–§3.5 (docs/method-notes.md §4.4, §7, §9, §13). Not a registered method (the leading
 underscore keeps it out of the registry): ``relationnet.py``, ``contrastive.py`` and ``maml.py`` build on it.
 
 * **Grids.** Every image is a (D, H, W) grid (channels = feature dims; D = 1024 and H = W = 28 for the
@@ -126,7 +126,7 @@ def apply_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
 
     ``proper`` returns it unchanged. ``raw_reshape`` reproduces the reference code: the flat patch-major vector
     (H·W patches × D dims, row-major) is reshaped straight to (D, H, W), so a "channel" is a run of H·W
-    consecutive values mixing patches and dims (method-spec §11 item 2).
+    consecutive values mixing patches and dims (docs/method-notes.md §11 item 2).
     """
     if layout == "proper":
         return x
@@ -150,7 +150,7 @@ class PretrainBatch:
 
 
 class PseudoSource:
-    """Pseudo-defect episodes of one category as feature grids (method-spec §6, §7).
+    """Pseudo-defect episodes of one category as feature grids (docs/method-notes.md §6, §7).
 
     Args:
         method: the owning method (its config, context and feature access are used).

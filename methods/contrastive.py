@@ -1,7 +1,7 @@
 """Contrastive classifier on PatchCore residuals: the paper's main method (Tables 1, 2; ablations 3, 9, 11).
 
 Liu et al., "Anomaly Multi-classification in Industrial Scenarios: Transferring Few-shot Learning to a New
-Task", arXiv 2406.05645, §3.4 and Eq. 3 (method-spec §5.3, §7, §8, §9). InfoNCE (Oord et al., "Representation
+Task", arXiv 2406.05645, §3.4 and Eq. 3 (docs/method-notes.md §5.3, §7, §8, §9). InfoNCE (Oord et al., "Representation
 Learning with Contrastive Predictive Coding", arXiv 1807.03748, 2018) over one key per class:
 
 * **Encoder g** (:class:`ContrastiveEncoder`): (B, D, H, W) grid → Conv1×1 D→256, BN, ReLU → Conv1×1 256→128,
@@ -67,7 +67,7 @@ Encode = Callable[[torch.Tensor], torch.Tensor]
 
 
 class ContrastiveEncoder(nn.Module):
-    """g: (B, D, H, W) grid → (B, embed_dim) non-negative embedding (paper §3.4, method-spec §5.3).
+    """g: (B, D, H, W) grid → (B, embed_dim) non-negative embedding (paper §3.4, docs/method-notes.md §5.3).
 
     Args:
         in_dim, height, width: the grid shape (D, H, W), read off the features.
@@ -112,7 +112,7 @@ def info_nce_logits(q: torch.Tensor, keys: torch.Tensor, temperature: float) -> 
 
 
 def contrastive_episode_loss(encode: Encode, batch: PretrainBatch, temperature: float) -> tuple[torch.Tensor, float]:
-    """InfoNCE loss and batch accuracy of one pseudo episode: (G·Q) rows × K classes (method-spec §7).
+    """InfoNCE loss and batch accuracy of one pseudo episode: (G·Q) rows × K classes (docs/method-notes.md §7).
 
     Args:
         encode: the encoder (a module, or a functional call with fast weights for MAML).
@@ -133,7 +133,7 @@ def contrastive_episode_loss(encode: Encode, batch: PretrainBatch, temperature: 
 def finetune_contrastive(
     model: nn.Module, opt: torch.optim.Optimizer, support: torch.Tensor, passes: int, temperature: float
 ) -> list[float]:
-    """The paper's fine-tuning loop on the n-shot support (method-spec §8).
+    """The paper's fine-tuning loop on the n-shot support (docs/method-notes.md §8).
 
     Args:
         support: (C, n, D, H, W) support grids, class-major.

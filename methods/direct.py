@@ -5,7 +5,7 @@ Task", arXiv 2406.05645, Appendix D. The classifier head of the backbone is repl
 (default init) and trained with cross-entropy, Adam (lr 1e-5), 100 epochs, batch 1 (each epoch visits every
 support image once, in a seeded random order); prediction = argmax over the C classes.
 
-Deviations from the reference code (method-spec §11 item 4), each with a switch:
+Deviations from the reference code (docs/method-notes.md §11 item 4), each with a switch:
 
 * ``scope="head"`` (default, the paper's text): only the new head is trained; the backbone stays frozen in
   eval mode. Because the frozen backbone is deterministic and there is no augmentation, its pooled features

@@ -1,4 +1,4 @@
-"""MAML pretraining of the contrastive classifier (paper Appendix G, Table 13; method-spec §5.5, §10).
+"""MAML pretraining of the contrastive classifier (paper Appendix G, Table 13; docs/method-notes.md §5.5, §10).
 
 Liu et al., "Anomaly Multi-classification in Industrial Scenarios: Transferring Few-shot Learning to a New
 Task", arXiv 2406.05645, Appendix G, with MAML as in Finn et al., "Model-Agnostic Meta-Learning for Fast

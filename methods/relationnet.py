@@ -1,7 +1,7 @@
 """Vanilla RelationNet-style baseline on PatchCore residuals (paper Appendix B, Tables 6 and 8).
 
 Liu et al., "Anomaly Multi-classification in Industrial Scenarios: Transferring Few-shot Learning to a New
-Task", arXiv 2406.05645, §3.3 and Eq. 1 (method-spec §5.2, §7, §8, §9), after Sung et al., "Learning to
+Task", arXiv 2406.05645, §3.3 and Eq. 1 (docs/method-notes.md §5.2, §7, §8, §9), after Sung et al., "Learning to
 Compare: Relation Network for Few-Shot Learning", CVPR 2018, with RelationNet's MSE replaced by a weighted BCE.
 
 * **Relation head** (:class:`RelationHead`): concat[support grid, query grid] (B, 2D, H, W) → Conv1×1 2D→512,
@@ -77,7 +77,7 @@ class _PairSum(torch.autograd.Function):
 
 
 class RelationHead(nn.Module):
-    """Relation module over concatenated (support, query) grids (Sung et al. 2018; method-spec §5.2).
+    """Relation module over concatenated (support, query) grids (Sung et al. 2018; docs/method-notes.md §5.2).
 
     Args:
         in_dim, height, width: the grid shape (D, H, W) of ONE image (the input has 2D channels).

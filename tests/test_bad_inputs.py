@@ -636,7 +636,7 @@ def test_cache_prune_while_a_bank_is_built(capsys, caplog, monkeypatch, data, ou
         assert row[k] == ref[k], k
 
 
-# --------------------------------------------------------------------------------------------- options (issue 12)
+# --------------------------------------------------------------------------------------------- run options
 ALIAS_BOMB = (  # a ~330-byte YAML value of 9**6 = 531,441 strings through nested aliases ("billion laughs")
     '[&a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], '
     "&c [*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c], &e [*d,*d,*d,*d,*d,*d,*d,*d,*d], "
@@ -676,7 +676,7 @@ ALIAS_BOMB = (  # a ~330-byte YAML value of 9**6 = 531,441 strings through neste
 def test_bad_option_values_stop_before_any_job(capsys, out, cache, prior, tiny_root, tmp_path, args, config, message) -> None:  # noqa: ANN001
     """Every run option is checked before the first job: one short `error:` line, exit 2, no row written.
 
-    The alias-bomb cases are issue 12 item 9: the error message must stay short (it printed 312 MB before)."""
+    The alias-bomb cases: the error message must stay short (it once printed 312 MB)."""
     extra = list(args)
     if config is not None:
         path = tmp_path / "grid.yaml"
@@ -694,7 +694,7 @@ def test_bad_option_values_stop_before_any_job(capsys, out, cache, prior, tiny_r
 
 
 def test_list_options_take_spaces_commas_and_ranges(capsys, out, cache, prior, tiny_root) -> None:  # noqa: ANN001
-    """`--shots 1 2` and `--seeds 1 2` as well as `1,2` and `1-2` (issue 13: 'unrecognized arguments' before)."""
+    """`--shots 1 2` and `--seeds 1 2` as well as `1,2` and `1-2` (they once gave 'unrecognized arguments')."""
     code = main(["run", "--dataset", "folder", "--data-root", str(tiny_root), *COMMON, "--method", "protonet",
                  "--categories", "tile", "--shots", "1", "2-3", "--seeds", "1", "2", "--out", str(out), "--cache-dir", str(cache)])  # fmt: skip
     cap = capsys.readouterr()
@@ -705,7 +705,7 @@ def test_list_options_take_spaces_commas_and_ranges(capsys, out, cache, prior, t
 
 
 def test_summary_keeps_configurations_apart(capsys, out, cache, prior, tiny_root) -> None:  # noqa: ANN001
-    """Issue 12 item 3: two runs into one folder that differ in a --set option are two blocks of the summary,
+    """Two runs into one folder that differ in a --set option are two blocks of the summary,
     not one cell with their seeds pooled; a single seed shows no '± 0.0'."""
     code = main(["run", "--dataset", "folder", "--data-root", str(tiny_root), *COMMON, "--method", "protonet",
                  "--set", "pool=max", "--shots", "1,2", "--seeds", "1", "--out", str(out), "--cache-dir", str(cache)])  # fmt: skip

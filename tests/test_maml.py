@@ -1,4 +1,4 @@
-"""MAML pretraining of the contrastive classifier (method-spec §10): the three required checks and the budget."""
+"""MAML pretraining of the contrastive classifier (docs/method-notes.md §10): the three required checks and the budget."""
 
 from __future__ import annotations
 

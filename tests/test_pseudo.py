@@ -1,4 +1,4 @@
-"""Tests of the pseudo-defect generator, texture banks and foreground masks (method-spec §6, §5.6, §7)."""
+"""Tests of the pseudo-defect generator, texture banks and foreground masks (docs/method-notes.md §6, §5.6, §7)."""
 
 from __future__ import annotations
 

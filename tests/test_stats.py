@@ -16,7 +16,7 @@ def test_t_interval_matches_scipy() -> None:
     v = np.array([0.5, 0.6, 0.55, 0.7, 0.65])
     iv = t_interval(v)
     half = sps.t.ppf(0.975, df=4) * v.std(ddof=1) / np.sqrt(5)
-    assert sps.t.ppf(0.975, df=4) == pytest.approx(2.776, abs=1e-3)  # method-spec §12.3
+    assert sps.t.ppf(0.975, df=4) == pytest.approx(2.776, abs=1e-3)  # docs/method-notes.md §12.3
     assert iv.mean == pytest.approx(v.mean())
     assert (iv.low, iv.high) == pytest.approx((v.mean() - half, v.mean() + half))
     lo, hi = sps.t.interval(0.95, df=4, loc=v.mean(), scale=sps.sem(v))

@@ -13,7 +13,7 @@ at the run's preflight): they would give NaN features and results at chance.
 * ``"random"``: random initialisation, explicitly. timm's ResNets zero-initialise the last BatchNorm of every
   residual block (``zero_init_last=True``), which turns every block into an identity at random init; with
   ``random`` we build the model with ``zero_init_last=False`` (torchvision-style init) unless told otherwise,
-  because the identity network carries almost no signal (see ``../shared/docs/environment.md`` and the
+  because the identity network carries almost no signal (see ``docs/environment.md`` and the
   measurement in the README). The choice is recorded with every result.
 """
 

@@ -2,7 +2,7 @@
 
 Follows PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022) and its
 reference code (``patchcore/sampler.py``, ``ApproximateGreedyCoresetSampler``), which the paper's code uses
-at 10 % (method-spec §4.3):
+at 10 % (docs/method-notes.md §4.3):
 
 1. project the features to 128 d with a random bias-free linear map whose weights follow torch's default
    ``nn.Linear`` init, U(-1/sqrt(D), 1/sqrt(D));

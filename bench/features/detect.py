@@ -2,7 +2,7 @@
 
 PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022): memory bank of the
 category's ``train/good`` patch features (coreset), image score = max over patches of the distance to the
-nearest bank vector, AUROC of good vs defective test images (method-spec §12 item 6). With ImageNet weights
+nearest bank vector, AUROC of good vs defective test images (docs/method-notes.md §12 item 6). With ImageNet weights
 on MVTec AD this should approach the published figures (≈ 99 % with WRN-50; somewhat lower with ResNet-50);
 with random weights on the built-in synthetic data it must still be far above 0.5.
 

@@ -1,7 +1,7 @@
 """PatchCore patch features: the feature configuration, the extractor network and the grid layout helpers.
 
 Follows PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022) and its
-reference code, as used by the paper's code (method-spec §4.2): a frozen backbone up to ``layer3``; each of
+reference code, as used by the paper's code (docs/method-notes.md §4.2): a frozen backbone up to ``layer3``; each of
 ``layer2`` / ``layer3`` is aggregated over a 3×3 neighbourhood (``PatchMaker.patchify``: unfold, stride 1,
 zero padding 1), ``layer3`` is brought to the ``layer2`` grid by bilinear interpolation
 (``align_corners=False``), each layer's C·9 patch vector is pooled to 1024 with ``adaptive_avg_pool1d``
@@ -59,7 +59,7 @@ class FeatureConfig:
         weights: ``imagenet`` | ``random`` | a weights file path (see :mod:`bench.features.backbones`).
         zero_init_last: only for random weights (``None`` = False: no identity blocks, see backbones).
         layers: backbone stages to aggregate; the first sets the output grid.
-        resize: shorter side after resizing (method-spec §4.1).
+        resize: shorter side after resizing (docs/method-notes.md §4.1).
         crop: center-crop side.
         patch_size: local neighbourhood (3 → 3×3, padding 1).
         pretrain_dim: each layer's patch vector is pooled to this (``MeanMapper``).

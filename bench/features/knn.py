@@ -2,8 +2,8 @@
 
 PatchCore (Roth et al., CVPR 2022) scores a patch by the distance to its nearest memory-bank vector; its
 reference code (``patchcore/common.py``, ``FaissNN``) uses an exact ``IndexFlatL2`` and the paper's code
-hard-wires k = 1 (method-spec §4.3, §11 item 13). faiss results depend on the faiss version
-(method-spec §13): :func:`faiss_version` goes into every result.
+hard-wires k = 1 (docs/method-notes.md §4.3, §11 item 13). faiss results depend on the faiss version
+(docs/method-notes.md §13): :func:`faiss_version` goes into every result.
 
 Deviation: :meth:`MemoryBank.nearest` returns Euclidean distances (faiss returns squared ones; the reference
 scores with the squared value). Both give the same nearest index and the same image ranking (AUROC), since

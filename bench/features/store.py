@@ -1,8 +1,9 @@
 """Cached PatchCore features, memory banks, residuals and anomaly scores: :class:`FeatureStore`.
 
 PatchCore: Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022. The extractor is
-in :mod:`bench.features.extractor`, the coreset in :mod:`bench.features.coreset`, the faiss bank in :mod:`bench.features.knn`; this module
-adds the on-disk cache (:mod:`bench.cache`) and the data flow (method-spec §4, §13):
+in :mod:`bench.features.extractor`, the coreset in :mod:`bench.features.coreset`, the faiss bank in
+:mod:`bench.features.knn`; this module adds the on-disk cache (:mod:`bench.cache`) and the data flow
+(docs/method-notes.md §4, §13):
 
 * features of an image are computed once per (image bytes, :meth:`FeatureConfig.key`) and reused by every
   method, shot and seed: ``features/<config key>/<sha256 of the file>.npy``, shape (h, w, D), float32 by
@@ -23,7 +24,8 @@ adds the on-disk cache (:mod:`bench.cache`) and the data flow (method-spec §4, 
   checked to be finite when computed (non-finite ones fail the job and are never cached), so every entry read
   back is finite too. An entry pruned by another process while a bank is built is recomputed (:class:`_Entry`).
 
-Deviations from the reference: see :mod:`bench.features.extractor`, :mod:`bench.features.coreset` and :mod:`bench.features.knn`.
+Deviations from the reference: see :mod:`bench.features.extractor`, :mod:`bench.features.coreset` and
+:mod:`bench.features.knn`.
 """
 
 from __future__ import annotations
@@ -96,7 +98,18 @@ def _image_key(path: str, memo_dir: Path | None = None) -> str:
 
 
 class FeatureStore:
-    """Cached PatchCore features for one :class:`FeatureConfig`.
+    """Cached PatchCore features for one :class:`FeatureConfig` (Roth et al., CVPR 2022; docs/method-notes.md §4).
+
+    A frozen backbone's mid-level feature maps, each position aggregated with its 3 × 3 neighbourhood and pooled
+    to D dimensions, give every image an (h, w) grid of D-dim patch vectors (:meth:`patch_features`); the patches
+    of a category's normal images, thinned by a greedy coreset, are its memory bank (:meth:`bank`), and a patch's
+    residual is its difference from its nearest bank vector (:meth:`residuals`, paper Eq. 2). Everything is
+    computed once per content and configuration and cached on disk; one store per process is shared by every job
+    (:func:`shared_store`). Example::
+
+        store = FeatureStore(FeatureConfig(backbone="resnet18", weights="random"))
+        bank = store.bank(train_paths, seed=1, coreset_ratio=0.1)     # (M, D) MemoryBank
+        r = store.residuals(query_paths, bank)                         # (Q, D, 28, 28) torch.float32
 
     Args:
         config: the feature configuration.

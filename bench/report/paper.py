@@ -1,14 +1,14 @@
 """The paper's reported numbers and how the harness's methods map onto the paper's tables.
 
-Liu et al., arXiv 2406.05645. ``bench/data/paper_results.csv`` is a verbatim copy of
-``../shared/docs/paper-results.csv`` (columns: table, dataset, method, column, category, shots,
-accuracy_percent); it ships with the package so ``bench report --compare paper`` works anywhere.
+Liu et al., arXiv 2406.05645. ``bench/data/paper_results.csv`` transcribes the paper's result tables
+(columns: table, dataset, method, column, category, shots, accuracy_percent; docs/method-notes.md §3); it ships
+with the package so ``bench report --compare paper`` works anywhere.
 
 :data:`PAPER_METHODS` is the one place that says which harness method reproduces which paper table and
 what the paper's ablation (Table 4) calls it. Unknown method names are tolerated: they keep their own
 name and have no paper numbers.
 
-Caveats (method-spec §3), applied here:
+Caveats (docs/method-notes.md §3), applied here:
 
 * Printed averages are not always the mean of the printed rows (Table 9 3-shot: 28.12 printed, 26.64
   recomputed): :func:`paper_table` recomputes the average and keeps the printed one separately.

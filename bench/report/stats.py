@@ -1,4 +1,5 @@
-"""Statistics for result tables (rliable-style; prior-art §7 and §9, method-spec §12.3 and §12.5).
+"""Statistics for result tables (docs/method-notes.md §12.3 and §12.5), in the style of
+rliable (Agarwal et al., "Deep Reinforcement Learning at the Edge of the Statistical Precipice", NeurIPS 2021).
 
 * :func:`t_interval`: mean and Student-t confidence interval across seeds within one category
   (sample std, ddof = 1; scipy's t quantile, e.g. t₀.₉₇₅,₄ = 2.776 for 5 seeds).

@@ -174,7 +174,7 @@ def paper_compare_table(res: Results, cid: str) -> Table | None:
     cap = (f"ours: accuracy % mean ± std over seeds; paper: {name} of arXiv 2406.05645 as printed; average row = mean over the categories "
            f"present in both (k/K cat. when not all K paper categories ran), recomputed; the printed average is shown where it differs; "
            f"{weights_desc(f)}")  # fmt: skip
-    notes = ["paper numbers are one source's reading of the PDF (method-spec §3); gaps of a few points are within the paper's own noise."]
+    notes = ["paper numbers are one source's reading of the PDF (docs/method-notes.md §3); gaps of a few points are within the paper's own noise."]
     if f["weights"] == "random":
         notes.insert(0, "WARNING: random-init backbone: these results are NOT comparable with the paper's ImageNet numbers.")
     return Table(f"paper-{res.labels[cid]}-{group_label(f)}", f"{res.labels[cid]} vs paper ({name})", disp,

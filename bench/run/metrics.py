@@ -1,7 +1,7 @@
 """Per-episode metrics: the paper's micro accuracy plus what a careful reader also needs.
 
 accuracy = correct / queries (the paper's metric); macro-F1 and balanced accuracy are not inflated by
-majority classes (datasets.md §1.1); per-class recall and the confusion matrix show which defect types
+majority classes (docs/datasets.md §1.1); per-class recall and the confusion matrix show which defect types
 are confused; chance (1/C) and majority-class rates are reference rows for every table.
 """
 

@@ -1,4 +1,4 @@
-"""Foreground masks that restrict where pseudo defects are pasted (method-spec §6.1).
+"""Foreground masks that restrict where pseudo defects are pasted (docs/method-notes.md §6.1).
 
 The reference code (``mvtec_anomaly_detection/generate_foreground*.py``) writes one mask per normal image
 with OpenCV: GrabCut for cable/hazelnut (and foam, with a smaller rect), a fixed-range flood fill from two
@@ -44,9 +44,9 @@ FOREGROUND_METHOD: dict[str, str] = {
     **{c: "none" for c in ("carpet", "grid", "leather", "tile", "wood")},
     "foam": "grabcut_foam",
     "rope": "none",
-    "tire": "none",  # commented out in the reference mask script (method-spec §6.1)
+    "tire": "none",  # commented out in the reference mask script (docs/method-notes.md §6.1)
 }
-"""Per-category method for every MVTec AD and MVTec 3D-AD category (method-spec §6.1)."""
+"""Per-category method for every MVTec AD and MVTec 3D-AD category (docs/method-notes.md §6.1)."""
 
 
 def _floodfill(image: np.ndarray, seeds: list[tuple[tuple[int, int], int]]) -> np.ndarray:
@@ -82,7 +82,7 @@ def _grabcut(image: np.ndarray, rect: tuple[int, int, int, int], iters: int) -> 
 def foreground_mask(
     image: np.ndarray, method: str, orig_hw: tuple[int, int] | None = None, safe: bool = True
 ) -> np.ndarray:
-    """Compute the foreground mask of one image (method-spec §6.1).
+    """Compute the foreground mask of one image (docs/method-notes.md §6.1).
 
     Args:
         image: (H, W, 3) uint8 RGB image.

@@ -1,4 +1,4 @@
-"""Synthetic pseudo-defect images for pretraining (paper arXiv 2406.05645 §3.5; method-spec §6, §5.6, §7).
+"""Synthetic pseudo-defect images for pretraining (paper arXiv 2406.05645 §3.5; docs/method-notes.md §6, §5.6, §7).
 
 DRAEM-style synthesis (Zavrtanik et al., ICCV 2021): a binarised Perlin-noise mask (or, in the polygon
 variant of the paper's Appendix C, one random regular n-gon), intersected with the object's foreground mask,
@@ -126,7 +126,7 @@ def perlin_noise_2d(shape: tuple[int, int], res: tuple[int, int], rng: np.random
 def perlin_mask(
     rng: np.random.Generator, size: int = 256, threshold: float = 0.35, area_min: float = 0.1, area_max: float = 0.4
 ) -> np.ndarray:
-    """Draw a binarised Perlin mask whose area fraction lies in (area_min, area_max) (method-spec §6.2).
+    """Draw a binarised Perlin mask whose area fraction lies in (area_min, area_max) (docs/method-notes.md §6.2).
 
     Scales are (2^a, 2^b) with a, b ~ U{0, …, 5} independently; the mask is noise > threshold, not rotated
     (paper code; DRAEM rotates). The whole draw is repeated until the area fraction, measured on this mask
@@ -147,7 +147,7 @@ def perlin_mask(
 
 
 def polygon_mask(rng: np.random.Generator, size: int, n_sides: int) -> np.ndarray:
-    """One random regular n-gon (method-spec §5.6, paper Appendix C).
+    """One random regular n-gon (docs/method-notes.md §5.6, paper Appendix C).
 
     As the reference loader: scale = min(W, H) // 5 and circumradius = scale // 2; the centre is uniform such
     that the polygon stays inside the image; the rotation is uniform in [0, 2π).
@@ -195,7 +195,7 @@ class PseudoSample:
         foreground: (S, S) bool foreground mask of the source image.
         beta: the blending weight used.
         fg_fallback: True when no draw hit the foreground and the un-intersected mask was used
-            (method-spec §11 item 10 asks for a non-empty masked area; this is the bounded fallback).
+            (docs/method-notes.md §11 item 10 asks for a non-empty masked area; this is the bounded fallback).
     """
 
     image: np.ndarray
@@ -208,7 +208,7 @@ class PseudoSample:
 
 @dataclass
 class PseudoEpisode:
-    """One pretraining episode (method-spec §7); items are (class_idx, source_idx) pairs.
+    """One pretraining episode (docs/method-notes.md §7); items are (class_idx, source_idx) pairs.
 
     Attributes:
         classes: the chosen pseudo classes (generator class indices), fresh per episode.
@@ -233,7 +233,7 @@ class PseudoDefectGenerator:
 
     Perlin variant: class k = texture k (class name = texture name). Polygon variant: class k = (texture
     k // 4, n = 3 + k % 4) named like ``"banded/4-gon"`` (the reference interleaves the n-gons fastest).
-    Each (class, source) pair is exactly one image: every class has ``n_sources`` images (method-spec §6.3).
+    Each (class, source) pair is exactly one image: every class has ``n_sources`` images (docs/method-notes.md §6.3).
 
     Args:
         normal_paths: the category's normal training images (sorted ``train/good``); source i = path i.
@@ -377,7 +377,7 @@ class PseudoDefectGenerator:
         exclude_classes: Sequence[int] | None = None,
         sources: Sequence[int] | None = None,
     ) -> PseudoEpisode:
-        """Draw one pretraining episode (method-spec §7): support groups plus random queries.
+        """Draw one pretraining episode (docs/method-notes.md §7): support groups plus random queries.
 
         ``n_classes`` classes are drawn afresh from the allowed pool. Group g pairs every chosen class with one
         random source image s_g (all 10 images of a group share their normal image). Queries are distinct
@@ -413,7 +413,7 @@ class PseudoDefectGenerator:
         return PseudoEpisode(classes, support, queries, [int(f % n_classes) for f in flat])
 
     def split_classes(self, n_val: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
-        """Hold out ``n_val`` whole textures (all their classes) for synthetic validation (method-spec §12.2a).
+        """Hold out ``n_val`` whole textures (all their classes) for synthetic validation (docs/method-notes.md §12.2 (a)).
 
         Returns:
             (train_classes, val_classes), sorted class indices.

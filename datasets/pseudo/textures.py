@@ -1,4 +1,4 @@
-"""Texture banks for the synthetic pseudo-defect generator (method-spec §6.3, datasets.md §3).
+"""Texture banks for the synthetic pseudo-defect generator (docs/method-notes.md §6.3, docs/datasets.md §3).
 
 The paper (arXiv 2406.05645, §3.5) pastes DTD textures (Cimpoi et al., CVPR 2014) into normal images,
 DRAEM-style; each texture class is one pseudo-defect class and only **one image per class** is used: the
@@ -38,7 +38,7 @@ class TextureBank:
         names: texture (class) names, in class order (alphabetical for DTD).
         images: uint8 RGB arrays of shape (size, size, 3), one per name.
         source: where the bank came from, e.g. ``"dtd:/data/dtd/images"`` or ``"procedural-v1:seed=0"``;
-            ``":bgr"`` is appended when the channels were swapped (method-spec §11 item 9).
+            ``":bgr"`` is appended when the channels were swapped (docs/method-notes.md §11 item 9).
         bgr: True when ``images`` hold BGR data (the reference code's bug), so that callers do not swap again.
     """
 
@@ -72,13 +72,13 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_dtd(root: Path, size: int = 256, bgr: bool = False) -> TextureBank:
-    """Load the first ``.jpg`` (sorted by name) of every DTD texture folder (paper default, method-spec §6.3).
+    """Load the first ``.jpg`` (sorted by name) of every DTD texture folder (paper default, docs/method-notes.md §6.3).
 
     Args:
         root: the DTD folder holding ``images/<texture>/*.jpg``, or that ``images/`` folder itself.
         size: side of the square output images.
         bgr: swap the channels to BGR, reproducing the reference code, which reads textures with OpenCV and
-            blends them into an RGB image (method-spec §11 item 9). Default RGB (paper).
+            blends them into an RGB image (docs/method-notes.md §11 item 9). Default RGB (paper).
 
     Returns:
         A bank with one (size, size, 3) uint8 image per texture folder, names in sorted order.
