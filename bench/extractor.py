@@ -43,6 +43,15 @@ it keeps every channel, weights each equally, and treats all layers of a configu
 layer is narrow (every ResNet-18/34/50 and WRN-50 default: 1152 to 9216 values per layer) the aggregation is the
 reference's, so those features and their cache keys are unchanged; a configuration the rule changes gets a new key
 (:meth:`FeatureConfig.key`).
+
+Measured with ImageNet lite0 on the real MTD tiles (``--image-fit squash``), this rule (D = 152) against the
+reference pooling (D = 1024): defect-type classification, 5 types, ``--protocol random``, seeds 1–3, coreset 2 %,
+mean accuracy at 1 / 5 shots: protonet 0.26 / 0.38 vs 0.25 / 0.35, protonet-residual 0.32 / 0.50 vs 0.32 / 0.45,
+knn-residual 0.37 / 0.54 vs 0.30 / 0.49, logreg-residual 0.33 / 0.54 vs 0.31 / 0.51 (the rule ahead or level in
+all 12 method × shot cells, within a few seeds' noise), the run 1.8× faster (199 s vs 364 s on 2 cores). PatchCore
+detection (image AUROC, 120 train / 60 good / 90 defective images, two draws) is slightly lower: 0.934 and 0.927 vs
+0.942 and 0.949, the reference keeping each 3×3 position apart. This benchmark classifies defect types, so the
+classification figures and the cost decide.
 """
 
 from __future__ import annotations
