@@ -21,6 +21,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--categories", nargs="+")
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a local weights file")
+    p.add_argument("--layers", nargs="+", metavar="NAME", help="backbone stages to aggregate (default: those at strides 8 and 16)")
     p.add_argument("--zero-init-last", choices=["true", "false"], help="random init only (default false)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--image-fit", choices=FITS,
@@ -41,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
     zil = None if args.zero_init_last is None else args.zero_init_last == "true"
     cfg = RunConfig(
         methods=[], dataset=args.dataset, data_root=args.data_root, categories=args.categories, backbone=args.backbone,
-        weights=args.weights, zero_init_last=zil, precision=args.precision, image_fit=args.image_fit,
+        weights=args.weights, zero_init_last=zil, layers=args.layers, precision=args.precision, image_fit=args.image_fit,
         cache_dir=args.cache_dir, device=args.device,
     )
     if args.cache_dir:

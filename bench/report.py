@@ -46,6 +46,10 @@ def config_fields(row: dict[str, Any]) -> dict[str, str]:
     """The fields that identify a row's configuration (all values as strings)."""
     feats = dict(row.get("features") or {})
     feats.setdefault("image_fit", "crop")  # rows from before the field existed were all made with the centre crop
+    feats.setdefault("mean", [0.485, 0.456, 0.406])  # ... and with the ImageNet normalisation (bench.images.IMAGENET_*)
+    feats.setdefault("std", [0.229, 0.224, 0.225])
+    for derived in ("layer_dims", "dim"):  # follow from the backbone, layers and dims already in the row
+        feats.pop(derived, None)
     w = dict(row.get("weights") or {})
     sha = w.get("sha256") or ""
     f = {

@@ -68,6 +68,7 @@ class RunConfig:
     backbone: str = "resnet50"
     weights: str = "imagenet"
     zero_init_last: bool | None = None
+    layers: list[str] | None = None  # backbone stages to aggregate; None = the stages at strides 8 and 16
     precision: str = "fp32"
     image_fit: str | None = None  # crop | squash | letterbox; None = the dataset adapter's preference, else crop
     coreset_ratio: float = 0.1
@@ -128,6 +129,7 @@ class RunConfig:
         return FeatureConfig(
             backbone=self.backbone, weights=self.weights, zero_init_last=self.zero_init_last, precision=self.precision,
             image_fit=self.image_fit or dataset_image_fit(self.dataset),
+            layers=tuple(self.layers) if self.layers else None,
         )
 
 
@@ -242,13 +244,13 @@ def _no_normals_error(samples: Samples, category: str, method: str, why: str) ->
 
 
 def _base_row(cfg: RunConfig, samples: Samples, job: Job, store: Any) -> dict[str, Any]:
+    fcfg = cfg.feature_config()
     return {
         "key": job.key,
         "method": job.method,
         "method_config": job.method_config,
         "method_config_hash": config_hash(job.method_config),
-        "features": {**dataclasses.asdict(cfg.feature_config()), "coreset_ratio": cfg.coreset_ratio,
-                     "key": cfg.feature_config().key(), "decoding": DECODING},
+        "features": {**fcfg.record(), "coreset_ratio": cfg.coreset_ratio, "key": fcfg.key(), "decoding": DECODING},
         "weights": store.weights_info.record() if store is not None else None,
         "dataset": samples.dataset,
         "data_root": str(samples.root),
