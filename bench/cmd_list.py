@@ -47,7 +47,7 @@ def list_backbones(pattern: str) -> None:
     from bench.backbones import WEIGHTS_PACKAGES, imagenet_availability
 
     names = timm.list_models(pattern)
-    rows = [(n, *imagenet_availability(n)) for n in names]
+    rows = sorted(((n, *imagenet_availability(n)) for n in names), key=lambda r: r[1] == "none")  # usable ones first
     print(tabulate(rows, headers=["backbone", "ImageNet weights here", "from / how to get them"], tablefmt="simple"))
     here = sum(r[1] != "none" for r in rows)
     print(f"({len(names)} timm models match {pattern!r}, {here} with ImageNet weights on this machine; any timm name "

@@ -28,7 +28,8 @@ from bench.seeding import stable_int
 from bench.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, Interval, stratified_bootstrap_mean, t_interval
 
 # Fields that follow from another one: not repeated in labels when that one already differs.
-IMPLIED = {"weights": ("weights.source", "weights.sha256", "zero_init_last"), "weights.sha256": ("weights.source",)}
+IMPLIED = {"weights": ("weights.source", "weights.sha256", "weights.package", "zero_init_last"),
+           "weights.sha256": ("weights.source", "weights.package")}
 SHORT = {"weights.sha256": "sha256", "weights.source": "source", "method_config_hash": "config"}
 
 
@@ -59,6 +60,7 @@ def config_fields(row: dict[str, Any]) -> dict[str, str]:
         "weights": _s(w.get("weights") or feats.get("weights")),
         "weights.source": "" if sha else _s(w.get("source")),
         "weights.sha256": sha[:12],
+        "weights.package": f"{w['package']} {w.get('package_version') or ''}".strip() if w.get("package") else "",
         "zero_init_last": _s(w.get("zero_init_last", feats.get("zero_init_last"))),
         "dataset": _s(row.get("dataset")),
         "protocol": _s(row.get("protocol")),
@@ -115,6 +117,8 @@ def weights_desc(f: dict[str, str]) -> str:
     """Backbone and weights, with random-init results flagged as not comparable with the paper."""
     if f["weights"] == "random":
         return f"{f['backbone']} / random init (NOT comparable with the paper)"
+    if f.get("weights.package"):  # ImageNet weights from an installed package (no hub offline)
+        return f"{f['backbone']} / {f['weights']} ({f['weights.package']}, sha256:{f['weights.sha256']})"
     if f["weights"] == "file" or f["weights.sha256"]:
         return f"{f['backbone']} / {f['weights']} sha256:{f['weights.sha256']}"
     return f"{f['backbone']} / {f['weights']}"
