@@ -15,7 +15,9 @@ the fix (never a bare PIL traceback), and grayscale / RGBA / palette images are 
 * an image larger than PIL's decompression-bomb limit is refused with a message naming it (PIL's error does not).
 
 Pre-processing follows the paper (docs/method-notes.md §4.1): Resize(256) on the shorter side, CenterCrop(224),
-ImageNet normalisation. torchvision.io cannot decode on this CPU build, so PIL decodes. For images far from
+normalisation with the backbone's own mean/std (the ImageNet statistics for the paper's ResNets; the caller passes
+them, :meth:`bench.features.extractor.FeatureConfig.preprocess`, nothing here assumes a backbone). torchvision.io
+cannot decode on this CPU build, so PIL decodes. For images far from
 square the centre crop throws away much of the image (MTD's tiles, up to 2.8 : 1: the crop keeps 49 % of the
 area on average and misses 162 of 388 defects entirely), so :class:`Preprocess` also offers ``fit="squash"``
 (the whole image resized to crop × crop, aspect not kept) and ``fit="letterbox"`` (the longer side resized to
@@ -35,6 +37,9 @@ from bench.errors import ConfigError, DatasetError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+"""The ImageNet statistics in the pretrained configs of timm's ResNets (``timm.data.IMAGENET_DEFAULT_MEAN/STD``). Not a
+default of :class:`Preprocess`: the feature key leaves the normalisation out only when it equals these, the one
+every key had before the normalisation came from the backbone."""
 FITS = ("crop", "squash", "letterbox")
 """How :class:`Preprocess` brings an image to the square network input (see its docstring)."""
 
@@ -106,7 +111,7 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize (shorter side) → center crop → tensor → ImageNet normalisation (``fit="crop"``, the paper's).
+    """Resize (shorter side) → center crop → tensor → normalisation (``fit="crop"``, the paper's).
 
     Attributes:
         resize: target length of the shorter side (``crop`` only).
@@ -115,15 +120,22 @@ class Preprocess:
             ends of elongated images); ``squash`` (resize the whole image to ``crop`` × ``crop``: nothing lost,
             the aspect ratio is not kept); ``letterbox`` (resize the longer side to ``crop`` keeping the aspect,
             pad the shorter one symmetrically with the normalisation mean, i.e. zeros after normalising).
+        mean, std: per-channel normalisation of the backbone (RGB, on [0, 1] pixel values), from its pretrained
+            configuration (:attr:`bench.features.extractor.FeatureConfig.normalisation`). Needed to make network inputs
+            (:meth:`array`, calling the object); :meth:`source_box` (geometry only) works without them.
     """
 
     resize: int = 256
     crop: int = 224
     fit: str = "crop"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.fit not in FITS:
             raise ConfigError(f"image fit must be one of {', '.join(FITS)}, got {self.fit!r} (--image-fit)")
+        if (self.mean is None) != (self.std is None) or (self.mean is not None and (len(self.mean) != 3 or len(self.std or ()) != 3)):
+            raise ConfigError(f"Preprocess needs both mean and std, 3 values each (got mean={self.mean}, std={self.std})")
 
     def array(self, image: Image.Image) -> np.ndarray:
         """Return the normalised image as a float32 array of shape (3, crop, crop)."""
@@ -162,11 +174,12 @@ class Preprocess:
         sx, sy = nw / w, nh / h
         return (left / sx, top / sy, (left + self.crop) / sx, (top + self.crop) / sy)
 
-    @staticmethod
-    def _normalise(image: Image.Image) -> np.ndarray:
-        """(H, W) RGB image → (3, H, W) float32, ImageNet-normalised."""
+    def _normalise(self, image: Image.Image) -> np.ndarray:
+        """(H, W) RGB image → (3, H, W) float32, normalised with :attr:`mean` / :attr:`std`."""
+        if self.mean is None or self.std is None:
+            raise ValueError("Preprocess was built without mean/std: use FeatureConfig.preprocess() (the backbone's own)")
         arr = np.asarray(image, dtype=np.float32) / 255.0
-        arr = (arr - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
     def __call__(self, path: str | Path) -> np.ndarray:

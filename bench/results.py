@@ -11,9 +11,12 @@ Row schema (``schema: 1``), top-level keys:
 * identity: ``key``, ``task`` (what the job solves, :data:`OK_METRICS`; a row without it is a
   ``classification`` row, written before tasks existed), ``status`` ("ok" | "error"), ``error`` (message or
   null), ``method``,
-  ``method_config`` (dict), ``method_config_hash``, ``features`` (feature/backbone config dict, with
-  ``decoding``: EXIF orientation, float and 16-bit handling),
-  ``weights`` (what was loaded: backbone, weights, pretrained, source, sha256, zero_init_last),
+  ``method_config`` (dict), ``method_config_hash``, ``features`` (feature/backbone config dict with the
+  resolved ``layers``, the normalisation ``mean``/``std``, ``layer_dims`` and the feature dim ``dim``, and
+  ``decoding``: EXIF orientation, float and 16-bit handling; rows from before ``mean``/``std``/``dim`` existed
+  were made with the ImageNet statistics and D = ``target_dim``),
+  ``weights`` (what was loaded: backbone, weights, pretrained, source, sha256, zero_init_last, and since
+  weights packages ``source_kind`` hub | package | file | random, ``package``, ``package_version``),
   ``dataset``, ``data_root``, ``dataset_manifest`` (hash of the category's file names), ``dataset_content``
   (hash of their names and bytes; part of the job key), ``category``, ``shots``, ``seed``, ``protocol``,
   ``class_set`` ({combined, good, min_defect_types}), ``episode`` ({hash, file, support_rule}).

@@ -9,8 +9,8 @@
 5. peak memory of building one category's bank (250 train images) and scoring its test images, measured in
    a child process (target well under 8 GiB).
 
-Usage: ``python benchmarks/features.py [--backbone resnet50] [--weights random] [--threads 2] [--images 96]
-[--image-size 256] [--skip coreset,memory]``. The machine is shared: the 1-minute load average is printed
+Usage: ``python benchmarks/features.py [--backbone resnet50] [--weights random] [--layers NAME ...] [--threads 2]
+[--images 96] [--image-size 256] [--skip coreset,memory]``. The machine is shared: the 1-minute load average is printed
 next to every timing.
 """
 
@@ -84,8 +84,9 @@ def bare_forward(store: FeatureStore, batch: int, n_batches: int) -> float:
 def bench_extraction(args: argparse.Namespace, cfg: FeatureConfig, root: Path) -> tuple[list[str], Path]:
     paths = write_images(root / "images", args.images, args.image_size)
     cache1 = root / "cache"
-    print(f"\n[1] feature extraction: {cfg.backbone} ({cfg.weights}), batch {args.batch}, {torch.get_num_threads()} threads, "
-          f"{len(paths)} PNG images of {args.image_size}×{args.image_size} px → {cfg.crop} crop")
+    print(f"\n[1] feature extraction: {cfg.backbone} ({cfg.weights}), layers {', '.join(cfg.resolved_layers)}, D = {cfg.dim}, "
+          f"batch {args.batch}, {torch.get_num_threads()} threads, {len(paths)} PNG images of {args.image_size}×{args.image_size} "
+          f"px → {cfg.crop} crop")
     # Interleave bare and end-to-end runs (each end-to-end run on an empty cache) and compare the best of each:
     # other processes on a shared machine only ever slow a run down.
     bare, e2e, firsts = [], [], []
@@ -109,6 +110,9 @@ def bench_extraction(args: argparse.Namespace, cfg: FeatureConfig, root: Path) -
     print(f"    ratio             : best/best {max(e2e) / max(bare):.2f}, median/median {np.median(e2e) / np.median(bare):.2f}"
           "  (target ≥ 0.80)")
     print(f"    output {tuple(feats.shape)}; cache stats of the last run {store.stats['features']}")
+    w = store.weights_info
+    print("    weights: " + " ".join(x for x in (w.source_kind, w.package, w.package_version, w.source) if x)
+          + (f", sha256 {w.sha256[:12]}" if w.sha256 else ""))
 
     seconds = []
     for _ in range(3):  # each as a new process would: new store, no in-process memo
@@ -144,7 +148,8 @@ def bench_extraction(args: argparse.Namespace, cfg: FeatureConfig, root: Path) -
     print(f"\n[4] float16 storage vs float32 ({len(q32)} query patches, bank {len(sel)}): nearest index agrees for "
           f"{100 * (i16 == i32).mean():.2f} % of patches; residual relative error median {np.median(rel):.2e}, "
           f"99th pct {np.percentile(rel, 99):.2e}, max {rel.max():.2e}; image score max rel. diff "
-          f"{np.max(np.abs(s16 - s32) / s32):.2e}. Default storage stays fp32 (3.2 MB/image at 784×1024).")
+          f"{np.max(np.abs(s16 - s32) / s32):.2e}. Default storage stays fp32 ({hw * store.dim * 4 / 1e6:.1f} MB/image at "
+          f"{hw}×{store.dim}).")
     return paths, cache1
 
 
@@ -216,7 +221,7 @@ def peak_rss_gib() -> float:
 
 def memory_child(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-mem-"))
-    cfg = FeatureConfig(backbone=args.backbone, weights=args.weights, precision=args.precision)
+    cfg = feature_config(args)
     train = write_images(root / "train", args.memory_train, args.image_size, seed=1)
     test = write_images(root / "test", args.memory_test, args.image_size, seed=2)
     store = FeatureStore(cfg, cache_root=root / "cache", batch_size=args.batch, num_workers=args.workers)
@@ -227,13 +232,19 @@ def memory_child(args: argparse.Namespace) -> None:
     print(f"    {len(train)} train + {len(test)} test images, bank {len(bank):,} × {bank.dim} "
           f"({bank.meta['coreset_seconds']:.1f} s coreset), {len(scores)} scores in {time.perf_counter() - t0:.0f} s; "
           f"peak RSS {peak:.2f} GiB (target well under 8 GiB; the float32 train features alone would be "
-          f"{len(train) * 784 * 1024 * 4 / 2**30:.2f} GiB)")
+          f"{len(train) * store.grid[0] * store.grid[1] * store.dim * 4 / 2**30:.2f} GiB)")
+
+
+def feature_config(args: argparse.Namespace) -> FeatureConfig:
+    return FeatureConfig(backbone=args.backbone, weights=args.weights, precision=args.precision,
+                         layers=tuple(args.layers) if args.layers else None)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--weights", default="random")
+    p.add_argument("--layers", nargs="+", metavar="NAME", help="backbone stages (default: those at strides 8 and 16)")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=16)
@@ -256,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {load()}")
     with tempfile.TemporaryDirectory(prefix="bench-feat-") as tmp:
         if "extraction" not in skip:
-            cfg = FeatureConfig(backbone=args.backbone, weights=args.weights, precision=args.precision)
+            cfg = feature_config(args)
             bench_extraction(args, cfg, Path(tmp))
     if "coreset" not in skip:
         bench_coreset(args)

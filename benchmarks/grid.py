@@ -130,6 +130,8 @@ def run_mode(args: argparse.Namespace, methods: list[str], data_root: Path, work
            "--cache-dir", str(cache), "--no-progress"]  # fmt: skip
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.layers:
+        cmd += ["--layers", *args.layers]
     for s in args.set:
         cmd += ["--set", s]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_CACHE": str(cache)}
@@ -247,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="1-5")
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--weights", default="random")
+    p.add_argument("--layers", nargs="+", metavar="NAME", help="backbone stages (default: those at strides 8 and 16)")
     p.add_argument("--jobs", default="1,2", help="modes to run, e.g. 1,2 (each from a cold cache)")
     p.add_argument("--threads", type=int, help="torch threads in total (default: all cores, split between workers)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method option for every method")

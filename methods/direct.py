@@ -28,7 +28,6 @@ from torch import nn
 
 from bench.features.backbones import create_backbone
 from bench.errors import ConfigError
-from bench.images import Preprocess
 from bench.method import Method, SupportSet, register_method
 
 _POOLED_CACHE: dict[tuple[str, str], np.ndarray] = {}  # (backbone identity, image path) -> (F,) pooled features
@@ -65,8 +64,7 @@ class Direct(Method):
         return set()  # its own pooled backbone features, not the PatchCore pipeline
 
     def _images(self, paths: Sequence[str]) -> torch.Tensor:
-        fc = self.ctx.features.config
-        pre = Preprocess(fc.resize, fc.crop, fc.image_fit)
+        pre = self.ctx.features.config.preprocess()  # the backbone's own normalisation
         return torch.from_numpy(np.stack([pre(p) for p in paths]))
 
     def _build(self, n_classes: int) -> nn.Module:

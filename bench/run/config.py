@@ -42,6 +42,7 @@ class RunConfig:
     backbone: str = "resnet50"
     weights: str = "imagenet"
     zero_init_last: bool | None = None
+    layers: list[str] | None = None  # backbone stages to aggregate; None = the stages at strides 8 and 16
     precision: str = "fp32"
     image_fit: str | None = None  # crop | squash | letterbox; None = the dataset adapter's preference, else crop
     coreset_ratio: float = 0.1
@@ -106,6 +107,7 @@ class RunConfig:
         return FeatureConfig(
             backbone=self.backbone, weights=self.weights, zero_init_last=self.zero_init_last, precision=self.precision,
             image_fit=self.image_fit or dataset_image_fit(self.dataset),
+            layers=tuple(self.layers) if self.layers else None,
         )
 
     @cached_property

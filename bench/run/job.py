@@ -8,7 +8,6 @@ weights, a full or read-only disk) stop the run.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import logging
 import time
@@ -77,7 +76,7 @@ def base_row(cfg: RunConfig, samples: Samples, job: Job, store: Any) -> dict[str
         "method": job.method,
         "method_config": job.method_config,
         "method_config_hash": config_hash(job.method_config),
-        "features": {**dataclasses.asdict(cfg.features), "coreset_ratio": cfg.coreset_ratio, "key": cfg.features.key(),
+        "features": {**cfg.features.record(), "coreset_ratio": cfg.coreset_ratio, "key": cfg.features.key(),
                      "decoding": DECODING},
         "weights": store.weights_info.record() if store is not None else None,
         "dataset": samples.dataset,
