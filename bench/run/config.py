@@ -16,6 +16,7 @@ import torch
 
 from bench.datasets import DatasetOptions, dataset_image_fit
 from bench.errors import BenchError, ConfigError, brief
+from bench.features.backbones import DEFAULT_BACKBONE
 from bench.method import check_options, get_method
 from bench.paths import cache_root
 from bench.results import DEFAULT_TASK, OK_METRICS
@@ -39,7 +40,7 @@ class RunConfig:
     include_good: bool = False
     exclude_combined: bool = False
     min_defect_types: int = 2
-    backbone: str = "resnet50"
+    backbone: str = DEFAULT_BACKBONE  # tf_efficientnet_lite0: ImageNet weights installed with the harness
     weights: str = "imagenet"
     zero_init_last: bool | None = None
     layers: list[str] | None = None  # backbone stages to aggregate; None = the stages at strides 8 and 16
