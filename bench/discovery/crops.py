@@ -11,7 +11,9 @@ here the frame; :mod:`bench.discovery.maps`):
    is every box near it (itself included), groups contained in another group are dropped, each remaining group
    becomes the union of its boxes squared around its centre (the shorter side grown symmetrically; it may leave the
    image, where the crop is padded with black), as the reference does even when two groups share a box;
-4. sorted by area, largest first; when there are more boxes than MEBin's estimated count, ``est_num + 1`` are kept
+4. sorted by area, largest first (boxes of equal area, e.g. all at the minimum size, keep the order of ascending
+   contour area: the reference's sorts are stable, so the *smaller* regions come first among them); when there are
+   more boxes than MEBin's estimated count, ``est_num + 1`` are kept
    (one more than estimated: a quirk of the reference, kept by default; ``keep_extra=False`` keeps ``est_num``,
    at least one).
 
