@@ -155,8 +155,11 @@ def load_vit_weights(vit: nn.Module, path: Path) -> None:
             sd = sd[key]
             break
     sd = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in sd.items() if torch.is_tensor(v)}
-    sd = checkpoint_filter_fn(sd, vit)
-    result = vit.load_state_dict(sd, strict=False)
+    try:
+        result = vit.load_state_dict(checkpoint_filter_fn(sd, vit), strict=False)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise WeightsError(f"the ViT weights {path} do not fit this configuration's ViT ({str(exc)[:300]}). Check "
+                           "--set vit=... (the paper's DINO ViT-B/8 is vit_base_patch8_224).") from None
     missing = [k for k in result.missing_keys if not k.startswith("head")]
     if missing:
         raise WeightsError(f"the ViT weights {path} do not fit {type(vit).__name__} of this configuration: "
@@ -385,9 +388,7 @@ class AnomalyNCD(Discoverer):
                 n_steps = 0
                 for b0 in range(0, len(crops), cfg.batch_size):
                     t0 = time.perf_counter()
-                    idx = order[b0 : b0 + cfg.batch_size]
-                    if len(idx) < 2:  # InfoNCE needs another crop in the batch
-                        continue
+                    idx = order[b0 : b0 + cfg.batch_size]  # the last batch may be smaller (drop_last=False)
                     v1, m1 = augment(img[idx], msk[idx], s, g)
                     v2, m2 = augment(img[idx], msk[idx], s, g)
                     x, m = torch.cat([v1, v2]).to(dev), torch.cat([m1, m2]).to(dev)
