@@ -291,3 +291,16 @@ def test_maps_and_classification_methods_stay_in_their_task(tmp_path: Path, caps
     assert main(["list", "discoverers"]) == 0
     listed = capsys.readouterr().out
     assert all(name in listed for name in [*CHEAP, "anomalyncd"])
+
+
+def test_show_crops_saves_a_picture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "crops.png"
+    code = main(["show-crops", "--category", "screw", "--dataset", "synthetic-tiny", "--backbone", "resnet18", "--weights",
+                 "random", "--images", "4", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])  # fmt: skip
+    assert code == 0 and out.is_file() and Image.open(out).size[1] > 400
+    assert "4 of 24 images of screw" in capsys.readouterr().out
+    from bench.discovery.pictures import pick
+    from bench.discovery.protocol import LabelledSet
+
+    ls = LabelledSet("d", "c", "ncd", "/", ("a", "b", "good"), tuple("pqrstu"), (0, 0, 0, 1, 2, 2), ("",) * 6)
+    assert pick(ls, 4) == [0, 3, 4, 1]  # one per class in turn
