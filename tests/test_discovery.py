@@ -21,6 +21,8 @@ from bench.discovery.protocol import discovery_set
 from bench.results import read_rows
 from tests.test_datasets import make_tree
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 S = 224
 
 
@@ -157,7 +159,7 @@ CHEAP = ["one-cluster", "random-ids", "kmeans", "kmeans-residual", "anomaly-clus
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str]:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None) -> tuple[Path, int, str]:
     d = tmp_path_factory.mktemp("discovery")
     out = d / "out"
     import contextlib

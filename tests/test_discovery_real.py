@@ -13,7 +13,9 @@ import pytest
 from bench.cli import main
 from bench.results import read_rows
 
-MARGIN_BUILTIN = 0.60  # measured: oracle 0.996, one-cluster 0.233 on average over the 4 categories (seed 1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+MARGIN_BUILTIN = 0.60  # measured on capsule and wood: oracle 0.992, one-cluster 0.224 on average (seed 1)
 MARGIN_MTD = 0.30  # measured on the 68-image subset: oracle 0.603, one-cluster 0.176 (seed 1; seeds 2, 3: 0.647, 0.721)
 
 
@@ -35,8 +37,8 @@ def _mean(rows: list[dict]) -> float:
 
 @pytest.mark.slow
 def test_oracle_masks_beat_one_cluster_on_the_builtin_data(tmp_path: Path) -> None:
-    rows = _run(tmp_path, "--dataset", "synthetic")
-    assert len(rows["one-cluster"]) == 4
+    rows = _run(tmp_path, "--dataset", "synthetic", "--categories", "capsule", "wood")  # all 4: README's table
+    assert len(rows["one-cluster"]) == 2
     oracle, one = _mean(rows["oracle-mask-kmeans"]), _mean(rows["one-cluster"])
     assert oracle >= one + MARGIN_BUILTIN, f"oracle {oracle:.3f} not {MARGIN_BUILTIN} above one-cluster {one:.3f}"
 
