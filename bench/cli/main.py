@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "leaderboard": ("bench.cli.leaderboard", "ranked methods with confidence intervals"),
     "tsne": ("bench.cli.tsne", "t-SNE of support and query embeddings"),
     "show-pseudo": ("bench.cli.pseudo", "save a picture of generated pseudo-defects"),
+    "show-crops": ("bench.cli.crops", "save a picture of the MEBin masks and crops of a few images (discovery)"),
     "perf": ("bench.cli.perf", "speed benchmarks (features, coreset, cache, grid)"),
 }
 

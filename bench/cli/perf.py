@@ -6,6 +6,8 @@
   and with 2 workers: wall time, stage times, jobs per minute, peak memory, cache hits (``benchmarks/grid.py``).
 * ``python -m bench perf steps [ARGS]``: one optimiser step of the paper's heads at the paper's sizes, with the
   harness's heap allocation and with glibc's defaults (``benchmarks/steps.py``).
+* ``python -m bench perf anomalyncd [ARGS]``: one AnomalyNCD training step with the paper's DINO ViT-B/8 architecture
+  and with the CPU default ViT, and the per-category cost of their schedules (``benchmarks/anomalyncd_cost.py``).
 
 Everything after the benchmark's name goes to the script: ``python -m bench perf grid --help`` lists its options
 (``features`` and ``grid`` take ``--backbone``, ``--weights`` and ``--layers NAME ...`` like ``bench run``; e.g.
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from bench.errors import BenchError
 
-BENCHMARKS = {"features": "features.py", "grid": "grid.py", "steps": "steps.py"}
+BENCHMARKS = {"features": "features.py", "grid": "grid.py", "steps": "steps.py", "anomalyncd": "anomalyncd_cost.py"}
 
 
 def benchmarks_dir() -> Path | None:

@@ -6,6 +6,7 @@ Examples::
     python -m bench run --method direct protonet --shots 1-5 --seeds 1-5
     python -m bench run --method protonet --dataset mvtec_ad --data-root /data/mvtec_ad --categories screw
     python -m bench run --config my_grid.yaml --set lr=1e-4
+    python -m bench run --task discovery --method kmeans anomaly-clustering mebin-kmeans anomalyncd --seeds 1-5
 
 Re-running the same command resumes: finished jobs are skipped. A YAML config file may give any option
 (``method: [a, b]``, ``shots: 1-5``, ``weights: random``, ...); command-line flags win over the file.
@@ -43,7 +44,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--categories", nargs="+", help="categories to run (default: all)")
     p.add_argument("--shots", nargs="+", help="e.g. 1-5 (default), 1,5 or 1 5")
     p.add_argument("--seeds", nargs="+", help="e.g. 1-5 (default), 1,3 or 1 3")
-    p.add_argument("--protocol", choices=["paper", "random"], help="support selection: first-n (paper, default) or seeded random")
+    p.add_argument("--task", choices=["classification", "discovery"],
+                   help="what the methods solve: classification (default; few-shot defect types) or discovery "
+                   "(group unlabelled images into K types; docs/tasks.md)")
+    p.add_argument("--protocol", choices=["paper", "random", "ncd", "defects-only"],
+                   help="classification: support selection, first-n (paper, default) or seeded random; discovery: ncd "
+                   "(default, AnomalyNCD's: combined removed, good kept as a class) or defects-only")
+    p.add_argument("--maps", help="discovery: folder of 8-bit PNG anomaly maps <maps>/<category>/<type>/<name>.png "
+                   "written by any detector (default: the harness's PatchCore)")
     p.add_argument("--include-good", action="store_true", default=None, help="add test good images as a class (Appendix F)")
     p.add_argument("--exclude-combined", action="store_true", default=None, help="drop the 'combined' defect type")
     p.add_argument("--min-defect-types", type=int, help="skip categories with fewer defect types (default 2)")
@@ -71,7 +79,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 COPIED_OPTIONS = (
     "dataset", "data_root", "categories", "protocol", "include_good", "exclude_combined", "min_defect_types",
     "backbone", "weights", "layers", "precision", "image_fit", "coreset_ratio",
-    "textures", "device", "jobs", "backend", "scheduler", "threads", "out", "cache_dir",
+    "textures", "device", "jobs", "backend", "scheduler", "threads", "out", "cache_dir", "task", "maps",
 )  # fmt: skip
 """Flags whose value, when given, is the :class:`RunConfig` field of the same name as is (the others are parsed)."""
 
@@ -116,6 +124,9 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         values["methods"] = [values["methods"]]
     if args.shots is not None:
         values["shots"] = args.shots
+    if values.get("task") == "discovery" and "shots" in values:
+        raise ConfigError("--shots does not apply to --task discovery: every image of the protocol's set is grouped, "
+                          "without labelled shots. Drop --shots (seeds still apply).")
     if args.seeds is not None:
         values["seeds"] = args.seeds
     for k in ("shots", "seeds"):

@@ -1,5 +1,6 @@
 """The compact table printed at the end of ``bench run`` and written to ``summary.md``.
 
+Discovery rows get blocks of their own (:func:`bench.report.discovery.summary_blocks`: categories × ACC, NMI, ARI).
 One block per configuration, as ``bench report`` tells configurations apart (:func:`bench.report.load_results`:
 method, its options, backbone and weights, features, dataset, protocol, class set, harness version): two
 runs into one folder that differ in a ``--set`` option or in the dataset are two blocks, never one cell with
@@ -15,7 +16,9 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench.errors import BenchError
+from bench.report.discovery import summary_blocks
 from bench.report.load import load_results, weights_desc
+from bench.results import DEFAULT_TASK
 
 
 def cell(values: pd.Series) -> str:
@@ -35,7 +38,8 @@ def summary_table(results_file: Path) -> str:
     ok = res.ok()
     if ok.empty:
         return "no finished jobs"
-    blocks = []
+    blocks = summary_blocks(res)  # discovery rows (task other than classification): their own blocks
+    ok = ok[ok.task == DEFAULT_TASK]
     for (group, label), sub in ok.groupby(["group", "label"], sort=True):
         f = res.configs[sub.config.iloc[0]]
         by_cell = sub.groupby(["category", "shots"]).accuracy
