@@ -1,4 +1,4 @@
-"""List what is registered: ``bench list methods|datasets|backbones [PATTERN]``.
+"""List what is registered: ``bench list methods|detectors|datasets|backbones [PATTERN]``.
 
 ``PATTERN`` is a wildcard on the names (``bench list methods 'contrastive*'``); for backbones it replaces
 ``--filter``. ``backbones`` lists the timm models matching it and, for each, where ``--weights imagenet`` would
@@ -16,7 +16,8 @@ from tabulate import tabulate
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["methods", "datasets", "backbones"], help="what to list")
+    p.add_argument("what", choices=["methods", "detectors", "datasets", "backbones"],
+                   help="what to list (detectors: the methods of --task detection)")
     p.add_argument("pattern", nargs="?", help="wildcard on the names, e.g. 'contrastive*' (quote it in the shell)")
     p.add_argument("--filter", default="*resnet*", help="wildcard for backbones (timm names)")
 
@@ -35,6 +36,17 @@ def main(args: argparse.Namespace) -> int:
             print(f"no method matches {args.pattern!r} (python -m bench list methods lists them all)")
             return 0
         print(tabulate(rows, headers=["method", "class", "variant of", "description"], tablefmt="simple"))
+    elif args.what == "detectors":
+        from bench.detection.detector import DETECTORS
+
+        DETECTORS.import_all()
+        rows = [(e.name, e.obj.cls.__name__, ", ".join(f"{k}={v}" for k, v in e.obj.overrides.items()) or "-", e.description)
+                for e in DETECTORS.entries(args.pattern)]  # fmt: skip
+        if not rows:
+            print(f"no detector matches {args.pattern!r} (python -m bench list detectors lists them all)")
+            return 0
+        print(tabulate(rows, headers=["detector", "class", "variant of", "description"], tablefmt="simple"))
+        print("\nrun with: python -m bench run --task detection --method NAME ...")
     elif args.what == "datasets":
         from bench.datasets import DATASETS, import_all
 

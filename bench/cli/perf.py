@@ -6,6 +6,8 @@
   and with 2 workers: wall time, stage times, jobs per minute, peak memory, cache hits (``benchmarks/grid.py``).
 * ``python -m bench perf steps [ARGS]``: one optimiser step of the paper's heads at the paper's sizes, with the
   harness's heap allocation and with glibc's defaults (``benchmarks/steps.py``).
+* ``python -m bench perf detection [ARGS]``: time per detector and k of a detection grid, and the cache counters
+  that show every image's features computed once across k and seeds (``benchmarks/detection.py``).
 
 Everything after the benchmark's name goes to the script: ``python -m bench perf grid --help`` lists its options
 (``features`` and ``grid`` take ``--backbone``, ``--weights`` and ``--layers NAME ...`` like ``bench run``; e.g.
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from bench.errors import BenchError
 
-BENCHMARKS = {"features": "features.py", "grid": "grid.py", "steps": "steps.py"}
+BENCHMARKS = {"features": "features.py", "grid": "grid.py", "steps": "steps.py", "detection": "detection.py"}
 
 
 def benchmarks_dir() -> Path | None:

@@ -6,6 +6,7 @@ Examples::
     python -m bench run --method direct protonet --shots 1-5 --seeds 1-5
     python -m bench run --method protonet --dataset mvtec_ad --data-root /data/mvtec_ad --categories screw
     python -m bench run --config my_grid.yaml --set lr=1e-4
+    python -m bench run --task detection --method patchcore-kshot gaussian coft-ad --shots 1,2,4,8 --seeds 1-5
 
 Re-running the same command resumes: finished jobs are skipped. A YAML config file may give any option
 (``method: [a, b]``, ``shots: 1-5``, ``weights: random``, ...); command-line flags win over the file.
@@ -29,6 +30,7 @@ from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, Termina
 from bench.method import coerce_options
 from bench.paths import CACHE_ENV, DEFAULT_CACHE
 from bench.report.summary import summary_table
+from bench.results import OK_METRICS
 from bench.run import Job, RunConfig, execute
 
 
@@ -36,7 +38,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     from bench.images import FITS
 
     p.add_argument("--config", type=Path, help="YAML file with any of these options")
-    p.add_argument("--method", "--methods", dest="methods", nargs="+", help="registered method name(s) (bench list methods)")
+    p.add_argument("--task", choices=sorted(OK_METRICS),
+                   help="classification (default: defect types, accuracy) or detection (k normal shots, image AUROC; "
+                   "the methods are detectors: bench list detectors)")
+    p.add_argument("--method", "--methods", dest="methods", nargs="+",
+                   help="registered method name(s) (bench list methods; with --task detection: bench list detectors)")
     p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE", help="method option override (repeatable)")
     p.add_argument("--dataset", help="dataset adapter (bench list datasets); default: synthetic (built-in)")
     p.add_argument("--data-root", help="dataset root folder (for synthetic: where to generate it)")
@@ -71,7 +77,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 COPIED_OPTIONS = (
     "dataset", "data_root", "categories", "protocol", "include_good", "exclude_combined", "min_defect_types",
     "backbone", "weights", "layers", "precision", "image_fit", "coreset_ratio",
-    "textures", "device", "jobs", "backend", "scheduler", "threads", "out", "cache_dir",
+    "textures", "device", "jobs", "backend", "scheduler", "threads", "out", "cache_dir", "task",
 )  # fmt: skip
 """Flags whose value, when given, is the :class:`RunConfig` field of the same name as is (the others are parsed)."""
 

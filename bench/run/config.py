@@ -17,7 +17,8 @@ import torch
 from bench.datasets import DatasetOptions, dataset_image_fit
 from bench.errors import BenchError, ConfigError, brief
 from bench.features.backbones import DEFAULT_BACKBONE
-from bench.method import check_options, get_method
+from bench.detection.detector import DETECTION_TASK, detector_configs, wrong_task_hint
+from bench.method import METHODS, check_options, get_method
 from bench.paths import cache_root
 from bench.results import DEFAULT_TASK, OK_METRICS
 
@@ -91,12 +92,16 @@ class RunConfig:
         if self.threads is not None and self.threads < 1:
             raise bad("--threads", self.threads, "at least 1 (default: all cores)")
         if self.task not in OK_METRICS:
-            raise bad("task", self.task, " or ".join(OK_METRICS))
+            raise bad("--task", self.task, " or ".join(OK_METRICS))
+        if self.task == DETECTION_TASK and self.include_good:
+            raise bad("--include-good", True, "a classification option: detection always scores the test good images")
 
     def dataset_options(self) -> DatasetOptions:
+        """The dataset's class-set switches; detection keeps every category with a defect type (``--min-defect-types``
+        is about classes to tell apart, docs/tasks.md §A.1)."""
         return DatasetOptions(
             exclude_combined=self.exclude_combined,
-            min_defect_types=self.min_defect_types,
+            min_defect_types=1 if self.task == DETECTION_TASK else self.min_defect_types,
             categories=tuple(self.categories) if self.categories else None,
         )
 
@@ -119,8 +124,15 @@ class RunConfig:
         Raises:
             UnknownNameError: an unknown method name (with the closest registered ones).
             ConfigError: an option that applies to no method of the run, a value a method refuses, or a method that
-                does not solve the run's task.
+                does not solve the run's task (a detector without ``--task detection``, a classifier with it).
         """
+        if self.task == DETECTION_TASK:  # detectors have their own registry (bench.detection)
+            return detector_configs(self.methods, self.method_options)
+        METHODS.import_all()
+        for m in self.methods:
+            hint = "" if m in METHODS else wrong_task_hint(m)
+            if hint:
+                raise ConfigError(hint)
         specs = [get_method(m) for m in self.methods]
         for spec in specs:
             if spec.cls.task != self.task:
