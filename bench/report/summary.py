@@ -15,6 +15,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench.errors import BenchError
+from bench.report.detection import summary_blocks
 from bench.report.load import load_results, weights_desc
 
 
@@ -33,9 +34,9 @@ def summary_table(results_file: Path) -> str:
     except BenchError:
         return "no finished jobs"
     ok = res.ok()
-    if ok.empty:
+    blocks = summary_blocks(res)  # detection rows (image AUROC), never in the accuracy blocks
+    if ok.empty and not blocks:
         return "no finished jobs"
-    blocks = []
     for (group, label), sub in ok.groupby(["group", "label"], sort=True):
         f = res.configs[sub.config.iloc[0]]
         by_cell = sub.groupby(["category", "shots"]).accuracy
