@@ -6,8 +6,8 @@ brought back by the inverse of the run's image fit: a squash is un-squashed, a l
 crop pasted back into its window with the area the network never saw set to the set's minimum).
 
 Normalisation, as the reference of §B.1: min–max **jointly over all maps of the set** (one category's test set for
-one detector, k and seed), so that maps stay comparable between images: value = round((m − min) / (max − min) ·
-(2^bits − 1)). ``bits`` = 8 (uint8, the reference's) or 16. The numbers needed to undo it (min, max, bits) are written
+one detector, k and seed; over the maps as written, at their images' sizes), so that maps stay comparable between
+images: value = round((m − min) / (max − min) · (2^bits − 1)). ``bits`` = 8 (uint8, the reference's) or 16. The numbers needed to undo it (min, max, bits) are written
 to ``<root>/<category>/normalisation.json`` with what produced the maps.
 """
 
@@ -74,16 +74,19 @@ def write_maps(
     if bits not in (8, 16):
         raise ValueError(f"bits must be 8 or 16, got {bits}")
     maps = np.asarray(maps, np.float32)
-    lo, hi = float(maps.min()), float(maps.max())
+    fill = float(maps.min())
+    full = []
+    for p, m in zip(paths, maps):  # every map at its image's size first: the set's range is that of the written maps
+        with Image.open(p) as im:
+            size = im.size
+        full.append(map_to_image(m, preprocess, size, fill=fill))
+    lo, hi = min(float(f.min()) for f in full), max(float(f.max()) for f in full)
     span = hi - lo if hi > lo else 1.0
     top = (1 << bits) - 1
     base = Path(root) / category
     written = []
-    for p, label, m in zip(paths, labels, maps):
-        with Image.open(p) as im:
-            size = im.size
-        full = map_to_image(m, preprocess, size, fill=lo)
-        q = np.clip(np.rint((full - lo) / span * top), 0, top).astype(np.uint8 if bits == 8 else np.uint16)
+    for p, label, f in zip(paths, labels, full):
+        q = np.clip(np.rint((f - lo) / span * top), 0, top).astype(np.uint8 if bits == 8 else np.uint16)
         out = base / label / (Path(p).stem + ".png")
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(q).save(out)
