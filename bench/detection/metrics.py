@@ -34,6 +34,24 @@ def image_auroc(y: Sequence[int], scores: Sequence[float]) -> float:
     return float(roc_auc_score(y, np.asarray(scores, dtype=np.float64)))
 
 
+def fast_auroc(y: np.ndarray, s: np.ndarray) -> float:
+    """Exact AUROC (Mann–Whitney, ties ½) of many scores by one sort: the same value as ``roc_auc_score`` in a
+    fraction of its time on the millions of pixels of a test set."""
+    y = np.asarray(y, bool).reshape(-1)
+    s = np.asarray(s).reshape(-1)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="stable")
+    ss, ys = s[order], y[order]
+    group = np.cumsum(np.r_[True, ss[1:] != ss[:-1]]) - 1  # equal scores share a group
+    pos = np.bincount(group, weights=ys)
+    neg = np.bincount(group, weights=~ys)
+    below = np.cumsum(neg) - neg  # negatives strictly below each group
+    return float((pos * (below + 0.5 * neg)).sum() / (n_pos * n_neg))
+
+
 def auroc_per_type(labels: Sequence[str], scores: Sequence[float]) -> dict[str, float]:
     """For each defect type: the AUROC of the ``good`` images against the images of that type."""
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
@@ -80,8 +98,6 @@ def pixel_auroc(
     Returns:
         (AUROC or ``None`` when no defective image has a mask, number of images used).
     """
-    from sklearn.metrics import roc_auc_score
-
     use = [i for i, (lab, m) in enumerate(zip(labels, masks)) if lab == "good" or m]
     if not any(labels[i] != "good" for i in use):
         return None, 0
@@ -93,4 +109,4 @@ def pixel_auroc(
             ys[j] = mask_frame(masks[i], preprocess, size)
     if ys.all() or not ys.any():
         return None, len(use)
-    return float(roc_auc_score(ys.reshape(-1), ss.reshape(-1))), len(use)
+    return fast_auroc(ys, ss), len(use)
