@@ -15,8 +15,8 @@ Algorithm (shapes for k shots, V views, M negatives, D = the pooled embedding's 
 
 1. **Network** [guess: which layers train]. The run's pretrained backbone (``--backbone``; EfficientNet-Lite0 by
    default, the paper reportedly a ResNet-18), whole, pooled over space: h = pool(f(x)) (D,) (``pooling`` ``mean`` =
-   global average pooling, §A.2 item 1). Only the last ``train_stages`` = 2 stages and the head convolution are
-   fine-tuned (Lite0: ``blocks.5``, ``blocks.6``, ``conv_head``; ResNets: ``layer3``, ``layer4``); the frozen
+   global average pooling, §A.2 item 1). Only the last ``train_stages`` = 1 stage and the head convolution are
+   fine-tuned (Lite0: ``blocks.6`` and ``conv_head``, 1.0 M weights; ResNets: ``layer4``); the frozen
    prefix's output of every picture is computed once and cached (``detectors/_embed.py``), which is what makes 200
    steps affordable on a CPU. ``train_stages`` = all stages is full fine-tuning. Projection head g: Linear(D, D) →
    ReLU → Linear(D, E), z = g(h)/‖g(h)‖. BatchNorm in eval mode throughout [guess: 2k views give noise
@@ -72,7 +72,7 @@ class CoftAdConfig:
     temperature: float = 0.1  # τ [guess]
     lambda_pp: float = 1.0  # cross-instance positive term [guess]; 0 = ablation
     lambda_np: float = 1.0  # negative-pair term [guess]; 0 = ablation (no pseudo anomalies at all)
-    train_stages: int = 2  # last backbone stages fine-tuned with the head conv [guess]
+    train_stages: int = 1  # last backbone stages fine-tuned with the head conv [guess]; CPU cost grows fast with it
     head_dim: int = 128  # E, the projection's output [guess]
     train_views: int = 2  # V views of each shot per step [guess]
     negatives_per_shot: int = 2  # M = 2k negatives per step [guess]
@@ -254,6 +254,9 @@ class CoftAD(Detector):
         curves: dict[str, list[float]] = {"loss": [], "con": [], "pp": [], "np": []}
         from tqdm import tqdm
 
+        probe_x = views[:, : cfg.train_views].flatten(0, 1)  # a fixed batch: the first views and negatives
+        probe_n = negs[:m] if negs is not None else None
+        before = self.probe(probe_x, probe_n, k)
         bar = tqdm(range(cfg.steps), desc=f"coft-ad {ctx.category} k={k} seed={ctx.seed}", unit="step", leave=False,
                    disable=None, mininterval=2.0)  # fmt: skip
         for _ in bar:
@@ -275,8 +278,26 @@ class CoftAD(Detector):
         bar.close()
         every = max(1, cfg.steps // 20)
         self.log = {"steps": cfg.steps, "every": every, **{n: [round(v, 5) for v in c[::every]] for n, c in curves.items()},
-                    "final": {n: round(c[-1], 5) for n, c in curves.items()}}  # fmt: skip
+                    "final": {n: round(c[-1], 5) for n, c in curves.items()},
+                    "probe": {"before": before, "after": self.probe(probe_x, probe_n, k)}}  # fmt: skip
         ctx.log["finetune"] = self.log
+
+    @torch.no_grad()
+    def probe(self, x: torch.Tensor, negs: torch.Tensor | None, k: int) -> dict[str, float]:
+        """Mean cosine similarities in z of a fixed batch: views of the same shot, views of different shots, and
+        normal views against pseudo anomalies (what the losses pull together and push apart)."""
+        z = self.head(self.tail(x)).view(k, -1, self.config.head_dim)
+        v = z.shape[1]
+        flat = z.flatten(0, 1)
+        sim = flat @ flat.T
+        shot = torch.arange(k, device=z.device).repeat_interleave(v)
+        same = (shot[:, None] == shot[None, :]) & ~torch.eye(len(flat), dtype=torch.bool, device=z.device)
+        other = shot[:, None] != shot[None, :]
+        out = {"same_shot": float(sim[same].mean()) if same.any() else float("nan"),
+               "other_shots": float(sim[other].mean()) if other.any() else float("nan")}  # fmt: skip
+        if negs is not None and len(negs):
+            out["negatives"] = float((flat @ self.head(self.tail(negs)).T).mean())
+        return {key: round(val, 5) for key, val in out.items()}
 
     def embed(self, emb: Embedder, items: Sequence[Any]) -> np.ndarray:
         """(N, D) h, or (N, E) z with ``score_space=z``, of ``items`` through the (fine-tuned) network."""
