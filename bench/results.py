@@ -20,7 +20,9 @@ Row schema (``schema: 1``), top-level keys:
   ``dataset``, ``data_root``, ``dataset_manifest`` (hash of the category's file names), ``dataset_content``
   (hash of their names and bytes; part of the job key), ``category``, ``shots``, ``seed``, ``protocol``,
   ``class_set`` ({combined, good, min_defect_types}), ``episode`` ({hash, file, support_rule}).
-* outcome: ``class_names``, ``n_classes``, ``n_queries``, ``accuracy``, ``macro_f1``, ``balanced_accuracy``,
+* outcome (``discovery`` rows: ``cluster_accuracy``, ``nmi``, ``ari``, the matched ``confusion`` with its
+  ``confusion_columns``, ``transductive``, ``k_known``, ``maps``; :mod:`bench.run.discovery`): ``class_names``,
+  ``n_classes``, ``n_queries``, ``accuracy``, ``macro_f1``, ``balanced_accuracy``,
   ``per_class_recall`` ({class: recall}), ``confusion`` (C×C list), ``chance``, ``majority``,
   ``y_true``, ``y_pred`` (query labels and predictions, for paired statistics).
 * detection rows (``task: detection``, docs/tasks.md §A; :mod:`bench.run.detection`): ``image_auroc``,
@@ -186,7 +188,7 @@ REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "key": str, "status": str, "method": str, "category": str, "shots": int, "seed": int,
 }  # fmt: skip
 """Fields every row has, with their JSON types; a line without them is skipped like a corrupt one."""
-OK_METRICS = {"classification": "accuracy", "detection": "image_auroc"}
+OK_METRICS = {"classification": "accuracy", "detection": "image_auroc", "discovery": "cluster_accuracy"}
 """The tasks the harness knows, each with the number an ``ok`` row of that task must carry (finite, in [0, 1])."""
 DEFAULT_TASK = "classification"
 """The task of a row without a ``task`` field: rows written before tasks existed are defect-type classification."""

@@ -186,7 +186,7 @@ def test_registry_and_wrong_task_errors(capsys: pytest.CaptureFixture[str], tmp_
     common = ["--dataset", "synthetic-tiny", "--no-progress", "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")]
     for argv, expected in (
         (["run", "--task", "detection", "--method", "protonet", *common], "solves the task 'classification'"),
-        (["run", "--method", "patchcore-kshot", *common], "add --task detection"),
+        (["run", "--method", "patchcore-kshot", *common], "solves the task 'detection'"),
         (["run", "--task", "detection", "--method", "coft-ad", "--set", "stepz=3", *common], "no method of this run has an option 'stepz'"),
         (["run", "--task", "detection", "--method", "gaussian", "--include-good", *common], "--include-good"),
     ):

@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIRS = {
     "bench": ROOT / "bench", "bench.datasets": ROOT / "datasets", "bench.methods": ROOT / "methods",
-    "bench.detectors": ROOT / "detectors",
+    "bench.detectors": ROOT / "detectors", "bench.discoverers": ROOT / "discoverers",
 }  # fmt: skip
 
 
@@ -70,7 +70,7 @@ def _in(name: str, package: str) -> bool:
 
 
 def test_the_target_layout_is_in_place() -> None:
-    for package in ("bench.cli", "bench.run", "bench.features", "bench.report", "bench.datasets.pseudo"):
+    for package in ("bench.cli", "bench.run", "bench.features", "bench.report", "bench.datasets.pseudo", "bench.discovery"):
         assert MODULES.get(package, Path()).name == "__init__.py", f"{package} is not a package"
     expected = {
         "bench.cli": {"main", "_args", "run", "list", "detect", "cache", "pseudo", "perf", "report", "leaderboard", "tsne"},
@@ -81,9 +81,10 @@ def test_the_target_layout_is_in_place() -> None:
     for package, names in expected.items():
         assert {n.rsplit(".", 1)[1] for n in MODULES if n.startswith(package + ".")} >= names, package
     top = {n.split(".")[1] for n in MODULES if n.count(".") == 1
-           and not n.startswith(("bench.datasets", "bench.methods", "bench.detectors"))}  # fmt: skip
+           and not n.startswith(("bench.datasets", "bench.methods", "bench.detectors", "bench.discoverers"))}  # fmt: skip
     assert top <= {"__main__", "method", "episodes", "results", "registry", "cache", "images", "seeding", "paths", "errors",
-                   "compat", "cli", "run", "features", "report", "datasets", "methods", "detection", "detectors"}, sorted(top)  # fmt: skip
+                   "compat", "cli", "run", "features", "report", "datasets", "methods", "detection", "detectors",
+                   "discovery", "discoverers"}, sorted(top)  # fmt: skip
 
 
 def test_nothing_outside_the_cli_imports_it() -> None:
@@ -195,7 +196,8 @@ def test_every_public_module_of_datasets_registers_an_adapter() -> None:
     assert public and public <= registering, sorted(public - registering)
 
 
-@pytest.mark.parametrize("package", ["bench.cli", "bench.run", "bench.features", "bench.report", "bench.datasets.pseudo"])
+@pytest.mark.parametrize("package", ["bench.cli", "bench.run", "bench.features", "bench.report", "bench.datasets.pseudo",
+                                     "bench.discovery"])
 def test_package_faces_are_short_and_say_what_they_export(package: str) -> None:
     source = MODULES[package].read_text()
     tree = ast.parse(source)

@@ -75,8 +75,8 @@ def test_rows_belong_to_a_task() -> None:
     assert row_task(row("a")) == "classification" and row_task(row("a", task="classification")) == "classification"
     assert OK_METRICS["classification"] == "accuracy"
     assert row_problem(row("a", task="classification")) == ""
-    assert "unknown task" in row_problem(row("a", task="discovery"))
-    assert row_problem(row("a", "error", task="discovery")) == ""  # failures of any task stay visible
+    assert "unknown task" in row_problem(row("a", task="no-such-task"))
+    assert row_problem(row("a", "error", task="no-such-task")) == ""  # failures of any task stay visible
 
 
 def test_a_second_task_never_shares_a_table_or_a_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

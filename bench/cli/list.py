@@ -1,4 +1,7 @@
-"""List what is registered: ``bench list methods|detectors|datasets|backbones [PATTERN]``.
+"""List what is registered: ``bench list methods|detectors|discoverers|datasets|backbones [PATTERN]``.
+
+``detectors`` are the methods of ``bench run --task detection`` (few-shot anomaly detection), ``discoverers`` those of
+``bench run --task discovery`` (anomaly class discovery); docs/tasks.md.
 
 ``PATTERN`` is a wildcard on the names (``bench list methods 'contrastive*'``); for backbones it replaces
 ``--filter``. ``backbones`` lists the timm models matching it and, for each, where ``--weights imagenet`` would
@@ -16,8 +19,8 @@ from tabulate import tabulate
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["methods", "detectors", "datasets", "backbones"],
-                   help="what to list (detectors: the methods of --task detection)")
+    p.add_argument("what", choices=["methods", "detectors", "discoverers", "datasets", "backbones"],
+                   help="what to list (detectors: the methods of --task detection; discoverers: of --task discovery)")
     p.add_argument("pattern", nargs="?", help="wildcard on the names, e.g. 'contrastive*' (quote it in the shell)")
     p.add_argument("--filter", default="*resnet*", help="wildcard for backbones (timm names)")
 
@@ -45,8 +48,17 @@ def main(args: argparse.Namespace) -> int:
         if not rows:
             print(f"no detector matches {args.pattern!r} (python -m bench list detectors lists them all)")
             return 0
-        print(tabulate(rows, headers=["detector", "class", "variant of", "description"], tablefmt="simple"))
-        print("\nrun with: python -m bench run --task detection --method NAME ...")
+        print(tabulate(rows, headers=["detector (--task detection)", "class", "variant of", "description"], tablefmt="simple"))
+    elif args.what == "discoverers":
+        from bench.discovery import DISCOVERERS
+
+        DISCOVERERS.import_all()
+        rows = [(e.name, e.obj.cls.__name__, ", ".join(f"{k}={v}" for k, v in e.obj.overrides.items()) or "-", e.description)
+                for e in DISCOVERERS.entries(args.pattern)]  # fmt: skip
+        if not rows:
+            print(f"no discoverer matches {args.pattern!r} (python -m bench list discoverers lists them all)")
+            return 0
+        print(tabulate(rows, headers=["discoverer (--task discovery)", "class", "variant of", "description"], tablefmt="simple"))
     elif args.what == "datasets":
         from bench.datasets import DATASETS, import_all
 

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tsne": ("bench.cli.tsne", "t-SNE of support and query embeddings"),
     "show-pseudo": ("bench.cli.pseudo", "save a picture of generated pseudo-defects"),
     "maps": ("bench.cli.maps", "anomaly maps of a detector as PNG files (the discovery task's input)"),
+    "show-crops": ("bench.cli.crops", "save a picture of the MEBin masks and crops of a few images (discovery)"),
     "perf": ("bench.cli.perf", "speed benchmarks (features, coreset, cache, grid)"),
 }
 

@@ -8,6 +8,8 @@
   harness's heap allocation and with glibc's defaults (``benchmarks/steps.py``).
 * ``python -m bench perf detection [ARGS]``: time per detector and k of a detection grid, and the cache counters
   that show every image's features computed once across k and seeds (``benchmarks/detection.py``).
+* ``python -m bench perf anomalyncd [ARGS]``: one AnomalyNCD training step with the paper's DINO ViT-B/8 architecture
+  and with the CPU default ViT, and the per-category cost of their schedules (``benchmarks/anomalyncd_cost.py``).
 
 Everything after the benchmark's name goes to the script: ``python -m bench perf grid --help`` lists its options
 (``features`` and ``grid`` take ``--backbone``, ``--weights`` and ``--layers NAME ...`` like ``bench run``; e.g.
@@ -24,7 +26,8 @@ from pathlib import Path
 
 from bench.errors import BenchError
 
-BENCHMARKS = {"features": "features.py", "grid": "grid.py", "steps": "steps.py", "detection": "detection.py"}
+BENCHMARKS = {"features": "features.py", "grid": "grid.py", "steps": "steps.py", "detection": "detection.py",
+              "anomalyncd": "anomalyncd_cost.py"}  # fmt: skip
 
 
 def benchmarks_dir() -> Path | None:

@@ -7,6 +7,7 @@ Examples::
     python -m bench run --method protonet --dataset mvtec_ad --data-root /data/mvtec_ad --categories screw
     python -m bench run --config my_grid.yaml --set lr=1e-4
     python -m bench run --task detection --method patchcore-kshot gaussian coft-ad --shots 1,2,4,8 --seeds 1-5
+    python -m bench run --task discovery --method kmeans anomaly-clustering mebin-kmeans anomalyncd --seeds 1-5
 
 Re-running the same command resumes: finished jobs are skipped. A YAML config file may give any option
 (``method: [a, b]``, ``shots: 1-5``, ``weights: random``, ...); command-line flags win over the file.
@@ -30,17 +31,18 @@ from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, Termina
 from bench.method import coerce_options
 from bench.paths import CACHE_ENV, DEFAULT_CACHE
 from bench.report.summary import summary_table
-from bench.results import OK_METRICS
 from bench.run import Job, RunConfig, execute
+from bench.run.tasks import TASKS
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     from bench.images import FITS
 
     p.add_argument("--config", type=Path, help="YAML file with any of these options")
-    p.add_argument("--task", choices=sorted(OK_METRICS),
-                   help="classification (default: defect types, accuracy) or detection (k normal shots, image AUROC; "
-                   "the methods are detectors: bench list detectors)")
+    p.add_argument("--task", choices=list(TASKS),
+                   help="what the methods solve (docs/tasks.md): classification (default; few-shot defect types, accuracy), "
+                   "detection (k normal shots, image AUROC; the methods are detectors: bench list detectors) or discovery "
+                   "(group unlabelled images into K types; bench list discoverers)")
     p.add_argument("--method", "--methods", dest="methods", nargs="+",
                    help="registered method name(s) (bench list methods; with --task detection: bench list detectors)")
     p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE", help="method option override (repeatable)")
@@ -49,7 +51,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--categories", nargs="+", help="categories to run (default: all)")
     p.add_argument("--shots", nargs="+", help="e.g. 1-5 (default), 1,5 or 1 5")
     p.add_argument("--seeds", nargs="+", help="e.g. 1-5 (default), 1,3 or 1 3")
-    p.add_argument("--protocol", choices=["paper", "random"], help="support selection: first-n (paper, default) or seeded random")
+    p.add_argument("--protocol", choices=[name for task in TASKS.values() for name in task.protocols],
+                   help="classification: support selection, first-n (paper, default) or seeded random; detection: "
+                   "kshot_normals (its only one); discovery: ncd (default, AnomalyNCD's: combined removed, good kept as "
+                   "a class) or defects-only")
+    p.add_argument("--maps", help="discovery: folder of 8-bit PNG anomaly maps <maps>/<category>/<type>/<name>.png "
+                   "written by any detector (default: the harness's PatchCore)")
     p.add_argument("--include-good", action="store_true", default=None, help="add test good images as a class (Appendix F)")
     p.add_argument("--exclude-combined", action="store_true", default=None, help="drop the 'combined' defect type")
     p.add_argument("--min-defect-types", type=int, help="skip categories with fewer defect types (default 2)")
@@ -77,7 +84,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 COPIED_OPTIONS = (
     "dataset", "data_root", "categories", "protocol", "include_good", "exclude_combined", "min_defect_types",
     "backbone", "weights", "layers", "precision", "image_fit", "coreset_ratio",
-    "textures", "device", "jobs", "backend", "scheduler", "threads", "out", "cache_dir", "task",
+    "textures", "device", "jobs", "backend", "scheduler", "threads", "out", "cache_dir", "task", "maps",
 )  # fmt: skip
 """Flags whose value, when given, is the :class:`RunConfig` field of the same name as is (the others are parsed)."""
 
@@ -122,6 +129,9 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         values["methods"] = [values["methods"]]
     if args.shots is not None:
         values["shots"] = args.shots
+    if values.get("task") == "discovery" and "shots" in values:
+        raise ConfigError("--shots does not apply to --task discovery: every image of the protocol's set is grouped, "
+                          "without labelled shots. Drop --shots (seeds still apply).")
     if args.seeds is not None:
         values["seeds"] = args.seeds
     for k in ("shots", "seeds"):

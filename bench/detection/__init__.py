@@ -11,7 +11,7 @@ k-shot draws, persisted), :mod:`~bench.detection.metrics` (image, per-type and p
 """
 
 from bench.detection.detector import (
-    DETECTION_TASK, DETECTORS, Detector, detector_configs, get_detector, register_detector,
+    DETECTION_TASK, DETECTORS, Detector, get_detector, register_detector,
 )  # fmt: skip
 from bench.detection.episodes import DETECTION_PROTOCOL, NormalShots, make_normal_shots
 from bench.detection.maps import write_maps
@@ -19,6 +19,6 @@ from bench.detection.metrics import auroc_per_type, image_auroc, pixel_auroc
 
 __all__ = [
     "DETECTION_PROTOCOL", "DETECTION_TASK", "DETECTORS", "Detector", "NormalShots", "auroc_per_type",
-    "detector_configs", "get_detector", "image_auroc", "make_normal_shots", "pixel_auroc", "register_detector",
+    "get_detector", "image_auroc", "make_normal_shots", "pixel_auroc", "register_detector",
     "write_maps",
 ]  # fmt: skip

@@ -20,7 +20,8 @@ Register with the decorator; stacking it registers named variants (ablations) of
 Adding a detector = one new file in ``detectors/`` (installed as ``bench.detectors``); it is imported automatically,
 listed by ``python -m bench list detectors`` and run by ``python -m bench run --task detection --method NAME``. The
 registry entries are :class:`~bench.method.MethodSpec` objects (a class, its variant's defaults, a description),
-so ``--set`` options are checked and coerced by the same code as the classifiers' (:func:`detector_configs`).
+so ``--set`` options are checked and coerced by the same code as the classifiers'; the task table
+(:data:`bench.run.tasks.TASKS`, entry ``detection``) names this registry.
 """
 
 from __future__ import annotations
@@ -121,26 +122,6 @@ def get_detector(name: str) -> MethodSpec:
     return DETECTORS.get(name).obj
 
 
-def wrong_task_hint(name: str) -> str:
-    """For a name that is not a classification method: a hint when it is a detector (``""`` otherwise)."""
-    DETECTORS.import_all()
-    if name in DETECTORS:
-        return (f"method {name!r} solves the task 'detection', not 'classification': add --task detection "
-                "(python -m bench list detectors).")  # fmt: skip
-    return ""
-
-
-def detector_configs(names: Sequence[str], options: dict[str, Any] | None) -> dict[str, Any]:
-    """Each detector's config (its variant's defaults with the ``--set`` options that apply), by name.
-
-    Raises:
-        UnknownNameError, ConfigError: as :func:`get_detector` and :func:`bench.method.check_options`.
-    """
-    specs = [get_detector(n) for n in names]
-    return check_options(specs, options)
-
-
 __all__ = [
-    "DETECTION_TASK", "DETECTORS", "Detector", "UnknownNameError", "detector_configs", "get_detector",
-    "register_detector", "wrong_task_hint",
+    "DETECTION_TASK", "DETECTORS", "Detector", "UnknownNameError", "get_detector", "register_detector",
 ]  # fmt: skip

@@ -97,8 +97,10 @@ def _coverage(r: pd.Series) -> str:
 def build_leaderboard(res: Results, n_boot: int, boot_seed: int, plots_dir: Path | None, command: str | None) -> Document:
     """The leaderboard document: per group, one ranked table per shot count, plus plots."""
     from bench.report import plots
+    from bench.report.discovery import TASK as DISCOVERY, leaderboard_sections
 
-    doc = Document("Leaderboard: few-shot defect-type classification", res.intro(), command=command)
+    title = "Leaderboard: anomaly class discovery" if res.tasks() == [DISCOVERY] else "Leaderboard: few-shot defect-type classification"
+    doc = Document(title, res.intro(shown=(DISCOVERY,)), command=command)
     for group in res.groups(DEFAULT_TASK):
         cats, seeds, shots = res.grid(group)
         text = [f"Expected grid: {len(cats)} categories ({', '.join(cats)}) × {len(seeds)} seeds {seeds}; shots {shots}.",
@@ -118,4 +120,5 @@ def build_leaderboard(res: Results, n_boot: int, boot_seed: int, plots_dir: Path
                                                    plots_dir / slug(f"lb-categories-{s}shot-{group}"), f"Per-category accuracy, {s}-shot ({group})",
                                                    "mean over seeds; error bar = 95% t-interval across seeds"))  # fmt: skip
         doc.sections.append(sec)
+    doc.sections += leaderboard_sections(res, n_boot, boot_seed)
     return doc

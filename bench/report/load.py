@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.results import DEFAULT_TASK, latest_ok, read_rows, row_task
+from bench.results import DEFAULT_TASK, OK_METRICS, latest_ok, read_rows, row_task
 from bench.seeding import stable_int
 
 # Fields that follow from another one: not repeated in labels when that one already differs.
@@ -134,8 +134,9 @@ class Results:
 
     Attributes:
         frame: one row per job; columns config, label, group, task, method, dataset, category, shots, seed,
-            status, error, accuracy (percent), chance, majority (percent), n_classes, n_queries, image_auroc and
-            pixel_auroc (percent; detection rows), row (the raw dict).
+            status, error, accuracy (the task's metric, :data:`bench.results.OK_METRICS`, in percent), chance,
+            majority (percent), n_classes, n_queries, image_auroc and pixel_auroc (percent; detection rows), row (the
+            raw dict).
         configs: per configuration id: label, group, method and the identifying fields.
     """
 
@@ -171,7 +172,8 @@ class Results:
         ids = [c for c in self.configs if group_label(self.configs[c]) == group]
         return sorted(ids, key=lambda c: (ablation_order(self.configs[c]["method"]), self.labels[c]))
 
-    def intro(self) -> list[str]:
+    def intro(self, shown: tuple[str, ...] = ()) -> list[str]:
+        """The lines before a document's tables; ``shown``: tasks other than classification that it has sections for."""
         lines = [f"Sources: {', '.join(self.sources)}; {len(self.frame)} job(s), {len(self.configs)} configuration(s)."]
         if self.skipped_lines:
             lines.append(f"skipped {self.skipped_lines} unreadable or incomplete line(s) (e.g. a run killed mid-write): "
@@ -181,7 +183,11 @@ class Results:
             errors = failed.error.fillna("no message").astype(str).str.slice(0, 120).value_counts()
             lines.append(f"{len(failed)} failed job(s), counted as missing in every table: "
                          + "; ".join(f"{n}× {e}" for e, n in errors.head(3).items()))  # fmt: skip
-        others = [t for t in self.tasks() if t != DEFAULT_TASK]
+        own = [t for t in self.tasks() if t != DEFAULT_TASK and t in shown]
+        if own:
+            lines.append(f"rows of the task(s) {', '.join(own)} are in their own sections: their metrics are not comparable "
+                         f"with {DEFAULT_TASK} accuracy.")  # fmt: skip
+        others = [t for t in self.tasks() if t != DEFAULT_TASK and t not in shown]
         if others:
             lines.append(f"rows of the task(s) {', '.join(others)} are left out of the {DEFAULT_TASK} tables (no table "
                          "mixes tasks).")  # fmt: skip
@@ -204,7 +210,7 @@ def load_results(paths: Iterable[str | Path]) -> Results:
         f = config_fields(r)
         cid = str(stable_int(*sorted(f.items())))
         configs.setdefault(cid, f)
-        acc = r.get("accuracy")
+        acc = r.get(OK_METRICS.get(row_task(r), "accuracy"))  # the task's own metric (discovery: cluster_accuracy)
         recs.append({
             "config": cid, "group": group_label(f), "task": f.get("task", DEFAULT_TASK), "method": f["method"],
             "dataset": f["dataset"],

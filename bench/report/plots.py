@@ -104,21 +104,29 @@ def category_bars(means: pd.DataFrame, errors: pd.DataFrame | None, stem: Path, 
     return _save(fig, stem, caption or title)
 
 
-def confusion_heatmap(counts: np.ndarray, class_names: Sequence[str], stem: Path, title: str, caption: str = "") -> Figure:
-    """Row-normalised confusion matrix (rows = true class, columns = predicted), counts annotated."""
+def confusion_heatmap(
+    counts: np.ndarray, class_names: Sequence[str], stem: Path, title: str, caption: str = "",
+    columns: Sequence[str] | None = None, xlabel: str = "predicted",
+) -> Figure:
+    """Row-normalised confusion matrix (rows = true class, columns = predicted), counts annotated.
+
+    ``columns`` names the columns when they differ from the rows (discovery: the matched class names plus
+    ``unmatched``); ``xlabel`` says what they are.
+    """
     counts = np.asarray(counts, dtype=float)
     rows = counts.sum(axis=1, keepdims=True)
     norm = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-    n = len(class_names)
-    fig = MplFigure(figsize=(2.5 + 0.55 * n, 2 + 0.5 * n))
+    cols = list(columns) if columns is not None else list(class_names)
+    n, m = len(class_names), len(cols)
+    fig = MplFigure(figsize=(2.5 + 0.55 * m, 2 + 0.5 * n))
     ax = fig.add_subplot()
     im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
-    ax.set_xticks(range(n), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_xticks(range(m), cols, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n), class_names, fontsize=8)
-    ax.set_xlabel("predicted")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("true")
     for i in range(n):
-        for j in range(n):
+        for j in range(m):
             ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
                     color="white" if norm[i, j] > 0.6 else "black")  # fmt: skip
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")

@@ -1,5 +1,7 @@
 """The compact table printed at the end of ``bench run`` and written to ``summary.md``.
 
+Detection and discovery rows get blocks of their own (:func:`bench.report.detection.summary_blocks`: image AUROC;
+:func:`bench.report.discovery.summary_blocks`: categories × ACC, NMI, ARI).
 One block per configuration, as ``bench report`` tells configurations apart (:func:`bench.report.load_results`:
 method, its options, backbone and weights, features, dataset, protocol, class set, harness version): two
 runs into one folder that differ in a ``--set`` option or in the dataset are two blocks, never one cell with
@@ -15,8 +17,9 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench.errors import BenchError
-from bench.report.detection import summary_blocks
+from bench.report import detection, discovery
 from bench.report.load import load_results, weights_desc
+from bench.results import DEFAULT_TASK
 
 
 def cell(values: pd.Series) -> str:
@@ -34,9 +37,11 @@ def summary_table(results_file: Path) -> str:
     except BenchError:
         return "no finished jobs"
     ok = res.ok()
-    blocks = summary_blocks(res)  # detection rows (image AUROC), never in the accuracy blocks
+    # detection rows (image AUROC) and discovery rows (ACC, NMI, ARI): their own blocks, never in the accuracy ones
+    blocks = detection.summary_blocks(res) + discovery.summary_blocks(res)
     if ok.empty and not blocks:
         return "no finished jobs"
+    ok = ok[ok.task == DEFAULT_TASK]
     for (group, label), sub in ok.groupby(["group", "label"], sort=True):
         f = res.configs[sub.config.iloc[0]]
         by_cell = sub.groupby(["category", "shots"]).accuracy

@@ -296,8 +296,10 @@ def build_report(
 ) -> Document:
     """The full report document (tables, and plots when ``plots_dir`` is given)."""
     from bench.report import plots
+    from bench.report.discovery import TASK as DISCOVERY, discovery_sections
 
-    doc = Document("Few-shot defect-type classification: report", res.intro(), command=command)
+    title = "Anomaly class discovery: report" if res.tasks() == [DISCOVERY] else "Few-shot defect-type classification: report"
+    doc = Document(title, res.intro(shown=(DISCOVERY,)), command=command)
     doc.sections.append(Section("Configurations", tables=[configs_table(res)]))
     for group in res.groups(DEFAULT_TASK):
         cats, seeds, shots = res.grid(group)
@@ -349,4 +351,5 @@ def build_report(
                         sec.figures.append(plots.confusion_heatmap(cm[1], cm[2], plots_dir / slug(cm[0].key), cm[0].title,
                                                                    cm[0].title + " (row-normalised; numbers = counts summed over seeds)"))  # fmt: skip
             doc.sections.append(sec)
+    doc.sections += discovery_sections(res, compare, categories, n_boot, boot_seed, plots_dir)
     return doc

@@ -17,10 +17,9 @@ import torch
 from bench.datasets import DatasetOptions, dataset_image_fit
 from bench.errors import BenchError, ConfigError, brief
 from bench.features.backbones import DEFAULT_BACKBONE
-from bench.detection.detector import DETECTION_TASK, detector_configs, wrong_task_hint
-from bench.method import METHODS, check_options, get_method
 from bench.paths import cache_root
-from bench.results import DEFAULT_TASK, OK_METRICS
+from bench.results import DEFAULT_TASK
+from bench.run.tasks import TASKS
 
 if TYPE_CHECKING:
     from bench.features.extractor import FeatureConfig
@@ -37,10 +36,10 @@ class RunConfig:
     categories: list[str] | None = None
     shots: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
-    protocol: str = "paper"
+    protocol: str | None = None  # None = the task's default (classification: paper; discovery: ncd)
     include_good: bool = False
     exclude_combined: bool = False
-    min_defect_types: int = 2
+    min_defect_types: int | None = None  # None = the task's default (classification: 2; detection, discovery: 1)
     backbone: str = DEFAULT_BACKBONE  # tf_efficientnet_lite0: ImageNet weights installed with the harness
     weights: str = "imagenet"
     zero_init_last: bool | None = None
@@ -57,7 +56,8 @@ class RunConfig:
     cache_dir: str | None = None
     threads: int | None = None
     plugins: list[str] = field(default_factory=list)  # modules imported first, here and in every worker
-    task: str = DEFAULT_TASK  # what the jobs solve (bench.results.OK_METRICS); every method of the run must solve it
+    task: str = DEFAULT_TASK  # what the jobs solve (bench.run.tasks.TASKS); every method of the run must solve it
+    maps: str | None = None  # discovery: a folder of PNG anomaly maps (<maps>/<category>/<type>/<name>.png); None = PatchCore
 
     def __post_init__(self) -> None:
         """Check every option before any work: a bad value is one :class:`ConfigError` naming the option and the
@@ -67,6 +67,13 @@ class RunConfig:
         def bad(option: str, value: Any, expected: str) -> ConfigError:
             return ConfigError(f"{option} {brief(value)} is not allowed: {expected}")
 
+        if self.task not in TASKS:
+            raise bad("--task", self.task, " or ".join(TASKS))
+        task = TASKS[self.task]
+        if self.protocol is None:
+            self.protocol = task.protocols[0]
+        if self.min_defect_types is None:
+            self.min_defect_types = task.min_defect_types
         if not all(isinstance(m, str) and m for m in self.methods):
             raise bad("--method", self.methods, "give registered method names (python -m bench list methods)")
         if not isinstance(self.method_options, dict):
@@ -74,8 +81,8 @@ class RunConfig:
         for option, values, low in (("--shots", self.shots, 1), ("--seeds", self.seeds, 0)):
             if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in values):
                 raise bad(option, values, f"a non-empty list of integers ≥ {low} (e.g. 1-5, 1,3 or 1 3)")
-        if self.protocol not in ("paper", "random"):
-            raise bad("--protocol", self.protocol, "paper or random")
+        if self.protocol not in task.protocols:
+            raise bad("--protocol", self.protocol, f"{' or '.join(task.protocols)} for --task {self.task}")
         if self.min_defect_types < 1:
             raise bad("--min-defect-types", self.min_defect_types, "at least 1 (default 2)")
         if not (math.isfinite(self.coreset_ratio) and 0 < self.coreset_ratio <= 1):
@@ -91,17 +98,23 @@ class RunConfig:
             raise bad("--backend", self.backend, "loky or dask")
         if self.threads is not None and self.threads < 1:
             raise bad("--threads", self.threads, "at least 1 (default: all cores)")
-        if self.task not in OK_METRICS:
-            raise bad("--task", self.task, " or ".join(OK_METRICS))
-        if self.task == DETECTION_TASK and self.include_good:
+        if self.task == "discovery":
+            if self.include_good or self.exclude_combined:
+                raise ConfigError("--include-good and --exclude-combined do not apply to --task discovery: its protocol "
+                                  "decides (--protocol ncd: combined removed, good kept; defects-only: good removed too).")
+        elif self.maps is not None:
+            raise bad("--maps", self.maps, "anomaly maps are read by --task discovery only")
+        if self.task == "detection" and self.include_good:
             raise bad("--include-good", True, "a classification option: detection always scores the test good images")
+        if self.maps is not None and not Path(self.maps).expanduser().is_dir():
+            raise bad("--maps", self.maps, "a folder of PNG anomaly maps, <maps>/<category>/<type>/<image name>.png")
 
     def dataset_options(self) -> DatasetOptions:
-        """The dataset's class-set switches; detection keeps every category with a defect type (``--min-defect-types``
-        is about classes to tell apart, docs/tasks.md §A.1)."""
+        """The dataset's class-set switches (``--min-defect-types`` defaults per task: detection and discovery keep
+        every category with a defect type, docs/tasks.md)."""
         return DatasetOptions(
             exclude_combined=self.exclude_combined,
-            min_defect_types=1 if self.task == DETECTION_TASK else self.min_defect_types,
+            min_defect_types=self.min_defect_types,
             categories=tuple(self.categories) if self.categories else None,
         )
 
@@ -122,22 +135,11 @@ class RunConfig:
         name, built once; :func:`bench.run.plan.plan` gives each job its own.
 
         Raises:
-            UnknownNameError: an unknown method name (with the closest registered ones).
+            UnknownNameError: an unknown method name (with the closest registered ones of the run's task).
             ConfigError: an option that applies to no method of the run, a value a method refuses, or a method that
-                does not solve the run's task (a detector without ``--task detection``, a classifier with it).
+                solves another task (a detector without ``--task detection``, a classifier with it).
         """
-        if self.task == DETECTION_TASK:  # detectors have their own registry (bench.detection)
-            return detector_configs(self.methods, self.method_options)
-        METHODS.import_all()
-        for m in self.methods:
-            hint = "" if m in METHODS else wrong_task_hint(m)
-            if hint:
-                raise ConfigError(hint)
-        specs = [get_method(m) for m in self.methods]
-        for spec in specs:
-            if spec.cls.task != self.task:
-                raise ConfigError(f"method {spec.name!r} solves the task {spec.cls.task!r}, not {self.task!r}.")
-        return check_options(specs, self.method_options)
+        return TASKS[self.task].configs(self.methods, self.method_options)
 
     def cache_root(self) -> Path:
         """The run's cache root (``--cache-dir``, else ``$BENCH_CACHE``, else the default), absolute."""

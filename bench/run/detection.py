@@ -30,7 +30,7 @@ from bench.cache import hash_memo_dir
 from bench.compat import release_free_memory
 from bench.datasets import Samples
 from bench.detection.detector import DETECTION_TASK, Detector, get_detector
-from bench.detection.episodes import DETECTION_PROTOCOL, NormalShots, make_normal_shots
+from bench.detection.episodes import DETECTION_PROTOCOL, NormalShots
 from bench.detection.maps import write_maps
 from bench.detection.metrics import PIXEL_FRAME, auroc_per_type, image_auroc, pixel_auroc
 from bench.errors import BenchError, DatasetError
@@ -40,6 +40,7 @@ from bench.run.config import RunConfig
 from bench.run.envinfo import environment
 from bench.run.job import FATAL_ERRNOS, base_row, fatal_disk_error, feature_store, make_context
 from bench.run.plan import Job, job_identity
+from bench.run.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 def plan_detection(cfg: RunConfig, samples: Samples) -> list[Job]:
     """The grid (detector × category × k × seed) as jobs; an impossible draw becomes a failing job."""
     configs = cfg.method_configs
+    task = TASKS[DETECTION_TASK]  # its episode builder: bench.detection.episodes.make_normal_shots
     memo = hash_memo_dir(cfg.cache_dir)
     jobs: list[Job] = []
     for category in samples.categories():
@@ -57,7 +59,7 @@ def plan_detection(cfg: RunConfig, samples: Samples) -> list[Job]:
         for seed in cfg.seeds:
             for shots in cfg.shots:
                 try:
-                    ep: NormalShots | None = make_normal_shots(samples, category, shots, seed)
+                    ep: NormalShots | None = task.episode(samples, category, shots, seed)
                     ehash, err = ep.hash, content_err  # type: ignore[union-attr]
                 except DatasetError as exc:
                     ep, ehash, err = None, "none", str(exc)

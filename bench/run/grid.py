@@ -17,7 +17,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -25,12 +25,31 @@ from bench.datasets import Samples, describe_ignored, load_dataset
 from bench.errors import BenchError, ConfigError, WeightsError
 from bench.paths import set_cache_root
 from bench.results import ResultsStore
-from bench.detection.detector import DETECTION_TASK
 from bench.run.config import RunConfig
 from bench.run.detection import detection_feature_work, plan_detection, run_detection_job
+from bench.run.discovery import discovery_feature_work, discovery_notes, plan_discovery, run_discovery_job
 from bench.run.job import feature_store, run_job
 from bench.run.plan import Job, feature_work, group_jobs, plan
 from bench.run.workers import worker_pool, worker_setup
+
+
+@dataclass(frozen=True)
+class TaskJobs:
+    """How the jobs of a task are planned, listed for the feature stage, run and announced (:data:`TASK_JOBS`)."""
+
+    plan: Callable[[RunConfig, Samples], list[Job]]
+    feature_work: Callable[[RunConfig, Samples, list[Job]], list[str]]
+    run: Callable[[RunConfig, Samples, Job, Path], dict]
+    notes: Callable[[RunConfig], list[str]]
+
+
+TASK_JOBS: dict[str, TaskJobs] = {
+    "classification": TaskJobs(plan, lambda cfg, samples, jobs: feature_work(samples, jobs), run_job, lambda cfg: []),
+    "detection": TaskJobs(plan_detection, lambda cfg, samples, jobs: detection_feature_work(samples, jobs), run_detection_job,
+                          lambda cfg: []),
+    "discovery": TaskJobs(plan_discovery, discovery_feature_work, run_discovery_job, discovery_notes),
+}
+"""Per task (:data:`bench.run.tasks.TASKS`): its planner, feature list, job runner and printed notes."""
 
 
 def run_group(
@@ -50,7 +69,7 @@ def run_group(
         if store.is_finished(job.key):
             yield job.key, "skipped", None
             continue
-        row = (run_detection_job if job.task == DETECTION_TASK else run_job)(cfg, samples, job, out)
+        row = TASK_JOBS[job.task].run(cfg, samples, job, out)
         store.append_new(row)
         yield job.key, row["status"], row.get("error")
 
@@ -142,8 +161,9 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
         source = "--image-fit" if cfg.image_fit else f"the default of dataset {cfg.dataset!r}"
         print(f"note: images are fitted to {fcfg.crop}x{fcfg.crop} by {fcfg.image_fit!r} ({source}; --image-fit crop "
               "for the paper's resize + centre crop); every row records features.image_fit.")
-    detection = cfg.task == DETECTION_TASK
-    jobs = plan_detection(cfg, samples) if detection else plan(cfg, samples)
+    for line in TASK_JOBS[cfg.task].notes(cfg):
+        print(line)
+    jobs = TASK_JOBS[cfg.task].plan(cfg, samples)
     results = ResultsStore(out / "results.jsonl")
     done = results.finished_keys()
     todo = [j for j in jobs if j.key not in done]
@@ -159,7 +179,7 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
     # started elsewhere, or reused from an earlier run, has its own $BENCH_CACHE). Keys do not change.
     wcfg = dataclasses.replace(cfg, data_root=str(samples.root), cache_dir=str(cfg.cache_root()))
     with worker_pool(n_workers, cfg.backend, cfg.scheduler, cfg.threads, results.path) as pool:
-        paths = ((detection_feature_work if detection else feature_work)(samples, todo)) if pool.parallel else []
+        paths = TASK_JOBS[cfg.task].feature_work(cfg, samples, todo) if pool.parallel else []
         if paths:  # the feature stage, split over the workers (cached images cost a file check)
             chunks = [c.tolist() for c in np.array_split(np.array(paths, dtype=object), pool.workers) if len(c)]
             bar = tqdm(total=len(paths), desc="features", unit="img", disable=not progress)

@@ -25,6 +25,7 @@ from bench.errors import BenchError
 from bench.features.store import FeatureStore, shared_store
 from bench.images import DECODING
 from bench.method import Method, SupportSet, TaskContext, config_hash, get_method
+from bench.results import DEFAULT_TASK
 from bench.run.config import RunConfig
 from bench.run.envinfo import environment
 from bench.run.metrics import episode_metrics
@@ -90,7 +91,7 @@ def base_row(cfg: RunConfig, samples: Samples, job: Job, store: Any) -> dict[str
         "category": job.category,
         "shots": job.shots,
         "seed": job.seed,
-        "protocol": protocol_id(cfg.protocol),
+        "protocol": protocol_id(cfg.protocol) if job.task == DEFAULT_TASK else cfg.protocol,
         "class_set": {
             "combined": "excluded" if cfg.exclude_combined else "kept",
             "good": "included" if cfg.include_good else "excluded",

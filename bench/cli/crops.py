@@ -1,0 +1,71 @@
+"""Save a picture of the MEBin masks and anomaly-centred crops of a few images of a category (AnomalyNCD's first
+stage, as ``bench run --task discovery`` computes it: maps and MEBin's range over the protocol's whole set).
+
+Examples::
+
+    python -m bench show-crops --category tile --dataset synthetic-tiny
+    python -m bench show-crops --category magnetic_tile --dataset mtd --data-root ../shared/data/mtd/Magnetic-Tile-Defect
+    python -m bench show-crops --category screw --maps /data/musc_maps --out crops_screw.png   # another detector's maps
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from bench.discovery.protocol import PROTOCOLS
+    from bench.images import FITS
+
+    p.add_argument("--category", required=True)
+    p.add_argument("--dataset", default="synthetic")
+    p.add_argument("--data-root")
+    p.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0], help="the set MEBin's range is taken over")
+    p.add_argument("--maps", help="folder of 8-bit PNG maps <maps>/<category>/<type>/<name>.png (default: PatchCore)")
+    p.add_argument("--backbone", help="PatchCore backbone (default tf_efficientnet_lite0 with its ImageNet weights)")
+    p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a local weights file")
+    p.add_argument("--image-fit", choices=FITS, help="default: the dataset's choice (mtd: squash), else crop")
+    p.add_argument("--coreset-ratio", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=1, help="drives the coreset of the memory bank")
+    p.add_argument("--images", type=int, default=6, help="images (rows) to show, one per class in turn")
+    p.add_argument("--cache-dir")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, help="PNG path (default results/crops_<category>.png)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from bench.datasets import DatasetOptions, dataset_image_fit, load_dataset
+    from bench.discovery.maps import Frame, patchcore_maps, png_map_paths, png_maps
+    from bench.discovery.pictures import save_crops_picture
+    from bench.discovery.protocol import discovery_set
+    from bench.errors import ConfigError
+    from bench.features.backbones import DEFAULT_BACKBONE
+    from bench.features.extractor import FeatureConfig
+    from bench.features.store import shared_store
+    from bench.paths import cache_root, set_cache_root
+    from bench.run.config import resolve_device
+
+    if args.images < 1:
+        raise ConfigError(f"--images {args.images} is not allowed: at least 1")
+    if args.cache_dir:
+        set_cache_root(args.cache_dir)
+    samples = load_dataset(args.dataset, args.data_root, DatasetOptions(categories=(args.category,), min_defect_types=1))
+    ls = discovery_set(samples, args.category, args.protocol)
+    fcfg = FeatureConfig(backbone=args.backbone or DEFAULT_BACKBONE, weights=args.weights,
+                         image_fit=args.image_fit or dataset_image_fit(args.dataset))  # fmt: skip
+    frame = Frame(fit=fcfg.image_fit, side=fcfg.crop, resize=fcfg.resize)
+    if args.maps:
+        paths = png_map_paths(args.maps, args.category, [ls.class_names[y] for y in ls.labels], ls.paths)
+        maps = png_maps(paths, ls.paths, frame, args.maps)
+    else:
+        store = shared_store(fcfg, resolve_device(args.device), cache_root(args.cache_dir))
+        if not store.weights_info.pretrained:
+            print("note: RANDOM backbone weights: the maps are a pipeline check, not a detector's.")
+        bank = store.bank(samples.train_paths(args.category), seed=args.seed, coreset_ratio=args.coreset_ratio)
+        maps = patchcore_maps(store, bank, ls.paths, frame)
+    out = args.out or Path("results") / f"crops_{args.category}.png"
+    save_crops_picture(ls, maps, frame, out, args.images)
+    print(f"wrote {out} ({min(args.images, len(ls.paths))} of {len(ls.paths)} images of {args.category}; maps: "
+          f"{maps.info['source']}, MEBin range over the whole {args.protocol} set)")  # fmt: skip
+    return 0

@@ -1,0 +1,85 @@
+"""``bench show-crops``: a picture of what AnomalyNCD's first stage makes of a few images: the anomaly map, the MEBin
+mask (with the estimated number of anomalies and the threshold) and the anomaly-centred crops with their masks.
+
+The maps, the MEBin range and the crops are computed over the whole set of the protocol, exactly as a discovery job
+computes them (:mod:`bench.discovery.maps`, :mod:`bench.discovery.mebin`, :mod:`bench.discovery.crops`); the picture
+shows a few of its images, one per class first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from bench.discovery.contract import DiscoverySet
+from bench.discovery.crops import CropImages, image_crops
+from bench.discovery.maps import Frame, MapSet, frame_image, load_mask
+from bench.discovery.mebin import mebin
+from bench.discovery.protocol import LabelledSet
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def pick(ls: LabelledSet, n: int) -> list[int]:
+    """``n`` images of the set, one per class in turn (defect types first, then ``good``), first by name."""
+    by_class = [[i for i, y in enumerate(ls.labels) if y == c] for c in range(ls.k)]
+    out: list[int] = []
+    depth = 0
+    while len(out) < n and any(depth < len(b) for b in by_class):
+        out += [b[depth] for b in by_class if depth < len(b)][: n - len(out)]
+        depth += 1
+    return out
+
+
+def crops_figure(ls: LabelledSet, maps: MapSet, frame: Frame, chosen: Sequence[int], max_crops: int = 3) -> "Figure":
+    """Rows = chosen images; columns: the image with its crop boxes (ground truth outlined when known), the anomaly
+    map, the MEBin mask, then up to ``max_crops`` crops (source resolution) with their mask outlined."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    r = mebin(maps.maps)
+    data = DiscoverySet(ls.dataset, ls.category, ls.paths, ls.k, frame)
+    per_image = {i: image_crops(i, r.masks[i], r.est_nums[i], r.normalised(maps.maps[i])) for i in chosen}
+    max_crops = max(1, min(max_crops, max(len(c) for c in per_image.values())))
+    cols = 3 + max_crops
+    fig = Figure(figsize=(2.0 * cols, 2.1 * len(chosen) + 0.4))
+    for row, i in enumerate(chosen):
+        crops = per_image[i]
+        img = frame_image(ls.paths[i], frame)
+        gt = load_mask(ls.mask_paths[i], ls.paths[i], frame) if ls.mask_paths[i] else None
+        axes = [fig.add_subplot(len(chosen), cols, row * cols + j + 1) for j in range(cols)]
+        for ax in axes:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_frame_on(False)
+        axes[0].imshow(img)
+        if gt is not None and gt.any():
+            axes[0].contour(gt, levels=[0.5], colors="lime", linewidths=0.8)
+        for c in crops:
+            x0, y0, x1, y1 = c.box
+            axes[0].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red", linewidth=1.2))
+        axes[0].set_title(f"{ls.class_names[ls.labels[i]]}: {Path(ls.paths[i]).name}", fontsize=7)
+        axes[1].imshow(maps.maps[i], cmap="jet", vmin=0, vmax=255)
+        axes[1].set_title(f"map (max {int(maps.maps[i].max())})", fontsize=7)
+        axes[2].imshow(r.masks[i], cmap="gray", vmin=0, vmax=1)
+        axes[2].set_title(f"MEBin: est {r.est_nums[i]}, th {r.thresholds[i]}", fontsize=7)
+        thumbs = CropImages(data, crops, 160)
+        for j, c in enumerate(crops[:max_crops]):
+            ax = axes[3 + j]
+            ax.imshow(thumbs[j])
+            if c.mask.any():  # the box's mask, stretched over the thumbnail
+                ax.contour(c.mask.astype(float), levels=[0.5], colors="red", linewidths=0.8, extent=(0, 160, 0, 160))
+            ax.set_title(f"crop {j + 1}: score {c.score:.2f}", fontsize=7)
+    fig.suptitle(f"{ls.dataset} / {ls.category}: MEBin masks and crops (range {r.min_th:.0f}-{r.max_th:.0f}; green = "
+                 f"ground truth, red = crops); maps: {maps.info.get('source')}", fontsize=8)  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def save_crops_picture(ls: LabelledSet, maps: MapSet, frame: Frame, out: Path, n_images: int = 6) -> Path:
+    """Write :func:`crops_figure` for :func:`pick`'s images to ``out`` (PNG, no timestamp)."""
+    fig = crops_figure(ls, maps, frame, pick(ls, n_images))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, metadata={"Software": None})
+    return out

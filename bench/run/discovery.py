@@ -1,0 +1,209 @@
+"""The jobs of ``bench run --task discovery``: one per (method, category, seed), each grouping all the category's
+images of the protocol (:mod:`bench.discovery.protocol`) and scored by :mod:`bench.discovery.metrics`.
+
+:func:`plan_discovery` makes the jobs (their key: the method configuration, the features, the dataset's content, the
+category, the seed, the protocol, the image set and, for methods that read anomaly maps, where the maps come from);
+:func:`run_discovery_job` runs one and returns its row; :func:`discovery_feature_work` lists the images whose features
+a parallel run extracts first; :func:`discovery_notes` what is printed before the jobs. Rows carry ``task:
+discovery``, ``cluster_accuracy`` (the ok metric), ``nmi``, ``ari``, the matched confusion with class names, the flags
+``transductive`` and ``k_known``, the protocol, and ``maps`` (source and normalisation) for methods that read maps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from bench.cache import file_sha256, hash_memo_dir, stable_hash
+from bench.compat import release_free_memory
+from bench.datasets import Samples
+from bench.discovery.contract import DiscoverySet, get_discoverer
+from bench.discovery.maps import Frame, MapSet, patchcore_maps, png_map_paths, png_maps
+from bench.discovery.metrics import discovery_metrics
+from bench.discovery.protocol import LabelledSet
+from bench.errors import BenchError, DatasetError
+from bench.features.store import FeatureStore
+from bench.method import TaskContext, config_dict, config_hash
+from bench.run.config import RunConfig
+from bench.run.envinfo import environment
+from bench.run.job import FATAL_ERRNOS, base_row, fatal_disk_error, feature_store, make_context
+from bench.run.plan import RUNNER_VERSION, Job
+from bench.run.tasks import TASKS
+
+log = logging.getLogger(__name__)
+TASK = "discovery"
+
+
+def maps_identity(cfg: RunConfig, ls: LabelledSet, memo: Path) -> tuple[Any, str | None]:
+    """What identifies the anomaly maps of a set: ``"patchcore"`` (they follow from the features, bank and seed in
+    the key), or the hash of the ``--maps`` PNG files' names and bytes; and an error when a map file is missing."""
+    if not cfg.maps:
+        return "patchcore", None
+    paths = png_map_paths(cfg.maps, ls.category, [ls.class_names[y] for y in ls.labels], ls.paths)
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        return {"png": "incomplete"}, (f"--maps {cfg.maps}: {len(missing)} of {len(paths)} anomaly maps are missing, e.g. "
+                                       f"{missing[0]} (maps are read as <maps>/<category>/<type>/<image name>.png).")  # fmt: skip
+    return {"png": stable_hash([[p.name, file_sha256(p, memo)] for p in paths], 16)}, None
+
+
+def plan_discovery(cfg: RunConfig, samples: Samples) -> list[Job]:
+    """One job per (category, seed, method); a category that cannot be grouped becomes failing jobs."""
+    task = TASKS[TASK]
+    configs = cfg.method_configs
+    specs = task.specs(cfg.methods)
+    memo = hash_memo_dir(cfg.cache_dir)
+    jobs: list[Job] = []
+    for category in samples.categories():
+        has_normals = bool(samples.train_paths(category))
+        try:
+            content, err = samples.content_hash(category, memo), None
+        except DatasetError as exc:
+            content, err = "unreadable", str(exc)
+        try:
+            ls: LabelledSet | None = task.episode(samples, category, cfg.protocol)
+            set_hash = ls.hash
+        except DatasetError as exc:
+            ls, set_hash, err = None, "none", err or str(exc)
+        maps_id, maps_err = maps_identity(cfg, ls, memo) if ls is not None else (None, None)
+        for seed in cfg.seeds:
+            for spec in specs:
+                config = configs[spec.name]
+                reads = spec.cls.reads(config)
+                mcfg = config_dict(config)
+                ident = {"runner": RUNNER_VERSION, "task": TASK, "method": spec.name, "method_config": mcfg,
+                         "features": cfg.features.key(), "coreset_ratio": cfg.coreset_ratio, "dataset": samples.dataset,
+                         "dataset_content": content, "category": category, "seed": seed, "protocol": cfg.protocol,
+                         "set": set_hash, "maps": maps_id if "maps" in reads else None}  # fmt: skip
+                job_err = err or (maps_err if "maps" in reads else None)
+                needs_bank = "bank" in reads and not (cfg.maps and reads <= {"maps", "bank"})  # PNG maps need no bank
+                if not job_err and not has_normals and needs_bank:
+                    job_err = (f"method {spec.name!r} needs the category's normal train images (PatchCore memory bank: "
+                               f"residuals or anomaly maps), but {category!r} has none; pass --maps PATH for maps "
+                               "written by another detector, or choose a method that needs none.")  # fmt: skip
+                jobs.append(Job(method=spec.name, method_config=mcfg, category=category, shots=0, seed=seed,
+                                key=config_hash(ident), episode=ls, error=job_err, dataset_content=content,  # type: ignore[arg-type]
+                                config=config, task=TASK))  # fmt: skip
+    return jobs
+
+
+def discovery_feature_work(cfg: RunConfig, samples: Samples, jobs: list[Job]) -> list[str]:
+    """The images whose PatchCore features the jobs will read, each once (a parallel run extracts them first)."""
+    paths: dict[str, None] = {}
+    for job in jobs:
+        if job.episode is None or job.error:
+            continue
+        reads = get_discoverer(job.method).cls.reads(job.config)
+        patchcore_maps_read = "maps" in reads and not cfg.maps
+        if "bank" in reads and (patchcore_maps_read or "maps" not in reads):
+            paths.update(dict.fromkeys(samples.train_paths(job.category)))
+        if "patch" in reads or patchcore_maps_read:
+            paths.update(dict.fromkeys(job.episode.paths))
+    return list(paths)
+
+
+def discovery_notes(cfg: RunConfig) -> list[str]:
+    """Lines printed before the jobs: the protocol, where maps come from, and each method's own notes."""
+    lines = [f"note: task discovery, protocol {cfg.protocol!r} ("
+             + ("all test images, combined removed, good kept as a class" if cfg.protocol == "ncd" else
+                "the defective test images, combined removed") + "); K given, transductive."]  # fmt: skip
+    reads_maps = [m for m, c in cfg.method_configs.items() if "maps" in get_discoverer(m).cls.reads(c)]
+    if reads_maps:
+        src = f"PNG files under {cfg.maps}" if cfg.maps else (
+            f"the harness's PatchCore ({cfg.backbone}, full-train memory bank, coreset {cfg.coreset_ratio})")
+        lines.append(f"note: anomaly maps for {', '.join(reads_maps)}: {src}, normalised jointly over each set.")
+    for m, c in cfg.method_configs.items():
+        lines += get_discoverer(m).cls.notes(c)
+    return lines
+
+
+_MAPS: dict[str, MapSet] = {}
+"""This process's PatchCore maps by (bank, images, frame): the methods of one (category, seed) group share them."""
+
+
+def map_source(cfg: RunConfig, store: FeatureStore, ctx: TaskContext, ls: LabelledSet, frame: Frame) -> Callable[[], MapSet]:
+    """The function that makes the set's anomaly maps when a method first asks (:mod:`bench.discovery.maps`)."""
+    if cfg.maps:
+        paths = png_map_paths(cfg.maps, ls.category, [ls.class_names[y] for y in ls.labels], ls.paths)
+        return lambda: png_maps(paths, ls.paths, frame, cfg.maps)
+
+    def make() -> MapSet:
+        bank = ctx.bank()
+        key = stable_hash([bank.key, store.key, list(ls.paths), frame.fit, frame.side], 24)
+        if key not in _MAPS:
+            with ctx.timer("maps"):
+                if len(_MAPS) >= 2:
+                    _MAPS.pop(next(iter(_MAPS)))
+                _MAPS[key] = patchcore_maps(store, bank, ls.paths, frame)
+        return _MAPS[key]
+
+    return make
+
+
+def run_discovery_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, Any]:
+    """Run one discovery job and return its row (status ok or error); never raises for a job-level failure.
+
+    Raises:
+        BenchError: for problems that would fail every job (a full or read-only disk).
+    """
+    t0 = time.perf_counter()
+    store = feature_store(cfg)
+    row = base_row(cfg, samples, job, store)
+    row.pop("textures", None)
+    ls: LabelledSet | None = job.episode  # type: ignore[assignment]
+    row.update(transductive=True, k_known=True, env=environment(str(cfg.torch_device())),
+               class_set={"combined": "excluded", "good": "included" if cfg.protocol == "ncd" else "excluded",
+                          "min_defect_types": cfg.min_defect_types})  # fmt: skip
+    if job.error or ls is None:
+        row.update(status="error", error=job.error or "no image set")
+        return row
+    try:
+        set_file = ls.save(out / "episodes")
+    except OSError as exc:
+        if exc.errno in FATAL_ERRNOS:
+            raise fatal_disk_error(exc, cfg, out) from None
+        row.update(status="error", error=f"cannot write the set file ({exc.strerror or exc})")
+        return row
+    row["episode"] = {"hash": ls.hash, "file": str(set_file.relative_to(out)), "support_rule": "none: every image of the set, unlabelled"}
+    row.update(class_names=list(ls.class_names), n_classes=ls.k, n_images=len(ls.paths), n_queries=len(ls.paths))
+    stats_before = {k: dict(v) for k, v in store.stats.items()}
+    ctx = make_context(cfg, samples, job, store)
+    spec = get_discoverer(job.method)
+    reads = spec.cls.reads(job.config)
+    frame = Frame(fit=cfg.features.image_fit, side=store.config.crop, resize=store.config.resize)
+    data = DiscoverySet(dataset=samples.dataset, category=job.category, paths=ls.paths, k=ls.k, frame=frame,
+                        mask_paths=ls.mask_paths if "gt_masks" in reads else (), includes_good="good" in ls.class_names,
+                        map_source=map_source(cfg, store, ctx, ls, frame))  # fmt: skip
+    row.update(reads=sorted(reads), oracle="gt_masks" in reads)
+    method: Any = None
+    try:
+        method = spec.cls(job.config, ctx)
+        method.name = spec.name
+        with ctx.timer("fit_predict"):
+            clusters = np.asarray(method.fit_predict(data))
+        if clusters.shape != (len(ls.paths),) or not np.issubdtype(clusters.dtype, np.integer):
+            raise RuntimeError(f"method {job.method} returned cluster ids of shape {clusters.shape} and type "
+                               f"{clusters.dtype}; expected ({len(ls.paths)},) integers")  # fmt: skip
+        if len(clusters) and (clusters.min() < 0 or clusters.max() >= ls.k):
+            raise RuntimeError(f"method {job.method} returned cluster ids outside [0, {ls.k})")
+        row.update(discovery_metrics(ls.labels, clusters, ls.class_names))
+        row.update(status="ok", error=None, y_true=list(ls.labels), clusters=clusters.tolist(),
+                   maps=data.maps().info if "maps" in reads else None, train_log=ctx.log,
+                   method_info=method.extra_info())  # fmt: skip
+    except BenchError as exc:
+        row.update(status="error", error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - a failed job is a row, not a crash of the grid
+        if isinstance(exc, OSError) and exc.errno in FATAL_ERRNOS:
+            raise fatal_disk_error(exc, cfg, out) from None
+        log.debug("job failed", exc_info=True)
+        row.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
+    row["cache"] = {stage: {k: v - stats_before.get(stage, {}).get(k, 0) for k, v in d.items()} for stage, d in store.stats.items()}
+    row["timing"] = {**{k: round(v, 4) for k, v in ctx.timings.items()}, "total": round(time.perf_counter() - t0, 4)}
+    method = None
+    release_free_memory()
+    return row
