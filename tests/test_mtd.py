@@ -268,3 +268,30 @@ def test_real_mtd_centre_crop_misses_defects(real_mtd: Path) -> None:
         inside = (xs + 0.5 >= left) & (xs + 0.5 < right) & (ys + 0.5 >= top) & (ys + 0.5 < bottom)
         invisible += bool(len(xs)) and not inside.any()
     assert invisible == 162  # of 388 non-empty masks (benchmarks/image_fit.py prints the full table)
+
+
+def test_real_mtd_pretrained_lite0_detects_far_better_than_random(real_mtd: Path, tmp_path: Path) -> None:
+    """PatchCore detection on a fixed subset of real MTD (first 50 bank normals, 30 held-out normals, 6 images of
+    each defect type by name): pretrained EfficientNet-Lite0 against the same network at random init.
+
+    Measured on 2026-12-06: 0.879 pretrained, 0.614 random (the whole dataset: 0.966 and 0.577, README)."""
+    import dataclasses
+
+    from bench.features.detect import detect
+    from bench.features.store import FeatureStore
+
+    s = load_dataset("mtd", real_mtd)
+    t = s.table
+    parts = [t[t.split == "train"].sort_values("name").head(50),
+             t[(t.split == "test") & (t.label == "good")].sort_values("name").head(30)]
+    parts += [g.sort_values("name").head(6) for _, g in t[t.label != "good"].groupby("label")]
+    subset = dataclasses.replace(s, table=pd.concat(parts).reset_index(drop=True))
+    auroc = {}
+    for weights in ("imagenet", "random"):
+        store = FeatureStore(FeatureConfig(backbone="tf_efficientnet_lite0", weights=weights, image_fit="squash"),
+                             cache_root=tmp_path / "cache", device="cpu")  # fmt: skip
+        df = detect(subset, store, seed=1, coreset_ratio=0.1)
+        assert (df.n_train.iloc[0], df.n_good.iloc[0], df.n_defect.iloc[0]) == (50, 30, 30)
+        auroc[weights] = float(df.auroc.iloc[0])
+    assert auroc["imagenet"] >= 0.78, auroc
+    assert auroc["imagenet"] >= auroc["random"] + 0.15, auroc

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -71,7 +72,16 @@ def sigint_held(local_workers: bool = True) -> Iterator[None]:
     from joblib.externals.loky.backend import resource_tracker as loky_resource_tracker
 
     resource_tracker.ensure_running()
-    loky_resource_tracker.ensure_running()
+    # loky's tracker unlinks whatever a worker terminated by the Ctrl-C left registered, and then warns about
+    # "leaked semlock objects" (often with FileNotFoundError: the object was already gone), after a run that
+    # stopped exactly as it should. It takes its warning filters from sys.warnoptions when it starts (``-W``),
+    # so it alone starts with its own warnings off; this process and the workers keep theirs.
+    quiet = "ignore:resource_tracker:UserWarning"
+    sys.warnoptions.append(quiet)
+    try:
+        loky_resource_tracker.ensure_running()
+    finally:
+        sys.warnoptions.remove(quiet)
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
