@@ -199,7 +199,13 @@ def test_registry_and_wrong_task_errors(capsys: pytest.CaptureFixture[str], tmp_
 
 
 # ------------------------------------------------------------------------------------------ detectors on tiny data
-def _detector(name: str, tmp_path: Path, shots: int = 2, seed: int = 1, category: str = "tile", **options):
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for this module's detectors: an image's features and views are computed once for all its tests."""
+    return tmp_path_factory.mktemp("detection-cache")
+
+
+def _detector(name: str, cache: Path, shots: int = 2, seed: int = 1, category: str = "tile", **options):
     """A fitted detector of a planned detection job on synthetic-tiny (built the way bench run builds it)."""
     from bench.run.config import RunConfig
     from bench.run.detection import build_detector, plan_detection
@@ -207,7 +213,7 @@ def _detector(name: str, tmp_path: Path, shots: int = 2, seed: int = 1, category
 
     cfg = RunConfig(task="detection", methods=[name], method_options=options, dataset="synthetic-tiny",
                     categories=[category], shots=[shots], seeds=[seed], backbone="tf_efficientnet_lite0",
-                    weights="imagenet", device="cpu", cache_dir=str(tmp_path / "cache"))  # fmt: skip
+                    weights="imagenet", device="cpu", cache_dir=str(cache))  # fmt: skip
     samples = load_dataset("synthetic-tiny", None, cfg.dataset_options())
     (job,) = plan_detection(cfg, samples)
     store = feature_store(cfg)
@@ -217,26 +223,26 @@ def _detector(name: str, tmp_path: Path, shots: int = 2, seed: int = 1, category
     return det, job.episode
 
 
-FAST = {"steps": 12, "views": 8, "negative_pool": 4, "lr": 1e-3}
+FAST = {"steps": 6, "views": 8, "negative_pool": 4, "lr": 1e-3}
 
 
-def test_coft_ad_is_deterministic_per_seed_and_frozen_equals_gaussian(tmp_path: Path) -> None:
-    a, ep = _detector("coft-ad", tmp_path, **FAST)
-    b, _ = _detector("coft-ad", tmp_path, **FAST)
+def test_coft_ad_is_deterministic_per_seed_and_frozen_equals_gaussian(cache: Path) -> None:
+    a, ep = _detector("coft-ad", cache, **FAST)
+    b, _ = _detector("coft-ad", cache, **FAST)
     sa, sb = a.score(list(ep.test)), b.score(list(ep.test))
     assert np.array_equal(sa, sb) and a.log["loss"] == b.log["loss"]
-    c, ep2 = _detector("coft-ad", tmp_path, seed=2, **FAST)  # another seed: another draw, another head init
+    c, ep2 = _detector("coft-ad", cache, seed=2, **FAST)  # another seed: another draw, another head init
     assert ep2.support != ep.support and c.log["loss"] != a.log["loss"]
-    frozen, _ = _detector("coft-ad-frozen", tmp_path, views=8)
-    gauss, _ = _detector("gaussian", tmp_path, views=8)
+    frozen, _ = _detector("coft-ad-frozen", cache, views=8)
+    gauss, _ = _detector("gaussian", cache, views=8)
     assert np.allclose(frozen.score(list(ep.test)), gauss.score(list(ep.test)), rtol=1e-5)
     assert frozen.extra_info()["embed_cache"]["hits"] > 0  # the frozen embeddings are the gaussian's, cached
 
 
-def test_finetuning_moves_embeddings_the_way_the_losses_say(tmp_path: Path) -> None:
+def test_finetuning_moves_embeddings_the_way_the_losses_say(cache: Path) -> None:
     """After fine-tuning, on a fixed probe batch: views of different shots closer together (L_PP), views of one shot
     closer (L_con), pseudo anomalies farther from the normals (L_NP); the loss falls."""
-    det, _ = _detector("coft-ad", tmp_path, shots=2, steps=40, views=8, negative_pool=4, lr=1e-3)
+    det, _ = _detector("coft-ad", cache, shots=2, steps=40, views=8, negative_pool=4, lr=1e-3)
     before, after = det.log["probe"]["before"], det.log["probe"]["after"]
     assert after["other_shots"] > before["other_shots"] + 0.05
     assert after["same_shot"] > before["same_shot"]
@@ -245,8 +251,8 @@ def test_finetuning_moves_embeddings_the_way_the_losses_say(tmp_path: Path) -> N
     assert set(det.log["final"]) == {"loss", "con", "pp", "np"}
 
 
-def test_patchcore_kshot_maps_and_scores(tmp_path: Path) -> None:
-    det, ep = _detector("patchcore-kshot", tmp_path, shots=2)
+def test_patchcore_kshot_maps_and_scores(cache: Path) -> None:
+    det, ep = _detector("patchcore-kshot", cache, shots=2)
     maps = det.anomaly_maps(list(ep.test))
     assert maps.shape == (len(ep.test), 28, 28) and (maps >= 0).all()
     assert np.allclose(det.score(list(ep.test)), maps.reshape(len(maps), -1).max(1))
@@ -255,8 +261,10 @@ def test_patchcore_kshot_maps_and_scores(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
-def test_bench_run_detection_rows_report_leaderboard_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out, cache = tmp_path / "out", tmp_path / "cache"
+def test_bench_run_detection_rows_report_leaderboard_and_resume(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
     argv = ["run", "--task", "detection", "--method", "patchcore-kshot", "gaussian", "coft-ad", "--dataset", "synthetic-tiny",
             "--categories", "tile", "--shots", "1,2", "--seeds", "1", *LITE0, "--set", "coft-ad.steps=3",
             "--set", "views=4", "--no-progress", "--out", str(out), "--cache-dir", str(cache)]  # fmt: skip
