@@ -40,6 +40,19 @@ def shared_screw(shared_data: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():  # noqa: ANN201
+    """One torch thread for a module of small end-to-end runs, restored after it: their tensors are too small to
+    gain from a second thread, and on a busy runner two threads wait on each other (the discovery tests took 87 s
+    instead of 34 s with the default of 2 on a loaded 2-core machine)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """After a green run, remove pytest's base temp folder too (module-scoped data sets and caches)."""
     if exitstatus == 0:

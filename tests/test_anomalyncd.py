@@ -14,6 +14,8 @@ from bench.discoverers.anomalyncd import AnomalyNCDConfig, Heads, MaskGuidedViT,
 from bench.errors import WeightsError
 from bench.results import read_rows
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SMALL = AnomalyNCDConfig(vit_img_size=32, vit_depth=2, mask_layers=2, train_blocks=1)
 
 
