@@ -25,6 +25,8 @@ from bench.images import Preprocess
 from bench.registry import UnknownNameError
 from bench.results import read_rows
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small tensors: a second thread only waits
+
 LITE0 = ["--backbone", "tf_efficientnet_lite0", "--weights", "imagenet"]
 
 

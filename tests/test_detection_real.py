@@ -18,6 +18,8 @@ from bench.datasets import Samples, load_dataset
 from bench.run.config import RunConfig
 from bench.run.detection import plan_detection, run_detection_job
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small tensors: a second thread only waits
+
 COFT = {"coft-ad.steps": 10, "coft-ad.views": 8, "coft-ad.negative_pool": 2, "gaussian.views": 8}
 """coft-ad on a short schedule (10 steps instead of 200, 8 Gaussian views per shot instead of 32, 2 pseudo anomalies
 per shot instead of 8); gaussian with the same 8 views."""
