@@ -158,14 +158,15 @@ def published_table(res: Results, group: str) -> Table | None:
     cats, seeds = grid(df, res, group)
     rows, disp = [], []
     for cid in ids:
-        d = dataset_figures(df[df.config == cid], cats, seeds)
+        sub = df[df.config == cid]
+        d = dataset_figures(sub, cats, seeds)
         counterpart = pub[pub.counterpart == res.configs[cid]["method"]]
         beside = counterpart.iloc[0] if len(counterpart) else None
         disp.append({"row": f"ours: {res.labels[cid]}", **{n: fmt3(d[m]) for m, n in METRICS.items()},
                      "published counterpart (ACC / NMI / ARI)": "–" if beside is None else
                      f"{beside.method}: {fmt3(beside.acc)} / {fmt3(beside.nmi)} / {fmt3(beside.ari)}",
                      "source": f"this run, {d['n_categories']} categor{'y' if d['n_categories'] == 1 else 'ies'} × "
-                               f"{len(seeds)} seed(s)"})  # fmt: skip
+                               f"{sub.seed.nunique()} seed(s)"})  # fmt: skip
         rows.append({"row": res.labels[cid], "kind": "ours", **{m: d[m] for m in METRICS}})
     for p in pub.itertuples():
         disp.append({"row": f"published: {p.method}", "ACC": fmt3(p.acc), "NMI": fmt3(p.nmi), "ARI": fmt3(p.ari),
