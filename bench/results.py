@@ -25,6 +25,10 @@ Row schema (``schema: 1``), top-level keys:
   ``n_classes``, ``n_queries``, ``accuracy``, ``macro_f1``, ``balanced_accuracy``,
   ``per_class_recall`` ({class: recall}), ``confusion`` (C×C list), ``chance``, ``majority``,
   ``y_true``, ``y_pred`` (query labels and predictions, for paired statistics).
+* detection rows (``task: detection``, docs/tasks.md §A; :mod:`bench.run.detection`): ``image_auroc``,
+  ``pixel_auroc`` (or null), ``auroc_per_type``, ``support`` (the k shot files), ``extra_data``
+  (``none`` | ``imagenet`` | ...), ``synthetic_negatives``, ``n_test``, ``n_test_good``, ``n_test_defect``,
+  ``scores`` and ``y_true`` (per test image), and ``episode`` pointing at the persisted draw; no class fields.
 * provenance: ``timing`` ({stage: seconds}), ``cache`` (hit counts), ``train_log`` (loss curves),
   ``env`` (code version, library versions, device, threads), ``created`` (UTC ISO time).
 """
@@ -184,7 +188,7 @@ REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "key": str, "status": str, "method": str, "category": str, "shots": int, "seed": int,
 }  # fmt: skip
 """Fields every row has, with their JSON types; a line without them is skipped like a corrupt one."""
-OK_METRICS = {"classification": "accuracy", "discovery": "cluster_accuracy"}
+OK_METRICS = {"classification": "accuracy", "detection": "image_auroc", "discovery": "cluster_accuracy"}
 """The tasks the harness knows, each with the number an ``ok`` row of that task must carry (finite, in [0, 1])."""
 DEFAULT_TASK = "classification"
 """The task of a row without a ``task`` field: rows written before tasks existed are defect-type classification."""

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE_DIRS = {"bench": ROOT / "bench", "bench.datasets": ROOT / "datasets", "bench.methods": ROOT / "methods",
-                "bench.discoverers": ROOT / "discoverers"}
+PACKAGE_DIRS = {
+    "bench": ROOT / "bench", "bench.datasets": ROOT / "datasets", "bench.methods": ROOT / "methods",
+    "bench.detectors": ROOT / "detectors", "bench.discoverers": ROOT / "discoverers",
+}  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:
@@ -78,10 +80,11 @@ def test_the_target_layout_is_in_place() -> None:
     }
     for package, names in expected.items():
         assert {n.rsplit(".", 1)[1] for n in MODULES if n.startswith(package + ".")} >= names, package
-    top = {n.split(".")[1] for n in MODULES
-           if n.count(".") == 1 and not n.startswith(("bench.datasets", "bench.methods", "bench.discoverers"))}
+    top = {n.split(".")[1] for n in MODULES if n.count(".") == 1
+           and not n.startswith(("bench.datasets", "bench.methods", "bench.detectors", "bench.discoverers"))}  # fmt: skip
     assert top <= {"__main__", "method", "episodes", "results", "registry", "cache", "images", "seeding", "paths", "errors",
-                   "compat", "cli", "run", "features", "report", "datasets", "methods", "discovery", "discoverers"}, sorted(top)  # fmt: skip
+                   "compat", "cli", "run", "features", "report", "datasets", "methods", "detection", "detectors",
+                   "discovery", "discoverers"}, sorted(top)  # fmt: skip
 
 
 def test_nothing_outside_the_cli_imports_it() -> None:

@@ -1,6 +1,7 @@
-"""List what is registered: ``bench list methods|discoverers|datasets|backbones [PATTERN]``.
+"""List what is registered: ``bench list methods|detectors|discoverers|datasets|backbones [PATTERN]``.
 
-``discoverers`` are the methods of ``bench run --task discovery`` (anomaly class discovery, docs/tasks.md).
+``detectors`` are the methods of ``bench run --task detection`` (few-shot anomaly detection), ``discoverers`` those of
+``bench run --task discovery`` (anomaly class discovery); docs/tasks.md.
 
 ``PATTERN`` is a wildcard on the names (``bench list methods 'contrastive*'``); for backbones it replaces
 ``--filter``. ``backbones`` lists the timm models matching it and, for each, where ``--weights imagenet`` would
@@ -18,8 +19,8 @@ from tabulate import tabulate
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["methods", "discoverers", "datasets", "backbones"],
-                   help="what to list (discoverers: the methods of --task discovery)")
+    p.add_argument("what", choices=["methods", "detectors", "discoverers", "datasets", "backbones"],
+                   help="what to list (detectors: the methods of --task detection; discoverers: of --task discovery)")
     p.add_argument("pattern", nargs="?", help="wildcard on the names, e.g. 'contrastive*' (quote it in the shell)")
     p.add_argument("--filter", default="*resnet*", help="wildcard for backbones (timm names)")
 
@@ -38,6 +39,16 @@ def main(args: argparse.Namespace) -> int:
             print(f"no method matches {args.pattern!r} (python -m bench list methods lists them all)")
             return 0
         print(tabulate(rows, headers=["method", "class", "variant of", "description"], tablefmt="simple"))
+    elif args.what == "detectors":
+        from bench.detection.detector import DETECTORS
+
+        DETECTORS.import_all()
+        rows = [(e.name, e.obj.cls.__name__, ", ".join(f"{k}={v}" for k, v in e.obj.overrides.items()) or "-", e.description)
+                for e in DETECTORS.entries(args.pattern)]  # fmt: skip
+        if not rows:
+            print(f"no detector matches {args.pattern!r} (python -m bench list detectors lists them all)")
+            return 0
+        print(tabulate(rows, headers=["detector (--task detection)", "class", "variant of", "description"], tablefmt="simple"))
     elif args.what == "discoverers":
         from bench.discovery import DISCOVERERS
 

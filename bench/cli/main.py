@@ -18,13 +18,14 @@ from bench.registry import UnknownNameError, import_plugins
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("bench.cli.run", "run a grid of methods × categories × shots × seeds"),
-    "list": ("bench.cli.list", "list registered methods, datasets or backbones"),
+    "list": ("bench.cli.list", "list registered methods, detectors, datasets or backbones"),
     "detect": ("bench.cli.detect", "PatchCore image AUROC per category (feature-pipeline sanity check)"),
     "cache": ("bench.cli.cache", "show or clear the feature / bank / dataset cache"),
     "report": ("bench.cli.report", "tables (per method, ablation, per class) from results files"),
     "leaderboard": ("bench.cli.leaderboard", "ranked methods with confidence intervals"),
     "tsne": ("bench.cli.tsne", "t-SNE of support and query embeddings"),
     "show-pseudo": ("bench.cli.pseudo", "save a picture of generated pseudo-defects"),
+    "maps": ("bench.cli.maps", "anomaly maps of a detector as PNG files (the discovery task's input)"),
     "show-crops": ("bench.cli.crops", "save a picture of the MEBin masks and crops of a few images (discovery)"),
     "perf": ("bench.cli.perf", "speed benchmarks (features, coreset, cache, grid)"),
 }

@@ -6,6 +6,8 @@
   and with 2 workers: wall time, stage times, jobs per minute, peak memory, cache hits (``benchmarks/grid.py``).
 * ``python -m bench perf steps [ARGS]``: one optimiser step of the paper's heads at the paper's sizes, with the
   harness's heap allocation and with glibc's defaults (``benchmarks/steps.py``).
+* ``python -m bench perf detection [ARGS]``: time per detector and k of a detection grid, and the cache counters
+  that show every image's features computed once across k and seeds (``benchmarks/detection.py``).
 * ``python -m bench perf anomalyncd [ARGS]``: one AnomalyNCD training step with the paper's DINO ViT-B/8 architecture
   and with the CPU default ViT, and the per-category cost of their schedules (``benchmarks/anomalyncd_cost.py``).
 
@@ -24,7 +26,8 @@ from pathlib import Path
 
 from bench.errors import BenchError
 
-BENCHMARKS = {"features": "features.py", "grid": "grid.py", "steps": "steps.py", "anomalyncd": "anomalyncd_cost.py"}
+BENCHMARKS = {"features": "features.py", "grid": "grid.py", "steps": "steps.py", "detection": "detection.py",
+              "anomalyncd": "anomalyncd_cost.py"}  # fmt: skip
 
 
 def benchmarks_dir() -> Path | None:

@@ -6,12 +6,15 @@ Examples::
     python -m bench report results/ --format md csv latex html --out report
     python -m bench report results/ --compare paper                   # the paper's numbers next to ours
     python -m bench report results/ --category bottle --detail-shots 5
+    python -m bench report results/detection --compare published         # detection: RegAD, WinCLIP+ beside ours
 
 Per configuration: categories × shots (mean ± sample std over seeds, an average row over categories);
 categories (classes, queries, chance, majority); an ablation table (configurations × shots averaged over
 categories, rows named as the paper names them); paired P(A > B); per-class recall and confusion matrices
 for a chosen category. Configurations that differ in anything but category, shots and seed are separate
-lines labelled by what differs; incomplete grids show (n/N) and a †. CSV files hold the tidy numbers.
+lines labelled by what differs; incomplete grids show (n/N) and a †. CSV files hold the tidy numbers. Detection rows
+(``--task detection``) get their own sections: image AUROC per configuration × k, pixel AUROC, AUROC per defect type
+(:mod:`bench.report.detection`), never mixed with accuracy.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from bench.cli._args import add_document_options, check_boot, command_line, note_skipped_lines
 from bench.errors import BenchError
+from bench.report.detection import add_detection, report_sections
 from bench.report.load import load_results
 from bench.report.render import FORMATS, to_markdown, write_document
 from bench.report.tables import build_report
@@ -31,12 +35,15 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="+", help="results.jsonl files or run folders")
     p.add_argument("--format", nargs="+", default=["md"], choices=[*FORMATS, "all"], help="output formats (default md)")
     p.add_argument("--out", default="report", help="output folder (default report/); '-' prints Markdown to stdout")
-    p.add_argument("--compare", choices=["paper"], help="put the paper's reported numbers next to ours")
+    p.add_argument("--compare", choices=["paper", "published"],
+                   help="put the published numbers next to ours: the paper's tables (classification), RegAD and WinCLIP+ "
+                   "(detection, docs/tasks.md §A.3); paper and published are the same switch")
     p.add_argument("--category", nargs="+", help="categories for per-class tables and confusion matrices (default: the first)")
     p.add_argument("--detail-shots", type=int, help="shots for confusion matrices and per-category bars (default: the largest)")
     add_document_options(p)
 
 
+DETECTION_TITLE = "Few-shot anomaly detection: report"
 FLAGS = {"format": "--format", "out": "--out", "compare": "--compare", "category": "--category", "detail_shots": "--detail-shots",
          "no_plots": "--no-plots", "boot": "--boot", "boot_seed": "--boot-seed"}  # fmt: skip
 
@@ -52,13 +59,16 @@ def main(args: argparse.Namespace) -> int:
         raise BenchError(f"--detail-shots {args.detail_shots}: no results at that shot count; they hold {sorted({s for g in grids for s in g[2]})}.")
     formats = list(FORMATS) if "all" in args.format else list(dict.fromkeys(args.format))
     cmd = command_line("report", args, FLAGS)
+    compare = args.compare is not None
     if args.out == "-":
-        doc = build_report(res, args.compare == "paper", args.category, args.detail_shots, args.boot, args.boot_seed, None, cmd)
+        doc = build_report(res, compare, args.category, args.detail_shots, args.boot, args.boot_seed, None, cmd)
+        add_detection(doc, report_sections(res, compare, args.boot, args.boot_seed, None, args.category), DETECTION_TITLE)
         sys.stdout.write(to_markdown(doc))
     else:
         out = Path(args.out)
         plots_dir = None if args.no_plots else out / "plots"
-        doc = build_report(res, args.compare == "paper", args.category, args.detail_shots, args.boot, args.boot_seed, plots_dir, cmd)
+        doc = build_report(res, compare, args.category, args.detail_shots, args.boot, args.boot_seed, plots_dir, cmd)
+        add_detection(doc, report_sections(res, compare, args.boot, args.boot_seed, plots_dir, args.category), DETECTION_TITLE)
         written: list[Path] = []
         for fmt_ in formats:
             target = out / "csv" if fmt_ == "csv" else out / f"report{'.tex' if fmt_ == 'latex' else '.' + fmt_}"

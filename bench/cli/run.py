@@ -6,6 +6,7 @@ Examples::
     python -m bench run --method direct protonet --shots 1-5 --seeds 1-5
     python -m bench run --method protonet --dataset mvtec_ad --data-root /data/mvtec_ad --categories screw
     python -m bench run --config my_grid.yaml --set lr=1e-4
+    python -m bench run --task detection --method patchcore-kshot gaussian coft-ad --shots 1,2,4,8 --seeds 1-5
     python -m bench run --task discovery --method kmeans anomaly-clustering mebin-kmeans anomalyncd --seeds 1-5
 
 Re-running the same command resumes: finished jobs are skipped. A YAML config file may give any option
@@ -31,25 +32,29 @@ from bench.method import coerce_options
 from bench.paths import CACHE_ENV, DEFAULT_CACHE
 from bench.report.summary import summary_table
 from bench.run import Job, RunConfig, execute
+from bench.run.tasks import TASKS
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     from bench.images import FITS
 
     p.add_argument("--config", type=Path, help="YAML file with any of these options")
-    p.add_argument("--method", "--methods", dest="methods", nargs="+", help="registered method name(s) (bench list methods)")
+    p.add_argument("--task", choices=list(TASKS),
+                   help="what the methods solve (docs/tasks.md): classification (default; few-shot defect types, accuracy), "
+                   "detection (k normal shots, image AUROC; the methods are detectors: bench list detectors) or discovery "
+                   "(group unlabelled images into K types; bench list discoverers)")
+    p.add_argument("--method", "--methods", dest="methods", nargs="+",
+                   help="registered method name(s) (bench list methods; with --task detection: bench list detectors)")
     p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE", help="method option override (repeatable)")
     p.add_argument("--dataset", help="dataset adapter (bench list datasets); default: synthetic (built-in)")
     p.add_argument("--data-root", help="dataset root folder (for synthetic: where to generate it)")
     p.add_argument("--categories", nargs="+", help="categories to run (default: all)")
     p.add_argument("--shots", nargs="+", help="e.g. 1-5 (default), 1,5 or 1 5")
     p.add_argument("--seeds", nargs="+", help="e.g. 1-5 (default), 1,3 or 1 3")
-    p.add_argument("--task", choices=["classification", "discovery"],
-                   help="what the methods solve: classification (default; few-shot defect types) or discovery "
-                   "(group unlabelled images into K types; docs/tasks.md)")
-    p.add_argument("--protocol", choices=["paper", "random", "ncd", "defects-only"],
-                   help="classification: support selection, first-n (paper, default) or seeded random; discovery: ncd "
-                   "(default, AnomalyNCD's: combined removed, good kept as a class) or defects-only")
+    p.add_argument("--protocol", choices=[name for task in TASKS.values() for name in task.protocols],
+                   help="classification: support selection, first-n (paper, default) or seeded random; detection: "
+                   "kshot_normals (its only one); discovery: ncd (default, AnomalyNCD's: combined removed, good kept as "
+                   "a class) or defects-only")
     p.add_argument("--maps", help="discovery: folder of 8-bit PNG anomaly maps <maps>/<category>/<type>/<name>.png "
                    "written by any detector (default: the harness's PatchCore)")
     p.add_argument("--include-good", action="store_true", default=None, help="add test good images as a class (Appendix F)")

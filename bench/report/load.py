@@ -135,7 +135,8 @@ class Results:
     Attributes:
         frame: one row per job; columns config, label, group, task, method, dataset, category, shots, seed,
             status, error, accuracy (the task's metric, :data:`bench.results.OK_METRICS`, in percent), chance,
-            majority (percent), n_classes, n_queries, row (the raw dict).
+            majority (percent), n_classes, n_queries, image_auroc and pixel_auroc (percent; detection rows), row (the
+            raw dict).
         configs: per configuration id: label, group, method and the identifying fields.
     """
 
@@ -147,9 +148,10 @@ class Results:
     skipped_detail: list[str] = field(default_factory=list)
     superseded: int = 0
 
-    def ok(self) -> pd.DataFrame:
+    def ok(self, metric: str = "accuracy") -> pd.DataFrame:
+        """The finished rows with a finite ``metric`` (a column of :attr:`frame`: a task's ok metric, in percent)."""
         f = self.frame
-        return f[(f.status == "ok") & np.isfinite(f.accuracy.astype(float))]
+        return f[(f.status == "ok") & np.isfinite(f[metric].astype(float))]
 
     def groups(self, task: str | None = None) -> list[str]:
         """The groups (comparison universes), of ``task`` only when given."""
@@ -187,7 +189,8 @@ class Results:
                          f"with {DEFAULT_TASK} accuracy.")  # fmt: skip
         others = [t for t in self.tasks() if t != DEFAULT_TASK and t not in shown]
         if others:
-            lines.append(f"rows of the task(s) {', '.join(others)} are left out: these tables are for {DEFAULT_TASK}.")
+            lines.append(f"rows of the task(s) {', '.join(others)} are left out of the {DEFAULT_TASK} tables (no table "
+                         "mixes tasks).")  # fmt: skip
         if self.superseded:
             lines.append(f"{self.superseded} older run(s) of the same (configuration, category, shots, seed) under "
                          "another job key were superseded by the latest one.")  # fmt: skip
@@ -217,6 +220,7 @@ def load_results(paths: Iterable[str | Path]) -> Results:
             "chance": 100 * float(r["chance"]) if r.get("chance") is not None else np.nan,
             "majority": 100 * float(r["majority"]) if r.get("majority") is not None else np.nan,
             "n_classes": r.get("n_classes"), "n_queries": r.get("n_queries"),
+            **{m: 100 * float(r[m]) if isinstance(r.get(m), (int, float)) else np.nan for m in ("image_auroc", "pixel_auroc")},
             "created": str(r.get("created") or ""), "row": r,
         })  # fmt: skip
     frame = pd.DataFrame(recs)

@@ -42,8 +42,10 @@ def accuracy_vs_shots(
     title: str,
     references: Mapping[str, pd.Series] | None = None,
     caption: str = "",
+    ylabel: str = "accuracy (%)",
+    xlabel: str = "shots per defect type",
 ) -> Figure:
-    """Accuracy (%) versus shots, one line per configuration, shaded 95 % CI.
+    """Accuracy (%) versus shots, one line per configuration, shaded 95 % CI (or another metric: ``ylabel``).
 
     Args:
         curves: label → frame with columns shots, mean_pct, ci_low_pct, ci_high_pct.
@@ -67,8 +69,8 @@ def accuracy_vs_shots(
             continue
         ax.plot(s.index, s.values, linestyle="--", color="grey", linewidth=1)
         ax.annotate(name, (s.index[-1], s.values[-1]), fontsize=8, color="grey", xytext=(3, 0), textcoords="offset points")
-    ax.set_xlabel("shots per defect type")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(_wrap(title), fontsize=10)
     ax.set_xticks(sorted({int(s) for d in curves.values() for s in d.shots}))
     ax.grid(alpha=0.3)

@@ -1,6 +1,7 @@
 """The compact table printed at the end of ``bench run`` and written to ``summary.md``.
 
-Discovery rows get blocks of their own (:func:`bench.report.discovery.summary_blocks`: categories × ACC, NMI, ARI).
+Detection and discovery rows get blocks of their own (:func:`bench.report.detection.summary_blocks`: image AUROC;
+:func:`bench.report.discovery.summary_blocks`: categories × ACC, NMI, ARI).
 One block per configuration, as ``bench report`` tells configurations apart (:func:`bench.report.load_results`:
 method, its options, backbone and weights, features, dataset, protocol, class set, harness version): two
 runs into one folder that differ in a ``--set`` option or in the dataset are two blocks, never one cell with
@@ -16,7 +17,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench.errors import BenchError
-from bench.report.discovery import summary_blocks
+from bench.report import detection, discovery
 from bench.report.load import load_results, weights_desc
 from bench.results import DEFAULT_TASK
 
@@ -36,9 +37,10 @@ def summary_table(results_file: Path) -> str:
     except BenchError:
         return "no finished jobs"
     ok = res.ok()
-    if ok.empty:
+    # detection rows (image AUROC) and discovery rows (ACC, NMI, ARI): their own blocks, never in the accuracy ones
+    blocks = detection.summary_blocks(res) + discovery.summary_blocks(res)
+    if ok.empty and not blocks:
         return "no finished jobs"
-    blocks = summary_blocks(res)  # discovery rows (task other than classification): their own blocks
     ok = ok[ok.task == DEFAULT_TASK]
     for (group, label), sub in ok.groupby(["group", "label"], sort=True):
         f = res.configs[sub.config.iloc[0]]

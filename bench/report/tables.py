@@ -27,20 +27,22 @@ from bench.results import DEFAULT_TASK
 from bench.seeding import numpy_rng
 
 
-def config_grid(res: Results, cid: str) -> tuple[list[str], list[int], list[int], pd.DataFrame]:
-    """The expected grid of configuration ``cid`` (its group's categories, seeds and shots) and its finished rows."""
+def config_grid(res: Results, cid: str, metric: str = "accuracy") -> tuple[list[str], list[int], list[int], pd.DataFrame]:
+    """The expected grid of configuration ``cid`` (its group's categories, seeds and shots) and its finished rows (those
+    with a finite ``metric``: ``accuracy``, or a detection row's ``image_auroc`` / ``pixel_auroc``)."""
     cats, seeds, shots = res.grid(group_label(res.configs[cid]))
-    ok = res.ok()
+    ok = res.ok(metric)
     return cats, seeds, shots, ok[ok.config == cid]
 
 
-def cells(res: Results, cid: str) -> pd.DataFrame:
-    """Per (category, shots) of the group's grid: mean, std (ddof 1), t-interval, n finished seeds, N expected."""
-    cats, seeds, shots, ok = config_grid(res, cid)
+def cells(res: Results, cid: str, metric: str = "accuracy") -> pd.DataFrame:
+    """Per (category, shots) of the group's grid: mean, std (ddof 1), t-interval, n finished seeds, N expected (of
+    ``metric``, in percent; the columns keep the name ``*_pct``)."""
+    cats, seeds, shots, ok = config_grid(res, cid, metric)
     out = []
     for c in cats:
         for s in shots:
-            v = ok[(ok.category == c) & (ok.shots == s)].accuracy.to_numpy(float)
+            v = ok[(ok.category == c) & (ok.shots == s)][metric].to_numpy(float)
             ti = t_interval(v)
             std = float(np.std(v, ddof=1)) if len(v) > 1 else np.nan
             out.append({"category": c, "shots": s, "mean_pct": ti.mean, "std_pct": std, "ci_low_pct": ti.low,
@@ -48,13 +50,15 @@ def cells(res: Results, cid: str) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def averages(res: Results, cid: str, n_boot: int = DEFAULT_BOOT, boot_seed: int = DEFAULT_BOOT_SEED) -> pd.DataFrame:
-    """Per shots: mean over categories of category means, bootstrap CI, std of per-seed means, coverage."""
-    cats, seeds, shots, ok = config_grid(res, cid)
+def averages(
+    res: Results, cid: str, n_boot: int = DEFAULT_BOOT, boot_seed: int = DEFAULT_BOOT_SEED, metric: str = "accuracy"
+) -> pd.DataFrame:
+    """Per shots: mean over categories of category means, bootstrap CI, std of per-seed means, coverage (of ``metric``)."""
+    cats, seeds, shots, ok = config_grid(res, cid, metric)
     out = []
     for s in shots:
         sub = ok[ok.shots == s]
-        wide = sub.pivot_table(index="category", columns="seed", values="accuracy").reindex(index=cats, columns=seeds)
+        wide = sub.pivot_table(index="category", columns="seed", values=metric).reindex(index=cats, columns=seeds)
         iv: Interval = stratified_bootstrap_mean(wide, n_boot=n_boot, rng=numpy_rng(boot_seed, "bootstrap", cid, s))
         per_seed = wide.dropna(axis=1, how="any").mean(axis=0)  # seeds with every category
         n_cat = int(wide.notna().any(axis=1).sum())
@@ -295,7 +299,7 @@ def build_report(
     from bench.report.discovery import TASK as DISCOVERY, discovery_sections
 
     title = "Anomaly class discovery: report" if res.tasks() == [DISCOVERY] else "Few-shot defect-type classification: report"
-    doc = Document(title, res.intro(shown=(DISCOVERY,)), command=command)
+    doc = Document(title, res.intro(shown=(DISCOVERY, "detection")), command=command)  # detection: cli add_detection
     doc.sections.append(Section("Configurations", tables=[configs_table(res)]))
     for group in res.groups(DEFAULT_TASK):
         cats, seeds, shots = res.grid(group)

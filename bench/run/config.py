@@ -39,7 +39,7 @@ class RunConfig:
     protocol: str | None = None  # None = the task's default (classification: paper; discovery: ncd)
     include_good: bool = False
     exclude_combined: bool = False
-    min_defect_types: int | None = None  # None = the task's default (classification: 2; discovery: 1)
+    min_defect_types: int | None = None  # None = the task's default (classification: 2; detection, discovery: 1)
     backbone: str = DEFAULT_BACKBONE  # tf_efficientnet_lite0: ImageNet weights installed with the harness
     weights: str = "imagenet"
     zero_init_last: bool | None = None
@@ -104,10 +104,14 @@ class RunConfig:
                                   "decides (--protocol ncd: combined removed, good kept; defects-only: good removed too).")
         elif self.maps is not None:
             raise bad("--maps", self.maps, "anomaly maps are read by --task discovery only")
+        if self.task == "detection" and self.include_good:
+            raise bad("--include-good", True, "a classification option: detection always scores the test good images")
         if self.maps is not None and not Path(self.maps).expanduser().is_dir():
             raise bad("--maps", self.maps, "a folder of PNG anomaly maps, <maps>/<category>/<type>/<image name>.png")
 
     def dataset_options(self) -> DatasetOptions:
+        """The dataset's class-set switches (``--min-defect-types`` defaults per task: detection and discovery keep
+        every category with a defect type, docs/tasks.md)."""
         return DatasetOptions(
             exclude_combined=self.exclude_combined,
             min_defect_types=self.min_defect_types,
@@ -133,7 +137,7 @@ class RunConfig:
         Raises:
             UnknownNameError: an unknown method name (with the closest registered ones of the run's task).
             ConfigError: an option that applies to no method of the run, a value a method refuses, or a method that
-                solves another task.
+                solves another task (a detector without ``--task detection``, a classifier with it).
         """
         return TASKS[self.task].configs(self.methods, self.method_options)
 

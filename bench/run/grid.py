@@ -26,6 +26,7 @@ from bench.errors import BenchError, ConfigError, WeightsError
 from bench.paths import set_cache_root
 from bench.results import ResultsStore
 from bench.run.config import RunConfig
+from bench.run.detection import detection_feature_work, plan_detection, run_detection_job
 from bench.run.discovery import discovery_feature_work, discovery_notes, plan_discovery, run_discovery_job
 from bench.run.job import feature_store, run_job
 from bench.run.plan import Job, feature_work, group_jobs, plan
@@ -44,6 +45,8 @@ class TaskJobs:
 
 TASK_JOBS: dict[str, TaskJobs] = {
     "classification": TaskJobs(plan, lambda cfg, samples, jobs: feature_work(samples, jobs), run_job, lambda cfg: []),
+    "detection": TaskJobs(plan_detection, lambda cfg, samples, jobs: detection_feature_work(samples, jobs), run_detection_job,
+                          lambda cfg: []),
     "discovery": TaskJobs(plan_discovery, discovery_feature_work, run_discovery_job, discovery_notes),
 }
 """Per task (:data:`bench.run.tasks.TASKS`): its planner, feature list, job runner and printed notes."""

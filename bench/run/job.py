@@ -44,15 +44,18 @@ def feature_store(cfg: RunConfig) -> FeatureStore:
     return shared_store(cfg.features, cfg.torch_device(), cfg.cache_root())
 
 
-def make_context(cfg: RunConfig, samples: Samples, job: Job, store: FeatureStore) -> TaskContext:
-    """The :class:`TaskContext` of ``job``: its category's normal images, the shared feature store, the memory-bank
-    settings, the device, the cache root and the pseudo-defect textures of the run."""
+def make_context(
+    cfg: RunConfig, samples: Samples, job: Job, store: FeatureStore, train_paths: list[str] | None = None
+) -> TaskContext:
+    """The :class:`TaskContext` of ``job``: its category's normal images (``train_paths`` when given: a detection job
+    gives its k shots only), the shared feature store, the memory-bank settings, the device, the cache root and the
+    pseudo-defect textures of the run."""
     return TaskContext(
         dataset=samples.dataset,
         category=job.category,
         seed=job.seed,
         shots=job.shots,
-        train_paths=samples.train_paths(job.category),
+        train_paths=samples.train_paths(job.category) if train_paths is None else list(train_paths),
         store_factory=lambda: store,
         coreset_ratio=cfg.coreset_ratio,
         device=cfg.torch_device(),

@@ -82,7 +82,7 @@ def job_identity(
         "category": category,
         "shots": shots,
         "seed": seed,
-        "protocol": protocol_id(cfg.protocol),
+        "protocol": protocol_id(cfg.protocol) if task == DEFAULT_TASK else cfg.protocol,  # the other tasks' ids as is
         "include_good": cfg.include_good,
         "exclude_combined": cfg.exclude_combined,
         "episode": episode_hash,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from bench.detection.detector import DETECTORS
+from bench.detection.episodes import DETECTION_PROTOCOL, make_normal_shots
 from bench.discovery.contract import DISCOVERERS
 from bench.discovery.protocol import PROTOCOLS as DISCOVERY_PROTOCOLS
 from bench.discovery.protocol import discovery_set
@@ -30,7 +32,8 @@ class Task:
         registry: its methods (``--method`` names).
         protocols: the ``--protocol`` values it accepts, its default first.
         min_defect_types: the default of ``--min-defect-types`` (categories with fewer defect types are skipped).
-        episode: the builder of a job's images (classification: :func:`bench.episodes.make_episode`; discovery:
+        episode: the builder of a job's images (classification: :func:`bench.episodes.make_episode`; detection:
+            :func:`bench.detection.episodes.make_normal_shots`; discovery:
             :func:`bench.discovery.protocol.discovery_set`).
         list_command: how a user lists its methods.
     """
@@ -77,6 +80,7 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "classification": Task("classification", METHODS, ("paper", "random"), 2, make_episode, "python -m bench list methods"),
+    "detection": Task("detection", DETECTORS, (DETECTION_PROTOCOL,), 1, make_normal_shots, "python -m bench list detectors"),
     "discovery": Task("discovery", DISCOVERERS, DISCOVERY_PROTOCOLS, 1, discovery_set, "python -m bench list discoverers"),
 }
 """Every task, by name; ``classification`` is :data:`bench.results.DEFAULT_TASK`."""

@@ -1,0 +1,64 @@
+"""Anomaly maps of a detector as PNG files, in the layout the discovery task reads (docs/tasks.md §B.1).
+
+Examples::
+
+    python -m bench maps --method patchcore-kshot --dataset mtd --data-root ../shared/data/mtd/Magnetic-Tile-Defect --shots 8 --seed 1 --out maps/
+    python -m bench maps --method patchcore-kshot --categories fabric nut --shots 4 --bits 16
+
+Fits the detector on the same k shots as ``bench run --task detection`` (the seeded draw of (category, k, seed)) and
+writes one map per test image of each category: ``<out>/<category>/<type>/<name>.png`` (``<type>`` = ``good`` or the
+defect type, ``<name>`` = the image's file name with ``.png``), at the image's own size, min–max normalised jointly
+over the category's maps to 8 (default) or 16 bits; ``<out>/<category>/normalisation.json`` holds min, max, bits and
+what made them (detector, its options, k, seed, the shot files). Only detectors that localise have maps
+(``patchcore-kshot``). Nothing is written to a results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.paths import CACHE_ENV, DEFAULT_CACHE
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", default="patchcore-kshot", help="detector with anomaly maps (default patchcore-kshot)")
+    p.add_argument("--dataset", default="synthetic", help="dataset adapter (default synthetic)")
+    p.add_argument("--data-root", help="dataset root folder")
+    p.add_argument("--categories", nargs="+", help="categories (default: all)")
+    p.add_argument("--shots", type=int, default=8, help="k normal shots (default 8)")
+    p.add_argument("--seed", type=int, default=1, help="the draw's seed (default 1)")
+    p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE", help="detector option (repeatable)")
+    p.add_argument("--backbone", help="timm backbone (default tf_efficientnet_lite0, ImageNet weights installed with the harness)")
+    p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a local weights file")
+    p.add_argument("--layers", nargs="+", metavar="NAME", help="backbone stages to aggregate (default: those at strides 8 and 16)")
+    p.add_argument("--image-fit", choices=["crop", "squash", "letterbox"], help="default: the dataset's choice (mtd: squash)")
+    p.add_argument("--exclude-combined", action="store_true", help="drop the 'combined' defect type")
+    p.add_argument("--bits", type=int, choices=[8, 16], default=8, help="PNG depth (default 8, uint8 as the reference)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--cache-dir", help=f"cache folder (default ${CACHE_ENV} or {DEFAULT_CACHE})")
+    p.add_argument("--out", default="maps", help="output folder (default maps/)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from bench.cli._args import parse_set
+    from bench.detection.detector import DETECTION_TASK
+    from bench.features.backbones import DEFAULT_BACKBONE
+    from bench.run.config import RunConfig
+    from bench.run.detection import plan_detection, write_job_maps
+    from bench.run.grid import check_out_outside_data, preflight
+
+    cfg = RunConfig(
+        task=DETECTION_TASK, methods=[args.method], method_options=parse_set(args.set_), dataset=args.dataset,
+        data_root=args.data_root, categories=args.categories, shots=[args.shots], seeds=[args.seed],
+        backbone=args.backbone or DEFAULT_BACKBONE, weights=args.weights, layers=args.layers, image_fit=args.image_fit,
+        exclude_combined=bool(args.exclude_combined), device=args.device, cache_dir=args.cache_dir, out=args.out,
+    )  # fmt: skip
+    samples = preflight(cfg)
+    check_out_outside_data(args.out, samples.root)
+    out = Path(args.out)
+    for job in plan_detection(cfg, samples):
+        written = write_job_maps(cfg, samples, job, out, args.bits)
+        print(f"{job.describe()}: {len(written)} maps in {out / job.category}/<type>/ (normalisation: "
+              f"{out / job.category / 'normalisation.json'})")  # fmt: skip
+    return 0
