@@ -33,8 +33,41 @@ def protocol_id(name: str) -> str:
         raise DatasetError(f"unknown protocol {name!r}: use 'paper' (fixed first-n support) or 'random'.") from None
 
 
+class Persisted:
+    """What every persisted job set shares (classification episodes here, detection shots in
+    :mod:`bench.detection.episodes`, discovery sets in :mod:`bench.discovery.protocol`): paths stored relative to
+    the dataset root, a hash of the manifest (part of every job key and row) and an atomic write-once save.
+    A subclass has a ``root`` field and a ``manifest()``."""
+
+    root: str
+
+    def manifest(self) -> dict:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def rel(self, p: str) -> str:
+        """``p`` relative to the dataset root (as it is stored: portable between machines), or as is when outside it."""
+        try:
+            return str(Path(p).relative_to(self.root))
+        except ValueError:
+            return p
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.manifest(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def save(self, folder: Path) -> Path:
+        """Write the manifest to ``folder/<hash>.json`` (atomically, once)."""
+        from bench.cache import atomic_write
+
+        path = folder / f"{self.hash}.json"
+        if not path.exists():  # unique temporary name: processes on other machines may share the folder
+            text = json.dumps(self.manifest(), indent=1, sort_keys=True).encode()
+            atomic_write(path, lambda f: f.write(text))
+        return path
+
+
 @dataclass(frozen=True)
-class Episode:
+class Episode(Persisted):
     """One n-shot C-way task.
 
     Attributes:
@@ -67,35 +100,13 @@ class Episode:
 
     def manifest(self) -> dict:
         """A JSON-able description with paths relative to the dataset root (portable between machines)."""
-
-        def rel(p: str) -> str:
-            try:
-                return str(Path(p).relative_to(self.root))
-            except ValueError:
-                return p
-
         d = asdict(self)
-        d["support"] = [[rel(p) for p in g] for g in self.support]
-        d["queries"] = [rel(p) for p in self.queries]
+        d["support"] = [[self.rel(p) for p in g] for g in self.support]
+        d["queries"] = [self.rel(p) for p in self.queries]
         d.pop("root")
         d.pop("seed") if self.protocol == "paper_fixed" else None  # the split does not depend on the seed
         d["version"] = EPISODE_VERSION
         return d
-
-    @property
-    def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.manifest(), sort_keys=True).encode()).hexdigest()[:16]
-
-    def save(self, folder: Path) -> Path:
-        """Write the manifest to ``folder/<hash>.json`` (atomically, once)."""
-        from bench.cache import atomic_write
-
-        path = folder / f"{self.hash}.json"
-        if not path.exists():  # unique temporary name: processes on other machines may share the folder
-            text = json.dumps(self.manifest(), indent=1, sort_keys=True).encode()
-            atomic_write(path, lambda f: f.write(text))
-        return path
-
 
 def make_episode(
     samples: Samples,

@@ -15,12 +15,11 @@ classification episodes (:mod:`bench.episodes`).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.datasets import Samples
+from bench.episodes import Persisted
 from bench.errors import DatasetError
 from bench.seeding import numpy_rng
 
@@ -30,7 +29,7 @@ SHOTS_VERSION = 1
 
 
 @dataclass(frozen=True)
-class NormalShots:
+class NormalShots(Persisted):
     """One detection episode: the k normal shots and the whole test set of a category.
 
     Attributes:
@@ -64,13 +63,6 @@ class NormalShots:
         """The scored images (the name classification episodes use)."""
         return self.test
 
-    def rel(self, p: str) -> str:
-        """``p`` relative to the dataset root (as it is stored), or as is when outside it."""
-        try:
-            return str(Path(p).relative_to(self.root))
-        except ValueError:
-            return p
-
     def manifest(self) -> dict:
         """A JSON-able description with paths relative to the dataset root (portable between machines)."""
         return {
@@ -80,19 +72,6 @@ class NormalShots:
             "test_labels": list(self.test_labels),
         }  # fmt: skip
 
-    @property
-    def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.manifest(), sort_keys=True).encode()).hexdigest()[:16]
-
-    def save(self, folder: Path) -> Path:
-        """Write the manifest to ``folder/<hash>.json`` (atomically, once)."""
-        from bench.cache import atomic_write
-
-        path = folder / f"{self.hash}.json"
-        if not path.exists():
-            text = json.dumps(self.manifest(), indent=1, sort_keys=True).encode()
-            atomic_write(path, lambda f: f.write(text))
-        return path
 
 
 def make_normal_shots(samples: Samples, category: str, shots: int, seed: int) -> NormalShots:

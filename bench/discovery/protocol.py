@@ -12,12 +12,11 @@ classification episodes, and its hash is in every row.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.datasets import Samples
+from bench.episodes import Persisted
 from bench.errors import DatasetError
 
 PROTOCOLS = ("ncd", "defects-only")
@@ -26,7 +25,7 @@ SET_VERSION = 1
 
 
 @dataclass(frozen=True)
-class LabelledSet:
+class LabelledSet(Persisted):
     """The images of one discovery job with their (hidden) classes.
 
     Attributes:
@@ -49,30 +48,10 @@ class LabelledSet:
 
     def manifest(self) -> dict:
         """A JSON-able description with paths relative to the dataset root."""
-
-        def rel(p: str) -> str:
-            try:
-                return str(Path(p).relative_to(self.root))
-            except ValueError:
-                return p
-
         return {"version": SET_VERSION, "task": "discovery", "dataset": self.dataset, "category": self.category,
-                "protocol": self.protocol, "class_names": list(self.class_names), "paths": [rel(p) for p in self.paths],
+                "protocol": self.protocol, "class_names": list(self.class_names), "paths": [self.rel(p) for p in self.paths],
                 "labels": list(self.labels)}  # fmt: skip
 
-    @property
-    def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.manifest(), sort_keys=True).encode()).hexdigest()[:16]
-
-    def save(self, folder: Path) -> Path:
-        """Write the manifest to ``folder/<hash>.json`` (atomically, once)."""
-        from bench.cache import atomic_write
-
-        path = folder / f"{self.hash}.json"
-        if not path.exists():
-            text = json.dumps(self.manifest(), indent=1, sort_keys=True).encode()
-            atomic_write(path, lambda f: f.write(text))
-        return path
 
 
 def discovery_set(samples: Samples, category: str, protocol: str = "ncd") -> LabelledSet:
