@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from bench.features.backbones import WeightsInfo
 from bench.method import TaskContext, config_dict, config_hash
 from bench.run.config import RunConfig
 from bench.run.envinfo import environment
-from bench.run.job import FATAL_ERRNOS, base_row, fatal_disk_error, feature_store, make_context
+from bench.run.job import FATAL_ERRNOS, base_row, fatal_disk_error, feature_store, make_context, record_costs, record_failure
 from bench.run.plan import Job, job_identity
 from bench.run.tasks import TASKS
 
@@ -179,20 +178,9 @@ def run_detection_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> 
                    status="ok", error=None, y_true=ep.y, scores=[float(f"{s:.6g}") for s in scores])  # fmt: skip
         row["train_log"] = ctx.log
         row["method_info"] = det.extra_info()
-    except BenchError as exc:
-        row.update(status="error", error=str(exc))
-    except OSError as exc:
-        if exc.errno in FATAL_ERRNOS:
-            raise fatal_disk_error(exc, cfg, out) from None
-        log.debug("job failed", exc_info=True)
-        row.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
     except Exception as exc:  # noqa: BLE001 - a failed job is a row, not a crash of the grid
-        log.debug("job failed", exc_info=True)
-        row.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
-    row["cache"] = {
-        stage: {k: v - stats_before.get(stage, {}).get(k, 0) for k, v in d.items()} for stage, d in store.stats.items()
-    }
-    row["timing"] = {**{k: round(v, 4) for k, v in ctx.timings.items()}, "total": round(time.perf_counter() - t0, 4)}
+        record_failure(row, exc, cfg, out)
+    record_costs(row, store, stats_before, ctx, t0)
     det = None
     release_free_memory()
     return row

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,12 +25,12 @@ from bench.discovery.contract import DiscoverySet, get_discoverer
 from bench.discovery.maps import Frame, MapSet, patchcore_maps, png_map_paths, png_maps
 from bench.discovery.metrics import discovery_metrics
 from bench.discovery.protocol import LabelledSet
-from bench.errors import BenchError, DatasetError
+from bench.errors import DatasetError
 from bench.features.store import FeatureStore
 from bench.method import TaskContext, config_dict, config_hash
 from bench.run.config import RunConfig
 from bench.run.envinfo import environment
-from bench.run.job import FATAL_ERRNOS, base_row, fatal_disk_error, feature_store, make_context
+from bench.run.job import FATAL_ERRNOS, base_row, fatal_disk_error, feature_store, make_context, record_costs, record_failure
 from bench.run.plan import RUNNER_VERSION, Job
 from bench.run.tasks import TASKS
 
@@ -195,15 +194,9 @@ def run_discovery_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> 
         row.update(status="ok", error=None, y_true=list(ls.labels), clusters=clusters.tolist(),
                    maps=data.maps().info if "maps" in reads else None, train_log=ctx.log,
                    method_info=method.extra_info())  # fmt: skip
-    except BenchError as exc:
-        row.update(status="error", error=str(exc))
     except Exception as exc:  # noqa: BLE001 - a failed job is a row, not a crash of the grid
-        if isinstance(exc, OSError) and exc.errno in FATAL_ERRNOS:
-            raise fatal_disk_error(exc, cfg, out) from None
-        log.debug("job failed", exc_info=True)
-        row.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
-    row["cache"] = {stage: {k: v - stats_before.get(stage, {}).get(k, 0) for k, v in d.items()} for stage, d in store.stats.items()}
-    row["timing"] = {**{k: round(v, 4) for k, v in ctx.timings.items()}, "total": round(time.perf_counter() - t0, 4)}
+        record_failure(row, exc, cfg, out)
+    record_costs(row, store, stats_before, ctx, t0)
     method = None
     release_free_memory()
     return row

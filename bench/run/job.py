@@ -112,6 +112,31 @@ def fatal_disk_error(exc: OSError, cfg: RunConfig, out: Path) -> BenchError:
     )
 
 
+def record_failure(row: dict[str, Any], exc: Exception, cfg: RunConfig, out: Path) -> None:
+    """Inside a job's ``except Exception``: the failure becomes the row's status and error (a failed job is a row,
+    not a crash of the grid). A harness error keeps its own one-line message; anything else also keeps the end of its
+    traceback.
+
+    Raises:
+        BenchError: a full, over-quota or read-only disk (:data:`FATAL_ERRNOS`): every later job would fail too.
+    """
+    if isinstance(exc, BenchError):
+        row.update(status="error", error=str(exc))
+        return
+    if isinstance(exc, OSError) and exc.errno in FATAL_ERRNOS:
+        raise fatal_disk_error(exc, cfg, out) from None
+    log.debug("job failed", exc_info=True)
+    row.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
+
+
+def record_costs(row: dict[str, Any], store: FeatureStore, stats_before: dict, ctx: TaskContext, t0: float) -> None:
+    """The job's cache hits and misses (the store's counters since ``stats_before``) and its stage timings."""
+    row["cache"] = {
+        stage: {k: v - stats_before.get(stage, {}).get(k, 0) for k, v in d.items()} for stage, d in store.stats.items()
+    }
+    row["timing"] = {**{k: round(v, 4) for k, v in ctx.timings.items()}, "total": round(time.perf_counter() - t0, 4)}
+
+
 def run_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, Any]:
     """Run one job and return its row (status ok or error). Never raises for a job-level failure.
 
@@ -165,21 +190,9 @@ def run_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, 
         row.update(status="ok", error=None, y_true=list(ep.query_labels), y_pred=y_pred)
         row["train_log"] = ctx.log
         row["method_info"] = method.extra_info()
-    except BenchError as exc:
-        row.update(status="error", error=str(exc))
-    except OSError as exc:
-        if exc.errno in FATAL_ERRNOS:
-            raise fatal_disk_error(exc, cfg, out) from None
-        log.debug("job failed", exc_info=True)
-        row.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
     except Exception as exc:  # noqa: BLE001 - a failed job is a row, not a crash of the grid
-        log.debug("job failed", exc_info=True)
-        row.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
-    stats_after = store.stats
-    row["cache"] = {
-        stage: {k: v - stats_before.get(stage, {}).get(k, 0) for k, v in d.items()} for stage, d in stats_after.items()
-    }
-    row["timing"] = {**{k: round(v, 4) for k, v in ctx.timings.items()}, "total": round(time.perf_counter() - t0, 4)}
+        record_failure(row, exc, cfg, out)
+    record_costs(row, store, stats_before, ctx, t0)
     method = None  # the job's model, optimiser state and tensors go before the heap's free pages are returned
     release_free_memory()
     return row
