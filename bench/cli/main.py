@@ -82,6 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print("\nterminated (SIGTERM)." if isinstance(exc, Terminated) else "\ninterrupted.", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of stdout went away (`bench list methods | head`): stop quietly, as Unix tools do. Point stdout
+        # at /dev/null so that the interpreter's final flush does not raise again (Python's signal docs, "Note on
+        # SIGPIPE"). A run's rows are already saved line by line.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def exit_interrupted(signum: int = 2) -> None:
