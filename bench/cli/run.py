@@ -59,7 +59,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    "written by any detector (default: the harness's PatchCore)")
     p.add_argument("--include-good", action="store_true", default=None, help="add test good images as a class (Appendix F)")
     p.add_argument("--exclude-combined", action="store_true", default=None, help="drop the 'combined' defect type")
-    p.add_argument("--min-defect-types", type=int, help="skip categories with fewer defect types (default 2)")
+    p.add_argument("--min-defect-types", type=int, help="skip categories with fewer defect types (default: 2 for classification, 1 for the other tasks)")
     p.add_argument("--backbone", help="timm backbone (default tf_efficientnet_lite0, ImageNet weights installed with the harness; the paper: resnet50)")
     p.add_argument("--weights", help="imagenet (default), random, or a local weights file")
     p.add_argument("--layers", nargs="+", metavar="NAME", help="backbone stages to aggregate (default: those at strides 8 and 16)")

@@ -84,7 +84,7 @@ class RunConfig:
         if self.protocol not in task.protocols:
             raise bad("--protocol", self.protocol, f"{' or '.join(task.protocols)} for --task {self.task}")
         if self.min_defect_types < 1:
-            raise bad("--min-defect-types", self.min_defect_types, "at least 1 (default 2)")
+            raise bad("--min-defect-types", self.min_defect_types, "at least 1 (default: 2 for classification, 1 for detection and discovery)")
         if not (math.isfinite(self.coreset_ratio) and 0 < self.coreset_ratio <= 1):
             raise bad("--coreset-ratio", self.coreset_ratio, "a share of the memory bank kept, in (0, 1] (default 0.1)")
         if self.precision not in ("fp32", "bf16"):

@@ -64,8 +64,9 @@ class Task:
                     other.registry.import_all()
                     if other is not self and name in other.registry:
                         raise ConfigError(
-                            f"method {name!r} solves the task {other.name!r}, not {self.name!r} (--task {self.name}). "
-                            f"Its methods: {', '.join(self.registry.names())} ({self.list_command})."
+                            f"method {name!r} solves the task {other.name!r}, not {self.name!r}: run it with --task "
+                            f"{other.name}, or pick a method of --task {self.name}: {', '.join(self.registry.names())} "
+                            f"({self.list_command})."
                         )
             spec = self.registry.get(name).obj
             if getattr(spec.cls, "task", self.name) != self.name:
