@@ -386,3 +386,18 @@ def test_every_registered_method_has_a_paper_or_readable_name() -> None:
     named = set(PAPER_METHODS) | set(OTHER_NAMES)
     assert registered - named == set(), "registered methods without a table name"
     assert named - registered == set(), "table names for methods that are not registered"
+
+
+def test_document_title_names_the_tasks_the_results_hold() -> None:
+    """A report of detection and discovery rows together was titled 'Few-shot defect-type classification'; the title
+    names the tasks present (classification's when the results are empty)."""
+    from types import SimpleNamespace
+
+    from bench.report.load import Results
+
+    def subject(tasks: list[str]) -> str:
+        return Results.subject(SimpleNamespace(tasks=lambda: tasks))  # type: ignore[arg-type]
+
+    assert subject(["classification"]) == subject([]) == "Few-shot defect-type classification"
+    assert subject(["detection", "discovery"]) == "Few-shot anomaly detection · Anomaly class discovery"
+    assert subject(["discovery"]) == "Anomaly class discovery"

@@ -99,8 +99,8 @@ def build_leaderboard(res: Results, n_boot: int, boot_seed: int, plots_dir: Path
     from bench.report import plots
     from bench.report.discovery import TASK as DISCOVERY, leaderboard_sections
 
-    title = "Leaderboard: anomaly class discovery" if res.tasks() == [DISCOVERY] else "Leaderboard: few-shot defect-type classification"
-    doc = Document(title, res.intro(shown=(DISCOVERY, "detection")), command=command)  # detection: cli add_detection
+    subject = " · ".join(part[0].lower() + part[1:] for part in res.subject().split(" · "))
+    doc = Document(f"Leaderboard: {subject}", res.intro(shown=(DISCOVERY, "detection")), command=command)  # detection: cli add_detection
     for group in res.groups(DEFAULT_TASK):
         cats, seeds, shots = res.grid(group)
         text = [f"Expected grid: {len(cats)} categories ({', '.join(cats)}) × {len(seeds)} seeds {seeds}; shots {shots}.",

@@ -128,6 +128,13 @@ def weights_desc(f: dict[str, str]) -> str:
     return f"{f['backbone']} / {f['weights']}"
 
 
+TASK_TITLES = {
+    "classification": "Few-shot defect-type classification",
+    "detection": "Few-shot anomaly detection",
+    "discovery": "Anomaly class discovery",
+}
+"""Each task's name in a document title."""
+
 @dataclass
 class Results:
     """Rows of one or more results files, one per job, with configuration ids and labels.
@@ -160,6 +167,11 @@ class Results:
 
     def tasks(self) -> list[str]:
         return sorted(self.frame.task.unique())
+
+    def subject(self) -> str:
+        """What these results are about, for a document's title: the names of the tasks they hold
+        (``Few-shot anomaly detection · Anomaly class discovery``), classification's when there are none."""
+        return " · ".join(TASK_TITLES.get(t, t) for t in self.tasks()) or TASK_TITLES[DEFAULT_TASK]
 
     def grid(self, group: str) -> tuple[list[str], list[int], list[int]]:
         """Expected categories, seeds and shots of a group (union over all its rows, failed ones included)."""

@@ -298,8 +298,7 @@ def build_report(
     from bench.report import plots
     from bench.report.discovery import TASK as DISCOVERY, discovery_sections
 
-    title = "Anomaly class discovery: report" if res.tasks() == [DISCOVERY] else "Few-shot defect-type classification: report"
-    doc = Document(title, res.intro(shown=(DISCOVERY, "detection")), command=command)  # detection: cli add_detection
+    doc = Document(f"{res.subject()}: report", res.intro(shown=(DISCOVERY, "detection")), command=command)  # detection: cli add_detection
     doc.sections.append(Section("Configurations", tables=[configs_table(res)]))
     for group in res.groups(DEFAULT_TASK):
         cats, seeds, shots = res.grid(group)
