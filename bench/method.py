@@ -303,17 +303,28 @@ def register_method(
     """Class decorator: register ``cls`` (with config ``overrides``) under ``name``. Stack it for variants."""
 
     def deco(cls: type[Method]) -> type[Method]:
-        if not (isinstance(cls, type) and issubclass(cls, Method)):
-            raise TypeError(f"@register_method({name!r}) must decorate a Method subclass, got {cls!r}")
-        if not dataclasses.is_dataclass(getattr(cls, "Config", None)):
-            raise TypeError(f"{cls.__name__}.Config must be a dataclass")
-        desc = description or (cls.__doc__ or "").strip().splitlines()[0]
-        spec = MethodSpec(name=name, cls=cls, overrides=dict(overrides or {}), description=desc, tags=tuple(tags))
-        spec.make_config()  # fail at import time if the overrides are wrong
-        METHODS.add(name, spec, description=desc)
+        add_spec(METHODS, MethodSpec, Method, "register_method", cls, name, description, overrides, tags)
         return cls
 
     return deco
+
+
+def add_spec(
+    registry: Registry, spec_cls: type[MethodSpec], base: type, decorator: str, cls: type, name: str,
+    description: str, overrides: dict[str, Any] | None, tags: Sequence[str],
+) -> None:
+    """What every ``@register_*`` decorator of a task does (methods, ``bench.detection``'s detectors,
+    ``bench.discovery``'s discoverers): check that ``cls`` is a ``base`` subclass with a dataclass ``Config``, build
+    its ``spec_cls`` (the description defaults to the docstring's first line), build its config once so that wrong
+    ``overrides`` fail at import time, and add it to ``registry`` under ``name``."""
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"@{decorator}({name!r}) must decorate a {base.__name__} subclass, got {cls!r}")
+    if not dataclasses.is_dataclass(getattr(cls, "Config", None)):
+        raise TypeError(f"{cls.__name__}.Config must be a dataclass")
+    desc = description or (cls.__doc__ or "").strip().splitlines()[0]
+    spec = spec_cls(name=name, cls=cls, overrides=dict(overrides or {}), description=desc, tags=tuple(tags))
+    spec.make_config()  # fail at import time if the overrides are wrong
+    registry.add(name, spec, description=desc)
 
 
 def get_method(name: str) -> MethodSpec:

@@ -27,13 +27,12 @@ so ``--set`` options are checked and coerced by the same code as the classifiers
 from __future__ import annotations
 
 import abc
-import dataclasses
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
 from bench.errors import ConfigError
-from bench.method import METHODS, MethodSpec, TaskContext, check_options
+from bench.method import METHODS, MethodSpec, TaskContext, add_spec
 from bench.registry import Registry, UnknownNameError
 
 DETECTION_TASK = "detection"
@@ -89,16 +88,9 @@ def register_detector(
     """Class decorator: register ``cls`` (with config ``overrides``) under ``name``. Stack it for variants."""
 
     def deco(cls: type[Detector]) -> type[Detector]:
-        if not (isinstance(cls, type) and issubclass(cls, Detector)):
-            raise TypeError(f"@register_detector({name!r}) must decorate a Detector subclass, got {cls!r}")
-        if not dataclasses.is_dataclass(getattr(cls, "Config", None)):
-            raise TypeError(f"{cls.__name__}.Config must be a dataclass")
         if name in METHODS:
             raise ValueError(f"detector {name!r}: the name is taken by a classification method")
-        desc = description or (cls.__doc__ or "").strip().splitlines()[0]
-        spec = MethodSpec(name=name, cls=cls, overrides=dict(overrides or {}), description=desc, tags=tuple(tags))  # type: ignore[arg-type]
-        spec.make_config()  # fail at import time if the overrides are wrong
-        DETECTORS.add(name, spec, description=desc)
+        add_spec(DETECTORS, MethodSpec, Detector, "register_detector", cls, name, description, overrides, tags)
         return cls
 
     return deco

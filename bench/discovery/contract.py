@@ -25,14 +25,13 @@ automatically, listed by ``python -m bench list discoverers`` and runnable with 
 from __future__ import annotations
 
 import abc
-import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
 from bench.errors import DatasetError
-from bench.method import MethodSpec, TaskContext
+from bench.method import MethodSpec, TaskContext, add_spec
 from bench.registry import Registry
 
 if TYPE_CHECKING:
@@ -146,14 +145,7 @@ def register_discoverer(
     """Class decorator: register ``cls`` (with config ``overrides``) under ``name``. Stack it for variants."""
 
     def deco(cls: type[Discoverer]) -> type[Discoverer]:
-        if not (isinstance(cls, type) and issubclass(cls, Discoverer)):
-            raise TypeError(f"@register_discoverer({name!r}) must decorate a Discoverer subclass, got {cls!r}")
-        if not dataclasses.is_dataclass(getattr(cls, "Config", None)):
-            raise TypeError(f"{cls.__name__}.Config must be a dataclass")
-        desc = description or (cls.__doc__ or "").strip().splitlines()[0]
-        spec = DiscovererSpec(name=name, cls=cls, overrides=dict(overrides or {}), description=desc, tags=tuple(tags))  # type: ignore[arg-type]
-        spec.make_config()  # fail at import time if the overrides are wrong
-        DISCOVERERS.add(name, spec, description=desc)
+        add_spec(DISCOVERERS, DiscovererSpec, Discoverer, "register_discoverer", cls, name, description, overrides, tags)
         return cls
 
     return deco
