@@ -38,7 +38,7 @@ from bench.method import TaskContext, config_dict, config_hash
 from bench.run.config import RunConfig
 from bench.run.envinfo import environment
 from bench.run.job import FATAL_ERRNOS, base_row, fatal_disk_error, feature_store, make_context, record_costs, record_failure
-from bench.run.plan import Job, job_identity
+from bench.run.plan import Job, category_content, job_identity
 from bench.run.tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,7 @@ def plan_detection(cfg: RunConfig, samples: Samples) -> list[Job]:
     memo = hash_memo_dir(cfg.cache_dir)
     jobs: list[Job] = []
     for category in samples.categories():
-        try:
-            content, content_err = samples.content_hash(category, memo), None
-        except DatasetError as exc:
-            content, content_err = "unreadable", str(exc)
+        content, content_err = category_content(samples, category, memo)
         for seed in cfg.seeds:
             for shots in cfg.shots:
                 try:

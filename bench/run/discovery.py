@@ -31,7 +31,7 @@ from bench.method import TaskContext, config_dict, config_hash
 from bench.run.config import RunConfig
 from bench.run.envinfo import environment
 from bench.run.job import FATAL_ERRNOS, base_row, fatal_disk_error, feature_store, make_context, record_costs, record_failure
-from bench.run.plan import RUNNER_VERSION, Job
+from bench.run.plan import RUNNER_VERSION, Job, category_content
 from bench.run.tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,7 @@ def plan_discovery(cfg: RunConfig, samples: Samples) -> list[Job]:
     jobs: list[Job] = []
     for category in samples.categories():
         has_normals = bool(samples.train_paths(category))
-        try:
-            content, err = samples.content_hash(category, memo), None
-        except DatasetError as exc:
-            content, err = "unreadable", str(exc)
+        content, err = category_content(samples, category, memo)
         try:
             ls: LabelledSet | None = task.episode(samples, category, cfg.protocol)
             set_hash = ls.hash

@@ -11,6 +11,7 @@ features and pretraining of that group are shared.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from bench.cache import hash_memo_dir
@@ -92,6 +93,15 @@ def job_identity(
     return ident
 
 
+def category_content(samples: Samples, category: str, memo: Path | None) -> tuple[str, str | None]:
+    """The content hash of a category's images (part of every job key, so replacing an image reruns its jobs) and
+    ``None``; or ``"unreadable"`` and the reason, which every job of the category then carries as its error."""
+    try:
+        return samples.content_hash(category, memo), None
+    except DatasetError as exc:
+        return "unreadable", str(exc)
+
+
 def plan(cfg: RunConfig, samples: Samples) -> list[Job]:
     """Expand the grid into jobs (episodes are built here; impossible episodes become failing jobs)."""
     configs = cfg.method_configs
@@ -100,10 +110,7 @@ def plan(cfg: RunConfig, samples: Samples) -> list[Job]:
     jobs: list[Job] = []
     for category in samples.categories():
         has_normals = bool(samples.train_paths(category))
-        try:
-            content, content_err = samples.content_hash(category, memo), None
-        except DatasetError as exc:
-            content, content_err = "unreadable", str(exc)
+        content, content_err = category_content(samples, category, memo)
         for seed in cfg.seeds:
             for shots in cfg.shots:
                 try:
