@@ -109,6 +109,27 @@ def load_rgb(path: str | Path) -> Image.Image:
         ) from None
 
 
+TURNED = (5, 6, 7, 8)
+"""EXIF orientations that turn an image by 90° (``exif_transpose`` swaps its width and height)."""
+
+
+def upright_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of ``path`` as :func:`load_rgb` returns it: EXIF orientation applied, so a photo stored
+    sideways has its sides swapped. Anything placed on an image (its anomaly map, its mask, a crop) uses this size,
+    never the stored one, or it would lie across the picture the features saw.
+
+    Raises:
+        DatasetError: the file cannot be read as an image.
+    """
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            turned = im.getexif().get(0x0112, 1) in TURNED
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"not a readable image: {path} ({exc}). Re-copy it or remove it from the dataset folder.") from None
+    return (h, w) if turned else (w, h)
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Resize (shorter side) → center crop → tensor → normalisation (``fit="crop"``, the paper's).

@@ -22,7 +22,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--data-root")
     p.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0], help="the set MEBin's range is taken over")
-    p.add_argument("--maps", help="folder of 8-bit PNG maps <maps>/<category>/<type>/<name>.png (default: PatchCore)")
+    p.add_argument("--maps", help="folder of 8- or 16-bit PNG maps <maps>/<category>/<type>/<name>.png, as bench maps "
+                   "writes them (default: PatchCore)")
     p.add_argument("--backbone", help="PatchCore backbone (default tf_efficientnet_lite0 with its ImageNet weights)")
     p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a local weights file")
     p.add_argument("--image-fit", choices=FITS, help="default: the dataset's choice (mtd: squash), else crop")
@@ -31,13 +32,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=int, default=6, help="images (rows) to show, one per class in turn")
     p.add_argument("--cache-dir")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", type=Path, help="PNG path (default results/crops_<category>.png)")
+    p.add_argument("--out", type=Path, help="picture file, .png or .jpg, or an existing folder (default "
+                   "results/crops_<category>.png); never inside the dataset folder")
 
 
 def main(args: argparse.Namespace) -> int:
     from bench.datasets import DatasetOptions, dataset_image_fit, load_dataset
     from bench.discovery.maps import Frame, patchcore_maps, png_map_paths, png_maps
-    from bench.discovery.pictures import save_crops_picture
+    from bench.discovery.pictures import check_writable, picture_format, save_crops_picture
     from bench.discovery.protocol import discovery_set
     from bench.errors import ConfigError
     from bench.features.backbones import DEFAULT_BACKBONE
@@ -45,12 +47,19 @@ def main(args: argparse.Namespace) -> int:
     from bench.features.store import shared_store
     from bench.paths import cache_root, set_cache_root
     from bench.run.config import resolve_device
+    from bench.run.grid import check_out_outside_data
 
     if args.images < 1:
         raise ConfigError(f"--images {args.images} is not allowed: at least 1")
+    out = args.out or Path("results") / f"crops_{args.category}.png"
+    if out.is_dir():
+        out = out / f"crops_{args.category}.png"
+    picture_format(out)
     if args.cache_dir:
         set_cache_root(args.cache_dir)
     samples = load_dataset(args.dataset, args.data_root, DatasetOptions(categories=(args.category,), min_defect_types=1))
+    check_out_outside_data(out, samples.root)  # as `run` does: a picture there would be read as a defect image
+    check_writable(out)
     ls = discovery_set(samples, args.category, args.protocol)
     fcfg = FeatureConfig(backbone=args.backbone or DEFAULT_BACKBONE, weights=args.weights,
                          image_fit=args.image_fit or dataset_image_fit(args.dataset))  # fmt: skip
@@ -64,7 +73,6 @@ def main(args: argparse.Namespace) -> int:
             print("note: RANDOM backbone weights: the maps are a pipeline check, not a detector's.")
         bank = store.bank(samples.train_paths(args.category), seed=args.seed, coreset_ratio=args.coreset_ratio)
         maps = patchcore_maps(store, bank, ls.paths, frame)
-    out = args.out or Path("results") / f"crops_{args.category}.png"
     save_crops_picture(ls, maps, frame, out, args.images)
     print(f"wrote {out} ({min(args.images, len(ls.paths))} of {len(ls.paths)} images of {args.category}; maps: "
           f"{maps.info['source']}, MEBin range over the whole {args.protocol} set)")  # fmt: skip

@@ -7,10 +7,12 @@ Examples::
 
 Fits the detector on the same k shots as ``bench run --task detection`` (the seeded draw of (category, k, seed)) and
 writes one map per test image of each category: ``<out>/<category>/<type>/<name>.png`` (``<type>`` = ``good`` or the
-defect type, ``<name>`` = the image's file name with ``.png``), at the image's own size, min–max normalised jointly
-over the category's maps to 8 (default) or 16 bits; ``<out>/<category>/normalisation.json`` holds min, max, bits and
-what made them (detector, its options, k, seed, the shot files). Only detectors that localise have maps
-(``patchcore-kshot``). Nothing is written to a results file.
+defect type, ``<name>`` = the image's file name with ``.png`` in place of its extension, or after it where two images
+of a type share a stem), at the image's own upright size, min–max normalised jointly over the category's maps to 8
+(default) or 16 bits; ``<out>/<category>/normalisation.json`` holds min, max, bits and what made them (detector, its
+options, k, seed, the shot files). Only detectors that localise have maps (``patchcore-kshot``). Nothing is written to
+a results file. ``--out`` is a new or empty folder, or one an earlier ``bench maps`` wrote (its marker file
+``.bench-maps``): a category's maps are replaced whole, never half.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from bench.cli._args import parse_set
     from bench.detection.detector import DETECTION_TASK
+    from bench.detection.maps import check_folder, claim_folder
     from bench.features.backbones import DEFAULT_BACKBONE
     from bench.run.config import RunConfig
     from bench.run.detection import plan_detection, write_job_maps
@@ -54,9 +57,11 @@ def main(args: argparse.Namespace) -> int:
         backbone=args.backbone or DEFAULT_BACKBONE, weights=args.weights, layers=args.layers, image_fit=args.image_fit,
         exclude_combined=bool(args.exclude_combined), device=args.device, cache_dir=args.cache_dir, out=args.out,
     )  # fmt: skip
+    out = Path(args.out)
+    check_folder(out)  # before the backbone loads: a file or a foreign folder is refused at once
     samples = preflight(cfg)
     check_out_outside_data(args.out, samples.root)
-    out = Path(args.out)
+    claim_folder(out)
     for job in plan_detection(cfg, samples):
         written = write_job_maps(cfg, samples, job, out, args.bits)
         print(f"{job.describe()}: {len(written)} maps in {out / job.category}/<type>/ (normalisation: "

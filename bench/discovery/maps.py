@@ -13,9 +13,14 @@ resolution. Crops are cut from the *source* image (:meth:`Frame.source_box`), at
   anomaly_maps`), bilinearly upsampled to the frame and smoothed with a Gaussian of σ = 4 px as PatchCore's reference
   does; then min–max normalised *jointly over all maps of the set* and stored as uint8, as AnomalyNCD's reference
   reads its maps (8-bit PNG files written that way by the detector scripts).
-* ``png`` (``--maps PATH``): 8-bit grey PNG files written by any detector, ``PATH/<category>/<type>/<image stem>.png``
-  (the layout of AnomalyNCD's map folders), each covering its whole source image; read as they are (the writer
-  normalised them) and brought to the frame.
+* ``png`` (``--maps PATH``): grey PNG files of 8 or 16 bits written by any detector (``bench maps`` writes both),
+  ``PATH/<category>/<type>/<image stem>.png`` (the layout of AnomalyNCD's map folders; images of one type that share
+  a stem keep their whole file name, :func:`bench.detection.maps.map_names`), each covering its whole upright source
+  image; read as they are (the writer normalised them: a 16-bit value v counts as v / 257 on the 8-bit scale) and
+  brought to the frame. :func:`read_map` is the one reader; it refuses what would pass silently as a wrong map: a
+  colour or float file, NaN or infinite values, a map saturated at the top of its scale, a map whose aspect differs
+  from its image's; :func:`png_maps` refuses a set whose maps are all constant (one flat map, a normal image's, is
+  a detector's honest answer).
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 from PIL import Image
 
+from bench.detection.maps import map_names
 from bench.errors import DatasetError
-from bench.images import FITS, Preprocess, load_rgb
+from bench.images import FITS, Preprocess, load_rgb, upright_size
 
 if TYPE_CHECKING:
     from bench.features.knn import MemoryBank
@@ -105,20 +111,84 @@ class Frame:
         return np.asarray(img.resize((self.side, self.side), resample, box=(sx0, sy0, sx1, sy1))).astype(a.dtype)
 
 
+def fits_image(size: tuple[int, int], image_size: tuple[int, int]) -> bool:
+    """Whether an array of ``size`` = (w, h) can cover an image of ``image_size``: the same size, or scaled (the same
+    aspect ratio, up to the rounding of each side)."""
+    (w, h), (iw, ih) = size, image_size
+    return abs(w * ih - h * iw) <= (iw + ih) / 2
+
+
+def size_mismatch(size: tuple[int, int], image_path: str) -> str | None:
+    """Why an array of ``size`` = (w, h) does not fit its image (:func:`fits_image`); ``None`` when it does."""
+    isize = upright_size(image_path)
+    if fits_image(size, isize):
+        return None
+    why = (f"is {size[0]}×{size[1]} px but its image {image_path} is {isize[0]}×{isize[1]} (upright): it must cover "
+           "the whole image, at its size or scaled")  # fmt: skip
+    if fits_image(size[::-1], isize):
+        why += " (this one is turned by 90°: write it at the upright orientation, EXIF applied, as the features see it)"
+    return why
+
+
+def read_mask(mask_path: str, image_path: str) -> np.ndarray:
+    """A ground-truth mask file (> 127 = defect) as a bool array at its own resolution, checked to cover its image.
+
+    Raises:
+        DatasetError: the mask is missing, unreadable or of another shape than its image (naming the file).
+    """
+    if not Path(mask_path).is_file():
+        raise DatasetError(f"the mask {mask_path} of image {image_path} is missing: restore it (or drop the methods "
+                           "that read ground-truth masks).")  # fmt: skip
+    try:
+        with Image.open(mask_path) as im:
+            m = np.asarray(im.convert("L")) > 127
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"cannot read the mask {mask_path} of image {image_path} ({exc}).") from None
+    bad = size_mismatch((m.shape[1], m.shape[0]), image_path)
+    if bad:
+        raise DatasetError(f"the mask {mask_path} {bad}.")
+    return m
+
+
 def load_mask(mask_path: str, image_path: str, frame: Frame) -> np.ndarray:
     """A ground-truth mask file (> 127 = defect) as a (side, side) bool array in the frame; ``""`` = no defect.
 
     Raises:
-        DatasetError: the mask cannot be read.
+        DatasetError: see :func:`read_mask`.
     """
     if not mask_path:
         return np.zeros((frame.side, frame.side), bool)
-    try:
-        with Image.open(mask_path) as im:
-            m = np.asarray(im.convert("L")) > 127
-    except OSError as exc:
-        raise DatasetError(f"cannot read the mask {mask_path} of image {image_path} ({exc}).") from None
+    m = read_mask(mask_path, image_path)
     return frame.to_frame(m.astype(np.uint8) * 255, nearest=True) > 127
+
+
+def check_defect_masks(image_paths: Sequence[str], mask_paths: Sequence[str], types: Sequence[str]) -> None:
+    """Before an oracle reads ground-truth masks in place of anomaly maps: every defect image (``types`` not
+    ``good``) has a mask that :func:`read_mask` accepts, and no defect type has only empty masks. Without this a
+    defect image without its mask, or a type whose masks are blank, would be one whole-image crop and the oracle's
+    score would mean nothing. A few empty masks are real (4 of MTD's 392 ``uneven`` masks are blank) and pass.
+    A set without any mask is left to :meth:`bench.discovery.contract.DiscoverySet.gt_masks`, which says so.
+
+    Raises:
+        DatasetError: naming the image or mask file, or the type and one of its masks.
+    """
+    defects = [(p, m, t) for p, m, t in zip(image_paths, mask_paths, types) if t != "good"]
+    if not any(m for _, m, _ in defects):
+        return
+    lacking = [p for p, m, _ in defects if not m]
+    if lacking:
+        raise DatasetError(f"{len(lacking)} defect image(s) have no ground-truth mask, e.g. {lacking[0]}: an oracle reads "
+                           "one for every defect image; restore the masks (or drop the methods that read them).")  # fmt: skip
+    marked: dict[str, bool] = {}
+    first: dict[str, str] = {}
+    for p, m, t in defects:
+        first.setdefault(t, m)
+        marked[t] = marked.get(t, False) or bool(read_mask(m, p).any())
+    blank = [t for t, any_px in marked.items() if not any_px]
+    if blank:
+        raise DatasetError(f"every ground-truth mask of defect type {blank[0]!r} is empty (no pixel above 127), e.g. "
+                           f"{first[blank[0]]}: an oracle would crop whole images. Restore the masks (or drop the "
+                           "methods that read them).")  # fmt: skip
 
 
 def frame_image(path: str, frame: Frame) -> np.ndarray:
@@ -168,28 +238,66 @@ def patchcore_maps(store: "FeatureStore", bank: "MemoryBank", paths: Sequence[st
 
 
 def png_map_paths(root: str | Path, category: str, labels: Sequence[str], paths: Sequence[str]) -> list[Path]:
-    """Where ``--maps`` keeps the map of each image: ``root/<category>/<type>/<image stem>.png``."""
-    return [Path(root) / category / lab / f"{Path(p).stem}.png" for lab, p in zip(labels, paths)]
+    """Where ``--maps`` keeps the map of each image: ``root/<category>/<type>/<image stem>.png``, by the rule
+    ``bench maps`` writes them with (:func:`bench.detection.maps.map_names`)."""
+    return [Path(root) / category / name for name in map_names(labels, paths)]
+
+
+def read_map(path: Path, image_path: str, root: str | Path) -> np.ndarray:
+    """One PNG anomaly map as float32 on the 8-bit scale [0, 255], at its own resolution (module docstring).
+
+    8-bit grey maps are read as they are, 16-bit ones (``bench maps --bits 16``, or another writer's) scaled by
+    255 / 65535 (PIL's own conversion to 8 bits would clip them to 255: a saturated map).
+
+    Raises:
+        DatasetError: the map is missing or unreadable, colour, float, non-finite, saturated (every pixel at the top
+            of its scale), or does not cover its image (:func:`fits_image`): each names the file.
+    """
+    where = f"--maps {root}: the anomaly map {path}"
+    if not path.is_file():
+        raise DatasetError(f"--maps {root}: no anomaly map {path} for image {image_path}. Maps are read as <maps>/"
+                           "<category>/<type>/<image name>.png (8- or 16-bit grey), one per test image.")  # fmt: skip
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode, fmt, a = im.mode, im.format, np.asarray(im)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"{where} cannot be read ({exc}).") from None
+    fix = "write it as a grey PNG of 8 or 16 bits, min-max normalised over the set (as bench maps does)"
+    if mode == "L":
+        scale = 1.0
+    elif mode.startswith("I;16") or (mode == "I" and fmt == "PNG" and a.min() >= 0 and a.max() <= 65535):
+        scale = 255.0 / 65535.0
+    elif mode == "F" and not np.isfinite(a).all():
+        raise DatasetError(f"{where} holds NaN or infinite values: {fix}.")
+    elif mode == "F":
+        raise DatasetError(f"{where} is a float image (mode F), not a map of 8 or 16 bits: {fix}.")
+    else:
+        raise DatasetError(f"{where} is a {mode} image, not a single-channel grey map of 8 or 16 bits: {fix}.")
+    if a.min() == a.max() == (255 if mode == "L" else 65535):
+        raise DatasetError(f"{where} is constant at the top of its scale (every pixel {a.flat[0]}): a saturated or "
+                           f"clipped file; {fix}.")  # fmt: skip
+    bad = size_mismatch((a.shape[1], a.shape[0]), image_path)
+    if bad:
+        raise DatasetError(f"{where} {bad}.")
+    return a.astype(np.float32) * np.float32(scale)
 
 
 def png_maps(map_paths: Sequence[Path], image_paths: Sequence[str], frame: Frame, root: str | Path) -> MapSet:
-    """8-bit PNG maps (any size, each covering its whole image) brought to the frame, values kept.
+    """PNG maps of 8 or 16 bits (:func:`read_map`) brought to the frame on the 8-bit scale, values kept.
 
     Raises:
-        DatasetError: a map is missing or unreadable (naming the expected file).
+        DatasetError: see :func:`read_map`.
     """
     out = np.empty((len(map_paths), frame.side, frame.side), np.uint8)
+    flat = 0
     for i, (mp, ip) in enumerate(zip(map_paths, image_paths)):
-        if not mp.is_file():
-            raise DatasetError(
-                f"--maps {root}: no anomaly map {mp} for image {ip}. Maps are read as <maps>/<category>/<type>/"
-                "<image name>.png (8-bit grey), one per test image."
-            )
-        try:
-            with Image.open(mp) as im:
-                a = np.asarray(im.convert("L"))
-        except OSError as exc:
-            raise DatasetError(f"--maps: cannot read the anomaly map {mp} ({exc}).") from None
-        out[i] = frame.to_frame(a)
-    info = {"source": "png", "root": str(root), "side": frame.side, "normalisation": "as written (8-bit PNG)"}
+        a = read_map(mp, ip, root)
+        flat += int(a.min() == a.max())
+        out[i] = np.clip(np.rint(frame.to_frame(a)), 0, 255).astype(np.uint8)
+    if map_paths and flat == len(map_paths):
+        raise DatasetError(f"--maps {root}: every anomaly map of the set is constant (e.g. {map_paths[0]}): they mark "
+                           "nothing. Write each map as a grey PNG of 8 or 16 bits, min-max normalised over the set (as "
+                           "bench maps does).")  # fmt: skip
+    info = {"source": "png", "root": str(root), "side": frame.side, "normalisation": "as written (8 bits; 16 bits / 257)"}
     return MapSet(out, info)

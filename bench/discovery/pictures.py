@@ -8,17 +8,24 @@ shows a few of its images, one per class first.
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from bench.cache import TMP_PREFIX, atomic_write
 from bench.discovery.contract import DiscoverySet
 from bench.discovery.crops import CropImages, image_crops
 from bench.discovery.maps import Frame, MapSet, frame_image, load_mask
 from bench.discovery.mebin import mebin
 from bench.discovery.protocol import LabelledSet
+from bench.errors import BenchError, ConfigError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+PICTURE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
+"""The picture files ``bench show-crops`` writes, by suffix."""
 
 
 def pick(ls: LabelledSet, n: int) -> list[int]:
@@ -77,9 +84,49 @@ def crops_figure(ls: LabelledSet, maps: MapSet, frame: Frame, chosen: Sequence[i
     return fig
 
 
+def picture_format(out: Path) -> str:
+    """The file format of a picture path, from its suffix: ``png`` or ``jpeg`` (:data:`PICTURE_FORMATS`).
+
+    Raises:
+        ConfigError: any other suffix (matplotlib would write a PDF or SVG under a ``.png``-less name, or fail on
+            ``.txt`` after the maps were computed).
+    """
+    fmt = PICTURE_FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"--out {out}: the picture is written as PNG or JPEG; give a file name ending in "
+                          f"{', '.join(PICTURE_FORMATS)}, or an existing folder.")  # fmt: skip
+    return fmt
+
+
+def check_writable(out: Path) -> None:
+    """Make ``out``'s folder and write a probe file there, so that a read-only or missing place fails before the
+    maps are computed, with a message (the probe is removed).
+
+    Raises:
+        BenchError: the folder cannot be made or written.
+    """
+    probe = out.parent / f"{TMP_PREFIX}probe.{os.getpid()}.{uuid.uuid4().hex[:8]}"  # unique: pictures may share a folder
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise BenchError(f"cannot write the picture {out} ({exc.strerror or exc}). Choose another --out.") from None
+
+
 def save_crops_picture(ls: LabelledSet, maps: MapSet, frame: Frame, out: Path, n_images: int = 6) -> Path:
-    """Write :func:`crops_figure` for :func:`pick`'s images to ``out`` (PNG, no timestamp)."""
+    """Write :func:`crops_figure` for :func:`pick`'s images to ``out`` (PNG or JPEG by its suffix, no timestamp),
+    atomically: a full disk leaves no truncated picture and an earlier one whole.
+
+    Raises:
+        ConfigError: see :func:`picture_format`.
+        BenchError: the file cannot be written.
+    """
+    fmt = picture_format(out)
     fig = crops_figure(ls, maps, frame, pick(ls, n_images))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, metadata={"Software": None})
+    meta = {"Software": None} if fmt == "png" else None  # PNG only: matplotlib refuses metadata for JPEG
+    try:
+        atomic_write(out, lambda f: fig.savefig(f, format=fmt, dpi=110, metadata=meta))
+    except OSError as exc:
+        raise BenchError(f"cannot write the picture {out} ({exc.strerror or exc}). Choose another --out.") from None
     return out

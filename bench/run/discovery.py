@@ -22,7 +22,7 @@ from bench.cache import file_sha256, hash_memo_dir, stable_hash
 from bench.compat import release_free_memory
 from bench.datasets import Samples
 from bench.discovery.contract import DiscoverySet, get_discoverer
-from bench.discovery.maps import Frame, MapSet, patchcore_maps, png_map_paths, png_maps
+from bench.discovery.maps import Frame, MapSet, check_defect_masks, patchcore_maps, png_map_paths, png_maps
 from bench.discovery.metrics import discovery_metrics
 from bench.discovery.protocol import LabelledSet
 from bench.errors import DatasetError
@@ -43,12 +43,29 @@ def maps_identity(cfg: RunConfig, ls: LabelledSet, memo: Path) -> tuple[Any, str
     the key), or the hash of the ``--maps`` PNG files' names and bytes; and an error when a map file is missing."""
     if not cfg.maps:
         return "patchcore", None
-    paths = png_map_paths(cfg.maps, ls.category, [ls.class_names[y] for y in ls.labels], ls.paths)
+    try:
+        paths = png_map_paths(cfg.maps, ls.category, [ls.class_names[y] for y in ls.labels], ls.paths)
+    except DatasetError as exc:  # two images whose map names differ only in case: their jobs fail, not the run
+        return {"png": "unnamed"}, str(exc)
     missing = [p for p in paths if not p.is_file()]
     if missing:
         return {"png": "incomplete"}, (f"--maps {cfg.maps}: {len(missing)} of {len(paths)} anomaly maps are missing, e.g. "
                                        f"{missing[0]} (maps are read as <maps>/<category>/<type>/<image name>.png).")  # fmt: skip
     return {"png": stable_hash([[p.name, file_sha256(p, memo)] for p in paths], 16)}, None
+
+
+def no_normals_error(method: str, category: str, reads: set[str]) -> str:
+    """Why a method that reads the memory bank cannot run on a category without normal train images, and the way
+    out that works for it: ``--maps`` replaces PatchCore's maps only, never the residuals or weights a method
+    computes from the bank itself (kmeans-residual, anomaly-clustering-semi)."""
+    if "maps" in reads:
+        return (f"method {method!r} needs the category's normal train images (PatchCore memory bank for its anomaly "
+                f"maps), but {category!r} has none; pass --maps PATH for maps written by another detector, or choose "
+                "a method that needs none.")  # fmt: skip
+    return (f"method {method!r} needs the category's normal train images (PatchCore memory bank: residuals or patch "
+            f"weights computed from it), but {category!r} has none, and --maps cannot stand in for them. Choose a "
+            "method that reads no bank (kmeans, anomaly-clustering) or one that reads the bank only for its maps, "
+            "with --maps PATH (mebin-kmeans, anomalyncd).")  # fmt: skip
 
 
 def plan_discovery(cfg: RunConfig, samples: Samples) -> list[Job]:
@@ -79,9 +96,7 @@ def plan_discovery(cfg: RunConfig, samples: Samples) -> list[Job]:
                 job_err = err or (maps_err if "maps" in reads else None)
                 needs_bank = "bank" in reads and not (cfg.maps and reads <= {"maps", "bank"})  # PNG maps need no bank
                 if not job_err and not has_normals and needs_bank:
-                    job_err = (f"method {spec.name!r} needs the category's normal train images (PatchCore memory bank: "
-                               f"residuals or anomaly maps), but {category!r} has none; pass --maps PATH for maps "
-                               "written by another detector, or choose a method that needs none.")  # fmt: skip
+                    job_err = no_normals_error(spec.name, category, reads)
                 jobs.append(Job(method=spec.name, method_config=mcfg, category=category, shots=0, seed=seed,
                                 key=config_hash(ident), episode=ls, error=job_err, dataset_content=content,  # type: ignore[arg-type]
                                 config=config, task=TASK))  # fmt: skip
@@ -125,8 +140,8 @@ _MAPS: dict[str, MapSet] = {}
 def map_source(cfg: RunConfig, store: FeatureStore, ctx: TaskContext, ls: LabelledSet, frame: Frame) -> Callable[[], MapSet]:
     """The function that makes the set's anomaly maps when a method first asks (:mod:`bench.discovery.maps`)."""
     if cfg.maps:
-        paths = png_map_paths(cfg.maps, ls.category, [ls.class_names[y] for y in ls.labels], ls.paths)
-        return lambda: png_maps(paths, ls.paths, frame, cfg.maps)
+        names = [ls.class_names[y] for y in ls.labels]
+        return lambda: png_maps(png_map_paths(cfg.maps, ls.category, names, ls.paths), ls.paths, frame, cfg.maps)
 
     def make() -> MapSet:
         bank = ctx.bank()
@@ -178,6 +193,8 @@ def run_discovery_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> 
     row.update(reads=sorted(reads), oracle="gt_masks" in reads)
     method: Any = None
     try:
+        if "gt_masks" in reads:  # the runner holds the labels: it checks what only labels can tell (check_defect_masks)
+            check_defect_masks(ls.paths, ls.mask_paths, [ls.class_names[y] for y in ls.labels])
         method = spec.cls(job.config, ctx)
         method.name = spec.name
         with ctx.timer("fit_predict"):
