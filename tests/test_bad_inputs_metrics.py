@@ -69,7 +69,7 @@ def test_the_collapse_rule(share: float | None, true_share: float | None, flag: 
 
 
 def test_a_real_run_writes_the_share_in_every_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, text = run_cli(["run", "--dataset", "synthetic-tiny", *COMMON, "--method", "protonet", "--shots", "1",
+    code, text = run_cli(["run", "--dataset", "synthetic-tiny", *COMMON, "--categories", "tile", "--method", "protonet", "--shots", "1",
                           "--seeds", "1", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")], capsys)  # fmt: skip
     assert code == 0, text
     rows = read_rows([tmp_path / "out"]).rows

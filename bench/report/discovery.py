@@ -38,6 +38,8 @@ METRICS = {"cluster_accuracy": "ACC", "nmi": "NMI", "ari": "ARI"}
 REFERENCE_METHODS = ("one-cluster", "random-ids")
 DEFECTS = "defects_acc"
 """The frame column of ACC over the defect images only (a row's ``defects_only.cluster_accuracy``)."""
+EXTRA = (DEFECTS, "good_share", "oracle", "top_share", "collapsed")
+"""The frame's columns besides the three metrics (:func:`extra_figures`)."""
 UNIT = ("dataset figure = unweighted mean over categories of the per-category means over seeds; ± = sample std over "
         "seeds of the dataset figure")  # fmt: skip
 
@@ -62,13 +64,14 @@ def frame(res: Results) -> pd.DataFrame:
     return pd.DataFrame(recs, columns=["config", "label", "group", "dataset", "category", "seed", *METRICS, *EXTRA])
 
 
-EXTRA = (DEFECTS, "good_share", "oracle", "top_share", "collapsed")
+def number(v: Any) -> float:
+    """A row's value as a float, NaN when it is missing (a row from before the field) or not a number."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
 
 
 def extra_figures(r: Any) -> dict[str, Any]:
     """A frame line's ACC over defects, good share, oracle flag and largest-cluster share (NaN / None: not recorded)."""
-    num = lambda v: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan  # noqa: E731
-    return {DEFECTS: num((r.row.get("defects_only") or {}).get("cluster_accuracy")), "good_share": num(r.row.get("good_share")),
+    return {DEFECTS: number((r.row.get("defects_only") or {}).get("cluster_accuracy")), "good_share": number(r.row.get("good_share")),
             "oracle": bool(r.row.get("oracle")), "top_share": r.top_share, "collapsed": r.collapsed}  # fmt: skip
 
 
@@ -89,7 +92,6 @@ def oracle_note(df: pd.DataFrame) -> list[str]:
     unknown = " (not recorded in these rows: written before it existed; rerun to get it)" if o[DEFECTS].isna().all() else ""
     return [f"‡ oracle: reads the ground-truth masks{given}. Compare it on ACC defects (over the defect images only, "
             f"clusters re-matched){unknown}; it is not ranked."]  # fmt: skip
-
 
 
 def describe(res: Results, cid: str) -> dict[str, str]:
@@ -159,9 +161,9 @@ def summary_table(res: Results, group: str) -> Table:
     cats, seeds = grid(df, res, group)
     recs, disp = [], []
     for cid in config_ids(res, group):
-        d = dataset_figures(df[df.config == cid], cats, seeds)
-        info = describe(res, cid)
         sub = df[df.config == cid]
+        d = dataset_figures(sub, cats, seeds)
+        info = describe(res, cid)
         recs.append({"configuration": res.labels[cid], "method": res.configs[cid]["method"], **d, **info, "group": group,
                      "top_share_mean": sub.top_share.mean(), "n_collapsed": int(sub.collapsed.eq(True).sum())})  # fmt: skip
         disp.append({"configuration": res.labels[cid] + oracle_mark(res, cid), **{name: cell(d[m], d[f"{m}_std"]) for m, name in METRICS.items()},
@@ -300,9 +302,9 @@ def ranking_table(res: Results, group: str, n_boot: int, boot_seed: int) -> Tabl
         d = dataset_figures(sub, cats, seeds)
         wide = sub.pivot_table(index="category", columns="seed", values="cluster_accuracy").reindex(index=cats, columns=seeds)
         iv = stratified_bootstrap_mean(wide, n_boot=n_boot, rng=numpy_rng(boot_seed, "bootstrap", cid, TASK))
-        method = res.configs[cid]["method"]
-        recs.append({"configuration": res.labels[cid] + oracle_mark(res, cid), "method": method, "reference": method in REFERENCE_METHODS,
-                     "oracle": bool(oracle_mark(res, cid)), "complete": d["n"] >= d["N"], **d, "ci_low": iv.low, "ci_high": iv.high,
+        method, mark = res.configs[cid]["method"], oracle_mark(res, cid)
+        recs.append({"configuration": res.labels[cid] + mark, "method": method, "reference": method in REFERENCE_METHODS,
+                     "oracle": bool(mark), "complete": d["n"] >= d["N"], **d, "ci_low": iv.low, "ci_high": iv.high,
                      "largest cluster": share_cell(sub), "top_share_mean": sub.top_share.mean(),
                      "n_collapsed": int(sub.collapsed.eq(True).sum()), **describe(res, cid)})  # fmt: skip
     data = pd.DataFrame(recs)
