@@ -24,7 +24,9 @@ Row schema (``schema: 1``), top-level keys:
   ``confusion_columns``, ``transductive``, ``k_known``, ``maps``; :mod:`bench.run.discovery`): ``class_names``,
   ``n_classes``, ``n_queries``, ``accuracy``, ``macro_f1``, ``balanced_accuracy``,
   ``per_class_recall`` ({class: recall}), ``confusion`` (C×C list), ``chance``, ``majority``,
-  ``y_true``, ``y_pred`` (query labels and predictions, for paired statistics).
+  ``y_true``, ``y_pred`` (query labels and predictions, for paired statistics), ``top_pred_share``,
+  ``top_pred_class``, ``top_pred_true_share`` (the most-predicted class; discovery rows: ``top_cluster_*`` of the
+  largest cluster, and ``defects_only``, ``good_share``; rows from before these fields have none: unknown).
 * detection rows (``task: detection``, docs/tasks.md §A; :mod:`bench.run.detection`): ``image_auroc``,
   ``pixel_auroc`` (or null), ``auroc_per_type``, ``support`` (the k shot files), ``extra_data``
   (``none`` | ``imagenet`` | ...), ``synthetic_negatives``, ``n_test``, ``n_test_good``, ``n_test_defect``,

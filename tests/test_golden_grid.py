@@ -5,7 +5,8 @@ four methods (``protonet-residual``, ``knn``, ``logreg`` and ``contrastive`` wit
 ``synthetic-tiny``, 1 and 2 shots, seeds 1 and 2, two random-init backbones, one torch thread. Any change that
 moves code without meaning to change what it computes must give the same job keys (so existing results folders
 still resume), the same predictions, accuracies, per-class recalls and confusion matrices. The code version
-(``env``), timings and cache counts are not compared.
+(``env``), timings and cache counts are not compared. Fields added since the recording are checked against the
+recorded ones they follow from (:func:`assert_top_prediction`), so the golden file stays as recorded.
 
 Regenerate (only for a change that is *meant* to change results, and say so in its commit)::
 
@@ -34,6 +35,16 @@ FIELDS = ("key", "method", "category", "shots", "seed", "class_names", "y_true",
           "per_class_recall", "confusion")  # fmt: skip
 
 
+def assert_top_prediction(r: dict[str, Any]) -> None:
+    """A field added after the recording, pinned through the recorded predictions: the most-predicted class's share,
+    its class (ties: the fewest true queries) and its true share follow from ``y_true`` and ``y_pred``, which the
+    golden rows fix."""
+    names, yt, yp = r["class_names"], r["y_true"], r["y_pred"]
+    top = max(range(len(names)), key=lambda i: (yp.count(i), -yt.count(i)))
+    assert (r["top_pred_share"], r["top_pred_class"], r["top_pred_true_share"]) == (
+        yp.count(top) / len(yp), names[top], yt.count(top) / len(yt)), r["key"]
+
+
 def run_grid(work: Path) -> list[dict[str, Any]]:
     """Run the fixed grid into ``work`` (results and a fresh cache) and return its rows' compared fields, sorted."""
     from bench.cli import main
@@ -47,6 +58,7 @@ def run_grid(work: Path) -> list[dict[str, Any]]:
         for r in read_rows([out]).rows:
             assert r["status"] == "ok", r.get("error")
             assert r.get("task", "classification") == "classification"
+            assert_top_prediction(r)
             rows.append({"backbone": backbone, **{k: r[k] for k in FIELDS}})
     return sorted(rows, key=lambda r: (r["backbone"], r["method"], r["category"], r["shots"], r["seed"]))
 

@@ -10,6 +10,12 @@ AnomalyNCD's README for the same dataset and protocol beside ours (:func:`publis
 *matched* class names (:func:`confusion_table`: a raw cluster id is never shown as a class). The leaderboard ranks
 configurations by ACC with a category-stratified bootstrap interval over seeds (:func:`leaderboard_sections`).
 Reference rows (``one-cluster``: the largest class's share; ``random-ids``) are methods of their own.
+
+Every table also shows ``ACC defects`` (the same ACC over the defect images only, :mod:`bench.discovery.metrics`) and
+the largest cluster's share with collapsed runs flagged (:func:`bench.report.load.collapse_flag`). Oracle rows (those
+that read ground-truth masks, ``oracle: true``) are marked ‡ and never ranked: under protocol ``ncd`` a good image's
+mask is empty, so the oracle is handed the whole good class and its all-images ACC, NMI and ARI are inflated by the
+good images' share (stated in the note); its fair figure is ACC defects, beside the same figure of the other rows.
 """
 
 from __future__ import annotations
@@ -23,13 +29,17 @@ import numpy as np
 import pandas as pd
 
 from bench.report.document import Section, Table, slug
-from bench.report.load import Results, weights_desc
+from bench.report.load import COLLAPSE_RULE, Results, share_cell, weights_desc
 from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, stratified_bootstrap_mean
 from bench.seeding import numpy_rng
 
 TASK = "discovery"
 METRICS = {"cluster_accuracy": "ACC", "nmi": "NMI", "ari": "ARI"}
 REFERENCE_METHODS = ("one-cluster", "random-ids")
+DEFECTS = "defects_acc"
+"""The frame column of ACC over the defect images only (a row's ``defects_only.cluster_accuracy``)."""
+EXTRA = (DEFECTS, "good_share", "oracle", "top_share", "collapsed")
+"""The frame's columns besides the three metrics (:func:`extra_figures`)."""
 UNIT = ("dataset figure = unweighted mean over categories of the per-category means over seeds; ± = sample std over "
         "seeds of the dataset figure")  # fmt: skip
 
@@ -50,8 +60,38 @@ def frame(res: Results) -> pd.DataFrame:
     ok = res.ok()
     ok = ok[ok.task == TASK]
     recs = [{"config": r.config, "label": r.label, "group": r.group, "dataset": r.dataset, "category": r.category,
-             "seed": r.seed, **{m: float(r.row.get(m, np.nan)) for m in METRICS}} for r in ok.itertuples()]  # fmt: skip
-    return pd.DataFrame(recs, columns=["config", "label", "group", "dataset", "category", "seed", *METRICS])
+             "seed": r.seed, **{m: float(r.row.get(m, np.nan)) for m in METRICS}, **extra_figures(r)} for r in ok.itertuples()]  # fmt: skip
+    return pd.DataFrame(recs, columns=["config", "label", "group", "dataset", "category", "seed", *METRICS, *EXTRA])
+
+
+def number(v: Any) -> float:
+    """A row's value as a float, NaN when it is missing (a row from before the field) or not a number."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
+
+
+def extra_figures(r: Any) -> dict[str, Any]:
+    """A frame line's ACC over defects, good share, oracle flag and largest-cluster share (NaN / None: not recorded)."""
+    return {DEFECTS: number((r.row.get("defects_only") or {}).get("cluster_accuracy")), "good_share": number(r.row.get("good_share")),
+            "oracle": bool(r.row.get("oracle")), "top_share": r.top_share, "collapsed": r.collapsed}  # fmt: skip
+
+
+def oracle_mark(res: Results, cid: str) -> str:
+    """`` ‡`` after the label of a configuration that read ground-truth masks (an oracle), else ``""``."""
+    return " ‡" if any(r.get("oracle") for r in res.frame[res.frame.config == cid].row) else ""
+
+
+def oracle_note(df: pd.DataFrame) -> list[str]:
+    """The footnote of tables with oracle rows: what they are given and the good images' share."""
+    o = df[df.oracle]
+    if o.empty:
+        return []
+    share = o.good_share.mean()
+    given = ("" if not share > 0 else f"; a good image's mask is empty, so every good image gets the same vector and the "
+             f"whole good class ({100 * share:.0f} % of the images, mean over its runs) is handed to it: its ACC, NMI and ARI "
+             "over all images are inflated by that share")  # fmt: skip
+    unknown = " (not recorded in these rows: written before it existed; rerun to get it)" if o[DEFECTS].isna().all() else ""
+    return [f"‡ oracle: reads the ground-truth masks{given}. Compare it on ACC defects (over the defect images only, "
+            f"clusters re-matched){unknown}; it is not ranked."]  # fmt: skip
 
 
 def describe(res: Results, cid: str) -> dict[str, str]:
@@ -83,12 +123,21 @@ def describe(res: Results, cid: str) -> dict[str, str]:
 def dataset_figures(df: pd.DataFrame, cats: list[str], seeds: list[int]) -> dict[str, Any]:
     """Mean over categories of per-category seed means, the std over seeds of per-seed dataset means, coverage."""
     out: dict[str, Any] = {"n": int(len(df)), "N": len(cats) * len(seeds), "n_categories": int(df.category.nunique())}
-    for m in METRICS:
+    for m in (*METRICS, DEFECTS):
         wide = df.pivot_table(index="category", columns="seed", values=m).reindex(index=cats, columns=seeds)
         out[m] = float(wide.mean(axis=1).mean()) if wide.notna().any().any() else np.nan
         per_seed = wide.dropna(axis=1, how="any").mean(axis=0)
         out[f"{m}_std"] = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else np.nan
     return out
+
+
+LARGEST = (f"ACC defects = ACC over the defect images only (good left out, clusters re-matched); largest cluster = share "
+           f"of a run's images in its largest cluster, mean over runs; {COLLAPSE_RULE}.")  # fmt: skip
+
+
+def defects_cell(d: dict[str, Any]) -> str:
+    """ACC over the defect images (± std over seeds), ``?`` when the rows did not record it."""
+    return "?" if not np.isfinite(d[DEFECTS]) else cell(d[DEFECTS], d[f"{DEFECTS}_std"])
 
 
 def grid(df: pd.DataFrame, res: Results, group: str) -> tuple[list[str], list[int]]:
@@ -112,13 +161,17 @@ def summary_table(res: Results, group: str) -> Table:
     cats, seeds = grid(df, res, group)
     recs, disp = [], []
     for cid in config_ids(res, group):
-        d = dataset_figures(df[df.config == cid], cats, seeds)
+        sub = df[df.config == cid]
+        d = dataset_figures(sub, cats, seeds)
         info = describe(res, cid)
-        recs.append({"configuration": res.labels[cid], "method": res.configs[cid]["method"], **d, **info, "group": group})
-        disp.append({"configuration": res.labels[cid], **{name: cell(d[m], d[f"{m}_std"]) for m, name in METRICS.items()},
+        recs.append({"configuration": res.labels[cid], "method": res.configs[cid]["method"], **d, **info, "group": group,
+                     "top_share_mean": sub.top_share.mean(), "n_collapsed": int(sub.collapsed.eq(True).sum())})  # fmt: skip
+        disp.append({"configuration": res.labels[cid] + oracle_mark(res, cid), **{name: cell(d[m], d[f"{m}_std"]) for m, name in METRICS.items()},
+                     "ACC defects": defects_cell(d), "largest cluster": share_cell(sub),
                      "runs": f"{d['n']}/{d['N']}" + (" †" if d["n"] < d["N"] else ""), **info})  # fmt: skip
     t = pd.DataFrame(disp).set_index("configuration")
     notes = ["† incomplete: missing categories, seeds or failed jobs; the figure is over the runs it has."] if any(r["n"] < r["N"] for r in recs) else []
+    notes += oracle_note(df[df.group == group]) + [LARGEST]
     return Table(f"discovery-{group}", "Anomaly class discovery: dataset figures", t, pd.DataFrame(recs),
                  f"{UNIT}; ACC = accuracy after Hungarian matching of clusters to classes (AnomalyNCD's \"F1\"), NMI and "
                  f"ARI (scikit-learn); categories {', '.join(cats)}; seeds {seeds}", notes)  # fmt: skip
@@ -249,18 +302,23 @@ def ranking_table(res: Results, group: str, n_boot: int, boot_seed: int) -> Tabl
         d = dataset_figures(sub, cats, seeds)
         wide = sub.pivot_table(index="category", columns="seed", values="cluster_accuracy").reindex(index=cats, columns=seeds)
         iv = stratified_bootstrap_mean(wide, n_boot=n_boot, rng=numpy_rng(boot_seed, "bootstrap", cid, TASK))
-        method = res.configs[cid]["method"]
-        recs.append({"configuration": res.labels[cid], "method": method, "reference": method in REFERENCE_METHODS,
-                     "complete": d["n"] >= d["N"], **d, "ci_low": iv.low, "ci_high": iv.high, **describe(res, cid)})  # fmt: skip
+        method, mark = res.configs[cid]["method"], oracle_mark(res, cid)
+        recs.append({"configuration": res.labels[cid] + mark, "method": method, "reference": method in REFERENCE_METHODS,
+                     "oracle": bool(mark), "complete": d["n"] >= d["N"], **d, "ci_low": iv.low, "ci_high": iv.high,
+                     "largest cluster": share_cell(sub), "top_share_mean": sub.top_share.mean(),
+                     "n_collapsed": int(sub.collapsed.eq(True).sum()), **describe(res, cid)})  # fmt: skip
     data = pd.DataFrame(recs)
-    ranked = data[~data.reference & data.complete].sort_values("cluster_accuracy", ascending=False)
-    rest = data[data.reference | ~data.complete].sort_values(["reference", "cluster_accuracy"], ascending=[True, False])
+    apart = data.reference | data.oracle
+    ranked = data[~apart & data.complete].sort_values("cluster_accuracy", ascending=False)
+    rest = data[apart | ~data.complete].sort_values(["oracle", "reference", "cluster_accuracy"], ascending=[False, True, False])
     data = pd.concat([ranked.assign(rank=[str(i + 1) for i in range(len(ranked))]),
-                      rest.assign(rank=["ref." if r else "unranked†" for r in rest.reference])])  # fmt: skip
+                      rest.assign(rank=["oracle" if o else "ref." if r else "unranked†" for o, r in zip(rest.oracle, rest.reference)])])  # fmt: skip
     disp = pd.DataFrame({
         "rank": data["rank"], "configuration": data.configuration, "ACC": data.cluster_accuracy.map(fmt3),
         "95% CI": [f"[{fmt3(lo)}, {fmt3(hi)}]" for lo, hi in zip(data.ci_low, data.ci_high)],
-        "NMI": data.nmi.map(fmt3), "ARI": data.ari.map(fmt3), "runs": [f"{n}/{N}" for n, N in zip(data.n, data.N)],
+        "NMI": data.nmi.map(fmt3), "ARI": data.ari.map(fmt3),
+        "ACC defects": [defects_cell(r) for r in data.to_dict("records")], "largest cluster": data["largest cluster"],
+        "runs": [f"{n}/{N}" for n, N in zip(data.n, data.N)],
         "masks / maps": data["masks / maps"], "representation": data.representation,
     }).set_index("rank")  # fmt: skip
     notes = []
@@ -268,6 +326,7 @@ def ranking_table(res: Results, group: str, n_boot: int, boot_seed: int) -> Tabl
         notes.append("† incomplete (missing categories, seeds or failed jobs): not ranked.")
     if data.representation.str.contains("RANDOM|random init").any():
         notes.append("rows with a RANDOM-init representation are not comparable with published numbers.")
+    notes += oracle_note(df[df.group == group]) + [LARGEST]
     return Table(f"leaderboard-{group}", "ranked by ACC", disp, data.assign(group=group),
                  f"{UNIT}; 95% CI: category-stratified bootstrap over seeds, {n_boot:,} resamples; reference rows "
                  "(one-cluster = the largest class's share, random-ids) are not ranked", notes)  # fmt: skip
@@ -308,8 +367,11 @@ def summary_blocks(res: Results) -> list[str]:
             d = dataset_figures(sub, cats, seeds)
             rows.append(["mean", *[fmt3(d[m]) for m in METRICS]])
             info = describe(res, cid)
-            blocks.append(f"### {res.labels[cid]}  ({group}; {info['masks / maps']}; {info['representation']})\n\n"
+            oracle = " ".join(oracle_note(sub))
+            if oracle and np.isfinite(d[DEFECTS]):
+                oracle += f" ACC defects: {fmt3(d[DEFECTS])}."
+            blocks.append(f"### {res.labels[cid]}{oracle_mark(res, cid)}  ({group}; {info['masks / maps']}; {info['representation']})\n\n"
                           + tabulate(rows, headers=["category", *METRICS.values()], tablefmt="github", disable_numparse=True)
                           + "\n\nHungarian-matched accuracy (ACC), NMI, ARI: mean ± sample std over seeds (number of seeds); "
-                          "mean row = unweighted mean over categories")  # fmt: skip
+                          "mean row = unweighted mean over categories" + (f"\n\n{oracle}" if oracle else ""))  # fmt: skip
     return blocks

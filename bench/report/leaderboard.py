@@ -4,7 +4,8 @@ For each dataset × protocol × class-set group and each shot count (:func:`shot
 mean accuracy (unweighted mean over categories of the per-category seed means), a 95% interval from a
 category-stratified bootstrap over seeds, the coverage (finished (category, seed) runs of the expected grid),
 P(> next) (the probability of beating the next-ranked configuration on a random paired run), backbone and
-weights, and chance / majority-class reference rows. A configuration with missing categories, seeds or failed
+weights, the most-predicted class's share with collapsed runs flagged (:func:`bench.report.load.collapse_flag`),
+and chance / majority-class reference rows. A configuration with missing categories, seeds or failed
 jobs is marked † and listed after the ranked ones, never ranked as if complete. :func:`build_leaderboard` puts the
 tables and plots into one document (``bench leaderboard`` writes it).
 """
@@ -18,7 +19,7 @@ import pandas as pd
 
 from bench.report import paper
 from bench.report.document import Document, Section, Table, slug
-from bench.report.load import Results, weights_desc
+from bench.report.load import COLLAPSE_RULE, Results, share_cell, weights_desc
 from bench.report.stats import prob_improvement
 from bench.report.tables import at_shots, averages, cells, fmt, reference_rows
 from bench.results import DEFAULT_TASK
@@ -74,6 +75,11 @@ def shot_table(res: Results, group: str, shots: int, n_boot: int, boot_seed: int
             refs.append({"configuration": kind, "shots": shots, "mean_pct": v, "complete": True})
             disp.loc[len(disp)] = {"rank": "ref.", "configuration": name, "accuracy %": fmt(v), "95% CI": "",
                                    "coverage (cat. × seeds)": "", "P(> next)": "", "backbone / weights": "", "paper row": "reference"}  # fmt: skip
+    runs = [ok[(ok.config == c) & (ok.shots == shots) & ok.collapsed.notna()] for c in d.cid]
+    d["top_share_mean"] = [r.top_share.mean() if len(r) else np.nan for r in runs]
+    d["n_collapsed"] = [int(r.collapsed.astype(bool).sum()) for r in runs]
+    shares = [share_cell(ok[(ok.config == c) & (ok.shots == shots)]) for c in d.cid]
+    disp["most-predicted share"] = shares + [""] * (len(disp) - len(shares))
     disp = disp.set_index("rank")
     notes = []
     if not done.all():
@@ -81,6 +87,7 @@ def shot_table(res: Results, group: str, shots: int, n_boot: int, boot_seed: int
                      "not ranked; coverage = finished runs of the expected grid.")  # fmt: skip
     if absent:
         notes.append(f"not run at {shots}-shot: {', '.join(absent)}.")
+    notes.append(f"most-predicted share = share of a run's queries given its most-predicted class, mean over runs; {COLLAPSE_RULE}.")
     if d.backbone_weights.str.contains("random init").any():
         notes.append("random-init backbones are NOT comparable with the paper's ImageNet numbers.")
     data = pd.concat([d.drop(columns=["cid"]), pd.DataFrame(refs)], ignore_index=True).assign(group=group)

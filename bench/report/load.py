@@ -128,6 +128,51 @@ def weights_desc(f: dict[str, str]) -> str:
     return f"{f['backbone']} / {f['weights']}"
 
 
+COLLAPSE_SHARE = 0.5
+COLLAPSE_RATIO = 2.0
+COLLAPSE_RULE = ("⚠ k/n = k of n runs collapsed: their most-predicted class (discovery: their largest cluster) holds "
+                 "≥ 50 % of the queries and ≥ 2× that class's true share, so at least half of what it holds is wrong; "
+                 "? = rows written before the share was recorded")  # fmt: skip
+"""The collapse rule as a table's footnote states it (:func:`collapse_flag`)."""
+
+
+def collapse_flag(share: Any, true_share: Any) -> bool | None:
+    """Whether one run collapsed into one class; ``None`` (unknown, never flagged) for a row without the fields.
+
+    Collapsed: the most-predicted class holds at least :data:`COLLAPSE_SHARE` of the queries and at least
+    :data:`COLLAPSE_RATIO` times its true share. Why these two: a class given twice its true share has a precision of
+    at most ½, so at least half of the queries put there belong elsewhere, and with half of all predictions there that
+    is at least a quarter of the queries misfiled into one class: the mark of a head that learned a bias, not the
+    classes (a trained head at 13.9 % put 80 % of the queries into a class of 3 images). A model that follows an
+    imbalanced set (predicting its 70 % class 75 % of the time) is never flagged, nor one that spreads its errors;
+    a single-cluster discovery row is, whenever its largest class holds at most half of the images. The shares come
+    from :func:`bench.run.metrics.episode_metrics` (``top_pred_*``) and :func:`bench.discovery.metrics.discovery_metrics`
+    (``top_cluster_*``).
+    """
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in (share, true_share)):
+        return None
+    return bool(share >= COLLAPSE_SHARE and share >= COLLAPSE_RATIO * true_share - 1e-12)
+
+
+def top_share(row: dict[str, Any]) -> tuple[Any, Any]:
+    """A row's largest prediction share and that class's true share (classification ``top_pred_*``, discovery
+    ``top_cluster_*``); ``None`` for rows written before they were recorded."""
+    kind = "top_cluster" if row_task(row) == "discovery" else "top_pred"
+    return row.get(f"{kind}_share"), row.get(f"{kind}_true_share")
+
+
+def share_cell(runs: pd.DataFrame) -> str:
+    """Mean largest prediction share of some runs (frame rows), with ``⚠ k/n`` when k of the n runs that recorded it
+    collapsed (:data:`COLLAPSE_RULE`); ``?`` when none recorded it, ``(n of N runs)`` when only some did."""
+    known = runs[runs.collapsed.notna()]
+    if known.empty:
+        return "?" if len(runs) else "–"
+    text = f"{known.top_share.mean():.2f}"
+    k = int(known.collapsed.astype(bool).sum())
+    text += f" ⚠ {k}/{len(known)}" if k else ""
+    return text if len(known) == len(runs) else f"{text} ({len(known)} of {len(runs)} runs)"
+
+
 TASK_TITLES = {
     "classification": "Few-shot defect-type classification",
     "detection": "Few-shot anomaly detection",
@@ -142,8 +187,9 @@ class Results:
     Attributes:
         frame: one row per job; columns config, label, group, task, method, dataset, category, shots, seed,
             status, error, accuracy (the task's metric, :data:`bench.results.OK_METRICS`, in percent), chance,
-            majority (percent), n_classes, n_queries, image_auroc and pixel_auroc (percent; detection rows), row (the
-            raw dict).
+            majority (percent), n_classes, n_queries, image_auroc and pixel_auroc (percent; detection rows),
+            top_share (the largest prediction share, a fraction) and collapsed (:func:`collapse_flag`: True, False or
+            None when unknown), row (the raw dict).
         configs: per configuration id: label, group, method and the identifying fields.
     """
 
@@ -233,6 +279,8 @@ def load_results(paths: Iterable[str | Path]) -> Results:
             "majority": 100 * float(r["majority"]) if r.get("majority") is not None else np.nan,
             "n_classes": r.get("n_classes"), "n_queries": r.get("n_queries"),
             **{m: 100 * float(r[m]) if isinstance(r.get(m), (int, float)) else np.nan for m in ("image_auroc", "pixel_auroc")},
+            "top_share": float(top_share(r)[0]) if collapse_flag(*top_share(r)) is not None else np.nan,
+            "collapsed": collapse_flag(*top_share(r)),
             "created": str(r.get("created") or ""), "row": r,
         })  # fmt: skip
     frame = pd.DataFrame(recs)

@@ -4,7 +4,8 @@ Numbers first (:func:`cells`: per category and shots, mean ± sample std over se
 :func:`averages`: per shots, the unweighted mean over categories with a category-stratified bootstrap interval),
 then the tables of ``bench report`` (:func:`build_report`): per configuration categories × shots with an average
 row; categories (classes, queries, chance, majority); an ablation table (configurations × shots averaged over
-categories, rows named as the paper names them); paired P(A > B); per-class recall and confusion matrices for a
+categories, rows named as the paper names them); paired P(A > B); the most-predicted class's share with collapsed
+runs flagged (:func:`concentration_table`); per-class recall and confusion matrices for a
 chosen category. Configurations that differ in anything but category, shots and seed are separate lines labelled
 by what differs; incomplete grids show (n/N) and a †. Every table's ``data`` frame holds the tidy numbers (CSV).
 """
@@ -19,7 +20,7 @@ import pandas as pd
 
 from bench.report import paper
 from bench.report.document import Document, Section, Table, slug
-from bench.report.load import Results, group_label, weights_desc
+from bench.report.load import COLLAPSE_RULE, Results, group_label, share_cell, weights_desc
 from bench.report.stats import (
     DEFAULT_BOOT, DEFAULT_BOOT_SEED, Interval, prob_improvement, stratified_bootstrap_mean, t_interval,
 )  # fmt: skip
@@ -240,6 +241,27 @@ def paired_table(res: Results, group: str) -> Table | None:
                  "P(A > B) on a random (category, seed) run both finished, ties ½, categories weighted equally; n = paired runs")  # fmt: skip
 
 
+def concentration_table(res: Results, group: str) -> Table:
+    """Per configuration and shots: the mean share of the queries given the most-predicted class, with collapsed runs
+    flagged (:func:`bench.report.load.collapse_flag`): a head can end below chance by putting most queries into one
+    class, which the accuracy alone does not show."""
+    shots = res.grid(group)[2]
+    ok = res.ok()
+    rows, data = {}, []
+    for cid in res.config_ids(group):
+        runs = ok[ok.config == cid]
+        rows[res.labels[cid]] = {f"{s}-shot": share_cell(runs[runs.shots == s]) for s in shots}
+        for s in shots:
+            sub = runs[(runs.shots == s) & runs.collapsed.notna()]
+            data.append({"configuration": res.labels[cid], "shots": s, "top_share_mean": sub.top_share.mean() if len(sub) else np.nan,
+                         "n_collapsed": int(sub.collapsed.astype(bool).sum()), "n_known": len(sub), "n_runs": int((runs.shots == s).sum())})  # fmt: skip
+    disp = pd.DataFrame.from_dict(rows, orient="index")
+    disp.index.name = "configuration"
+    return Table(f"concentration-{group}", "Most-predicted class share", disp, pd.DataFrame(data).assign(group=group),
+                 "share of a run's queries given its most-predicted class, mean over the finished (category, seed) runs; "
+                 + COLLAPSE_RULE)  # fmt: skip
+
+
 def _detail_rows(res: Results, cid: str, category: str, shots: int | None = None) -> list[dict]:
     ok = res.ok()
     sel = ok[(ok.config == cid) & (ok.category == category)]
@@ -323,6 +345,7 @@ def build_report(
         pt = paired_table(res, group)
         if pt is not None:
             abl.tables.append(pt)
+        abl.tables.append(concentration_table(res, group))
         if plots_dir is not None and (res.ok().group == group).any():
             curves = {res.labels[c]: averages(res, c, n_boot, boot_seed) for c in ids}
             ref = reference_rows(res, group)

@@ -5,8 +5,10 @@ images of the protocol (:mod:`bench.discovery.protocol`) and scored by :mod:`ben
 category, the seed, the protocol, the image set and, for methods that read anomaly maps, where the maps come from);
 :func:`run_discovery_job` runs one and returns its row; :func:`discovery_feature_work` lists the images whose features
 a parallel run extracts first; :func:`discovery_notes` what is printed before the jobs. Rows carry ``task:
-discovery``, ``cluster_accuracy`` (the ok metric), ``nmi``, ``ari``, the matched confusion with class names, the flags
-``transductive`` and ``k_known``, the protocol, and ``maps`` (source and normalisation) for methods that read maps.
+discovery``, ``cluster_accuracy`` (the ok metric), ``nmi``, ``ari``, the matched confusion with class names, the same
+over the defect images only and the largest cluster's share (:mod:`bench.discovery.metrics`), the flags
+``transductive`` and ``k_known``, ``oracle``, the protocol, and ``maps`` (source and normalisation) for methods that
+read maps.
 """
 
 from __future__ import annotations

@@ -3,6 +3,11 @@
 accuracy = correct / queries (the paper's metric); macro-F1 and balanced accuracy are not inflated by
 majority classes (docs/datasets.md §1.1); per-class recall and the confusion matrix show which defect types
 are confused; chance (1/C) and majority-class rates are reference rows for every table.
+
+``top_pred_share`` is the share of the queries given the most-predicted class, with that class (``top_pred_class``)
+and its true share among the queries (``top_pred_true_share``): a trained head can collapse, putting most queries
+into one class (a small one, even) and ending below chance; reports flag it by a stated rule
+(:func:`bench.report.load.collapse_flag`). Ties: the tied class with the fewest true queries, the one most over-filled.
 """
 
 from __future__ import annotations
@@ -35,4 +40,14 @@ def episode_metrics(y_true: Sequence[int], y_pred: Sequence[int], class_names: S
         "confusion": cm.tolist(),
         "chance": 1.0 / len(class_names),
         "majority": float(counts.max() / counts.sum()) if counts.sum() else float("nan"),
+        **top_prediction(yt, yp, class_names),
     }
+
+
+def top_prediction(yt: np.ndarray, yp: np.ndarray, class_names: Sequence[str]) -> dict:
+    """The most-predicted class, its share of the predictions and its true share of the queries (module docstring)."""
+    c = len(class_names)
+    pred, true = np.bincount(yp, minlength=c), np.bincount(yt, minlength=c)
+    top = max(range(c), key=lambda i: (pred[i], -true[i]))
+    return {"top_pred_share": float(pred[top] / len(yp)), "top_pred_class": class_names[top],
+            "top_pred_true_share": float(true[top] / len(yt))}  # fmt: skip
