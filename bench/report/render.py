@@ -5,7 +5,7 @@ Markdown, LaTeX and HTML show each table's ``display`` frame; CSV holds its tidy
 can recompute the displayed figures.
 
 Every text goes through the format's escaping, whatever made it: names come from users' folders, rows and
-arguments (a category named ``<img src=x onerror=...>`` or ``x⏎\input{secret}``). Markdown escapes the characters
+arguments (a category named ``<img src=x onerror=...>`` or ``x⏎\\input{secret}``). Markdown escapes the characters
 that would start HTML, a link, an image, emphasis or code (:func:`md_text`); LaTeX its specials
 (:func:`latex_escape`); comments are written line by line, each line commented (:func:`latex_comment`), so no line
 break in a name can end one; HTML escapes everything (:mod:`bench.report.html`); CSV makes formula cells inert
