@@ -712,7 +712,7 @@ def test_summary_keeps_configurations_apart(capsys, out, cache, prior, tiny_root
     cap = capsys.readouterr()
     assert code == 0, cap.err
     summary = (out / "summary.md").read_text()
-    assert "### protonet [pool=max]" in summary and "### protonet [pool=mean]" in summary, summary
+    assert "### protonet \\[pool=max\\]" in summary and "### protonet \\[pool=mean\\]" in summary, summary  # Markdown-escaped
     assert "(2)" not in summary and "± 0.0" not in summary, summary
     assert summary in cap.out
 

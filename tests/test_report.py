@@ -144,8 +144,8 @@ def test_incomplete_cells_and_config_labels(report_dir: tuple[Path, str]) -> Non
     md = (report_dir[0] / "report.md").read_text()
     assert re.search(r"\(4/5\)†", md), "the failed job's cell must show 4/5"
     assert "— (0/5)" in md, "protonet's missing category must show 0/5"
-    assert "protonet [weights=imagenet]" in md
-    assert "protonet [weights=random]" in md
+    assert "protonet \\[weights=imagenet\\]" in md  # brackets escaped: a label can hold a user's --set value
+    assert "protonet \\[weights=random\\]" in md
     assert "NOT comparable with the paper" in md
     assert "(1/5)†" in md  # the single random-weights run
 
@@ -225,7 +225,7 @@ def test_configurations_never_pooled(tmp_path: Path) -> None:
     assert cli_main(["report", str(tmp_path), "--out", str(md_path), "--no-plots", "--boot", "500"]) == 0
     md = (md_path / "report.md").read_text()
     assert "## synthetic · random_episodes" in md and "## synthetic · paper_fixed" in md
-    assert "protonet [harness=0.2.0]" in md and "(0/2)" in md  # the 0.2.0 run covers cable only
+    assert "protonet \\[harness=0.2.0\\]" in md and "(0/2)" in md  # the 0.2.0 run covers cable only (brackets escaped)
 
 def test_paper_data_and_mapping() -> None:
     from bench.report import paper

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.errors import BenchError
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     from bench.images import FITS
@@ -41,8 +43,11 @@ def main(args: argparse.Namespace) -> int:
     from bench.features.extractor import FeatureConfig
     from bench.features.store import shared_store
     from bench.paths import cache_root, set_cache_root
+    from bench.report.render import check_output, csv_safe
     from bench.run.config import resolve_device
 
+    if args.out:  # before the features are computed: the table would be printed, then the CSV lost
+        check_output(args.out)
     fcfg = FeatureConfig(
         backbone=args.backbone or DEFAULT_BACKBONE, weights=args.weights, precision=args.precision,
         zero_init_last=None if args.zero_init_last is None else args.zero_init_last == "true",
@@ -59,9 +64,9 @@ def main(args: argparse.Namespace) -> int:
     df = detect(samples, store, seed=args.seed, coreset_ratio=args.coreset_ratio)
     print(format_detect(df))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        from bench.report.render import csv_safe
-
-        csv_safe(df).to_csv(args.out, index=False)
+        try:
+            csv_safe(df).to_csv(args.out, index=False)
+        except OSError as exc:
+            raise BenchError(f"cannot write {args.out} ({exc.strerror or exc}); the table is printed above.") from None
         print(f"wrote {args.out}")
     return 0

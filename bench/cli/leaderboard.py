@@ -23,7 +23,7 @@ from bench.cli._args import add_document_options, check_boot, command_line, note
 from bench.report.detection import add_detection, leaderboard_sections
 from bench.report.leaderboard import build_leaderboard
 from bench.report.load import load_results
-from bench.report.render import FORMATS, write_document
+from bench.report.render import FORMATS, check_output, write_document
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -43,13 +43,17 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     formats = args.format or [_BY_SUFFIX.get(out.suffix.lower(), "md")]
     formats = list(FORMATS) if "all" in formats else list(dict.fromkeys(formats))
-    res = load_results(args.results)
+    targets = {f: out.with_suffix("") if f == "csv" else out.with_suffix({"latex": ".tex"}.get(f, "." + f)) for f in formats}
     plots_dir = None if args.no_plots else out.parent / f"{out.stem}_plots"
+    for f, target in targets.items():  # before anything is read or computed
+        check_output(target, folder=f == "csv")
+    if plots_dir is not None and plots_dir.exists():  # made when the first plot is saved, next to the other outputs
+        check_output(plots_dir, folder=True)
+    res = load_results(args.results)
     doc = build_leaderboard(res, args.boot, args.boot_seed, plots_dir, command_line("leaderboard", args, FLAGS))
     add_detection(doc, leaderboard_sections(res, args.boot, args.boot_seed, plots_dir), "Leaderboard: few-shot anomaly detection")
     written: list[Path] = []
-    for f in formats:
-        target = out.with_suffix("") if f == "csv" else out.with_suffix({"latex": ".tex"}.get(f, "." + f))
+    for f, target in targets.items():
         written += write_document(doc, f, target)
     print(f"wrote {', '.join(str(p) for p in written[:6])}{' ...' if len(written) > 6 else ''}")
     note_skipped_lines(res.skipped_lines)

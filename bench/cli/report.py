@@ -27,7 +27,7 @@ from bench.cli._args import add_document_options, check_boot, command_line, note
 from bench.errors import BenchError
 from bench.report.detection import add_detection, report_sections
 from bench.report.load import load_results
-from bench.report.render import FORMATS, to_markdown, write_document
+from bench.report.render import FORMATS, check_output, to_markdown, write_document
 from bench.report.tables import build_report
 
 
@@ -50,6 +50,8 @@ FLAGS = {"format": "--format", "out": "--out", "compare": "--compare", "category
 
 def main(args: argparse.Namespace) -> int:
     check_boot(args.boot)
+    if args.out != "-":  # before anything is read or computed
+        check_output(Path(args.out), folder=True)
     res = load_results(args.results)
     grids = [res.grid(g) for g in res.groups()]
     unknown = sorted(set(args.category or []) - {c for cats, _, _ in grids for c in cats})

@@ -29,14 +29,18 @@ import pandas as pd
 
 from bench.report.document import Document, Section, Table, slug
 from bench.report.load import Results, group_label, weights_desc
-from bench.report.stats import prob_improvement
-from bench.report.tables import INCOMPLETE, averages, cell_text, cells, fmt
+from bench.report.render import md_text
+from bench.report.stats import MIN_DRAWS, NA, RULE, prob_improvement
+from bench.report.tables import (
+    INCOMPLETE, averages, band_caption, cell_text, cells, fmt, interval_text, mean_interval, prob_text,
+)  # fmt: skip
 
 TASK = "detection"
 METRIC = "image_auroc"
 PIXEL = "pixel_auroc"
 UNIT = ("image AUROC % (defective = positive): mean over categories of the per-category means over draws; 95% CI: "
-        "category-stratified bootstrap over draws, {n_boot:,} resamples; a unit = one (category, seed) draw")  # fmt: skip
+        "category-stratified bootstrap over draws, {n_boot:,} resamples; a unit = one (category, seed) draw; "
+        + RULE.replace("seeds", "draws") + ", n/a otherwise")  # fmt: skip
 PUBLISHED_NOTE = ("published figures (docs/tasks.md §A.3): MVTec AD image AUROC, mean of its 15 categories, each method "
                   "with its own backbone and its own extra data; on another dataset they are a scale, not a comparison")  # fmt: skip
 
@@ -68,7 +72,7 @@ def config_meta(res: Results, cid: str) -> tuple[str, str]:
 
 
 def _avg_cell(r: pd.Series) -> str:
-    text = f"{fmt(r.mean_pct)} [{fmt(r.ci_low_pct)}, {fmt(r.ci_high_pct)}]" if r.n else "—"
+    text = mean_interval(r.mean_pct, r.ci_low_pct, r.ci_high_pct) if r.n else "—"
     return text if r.n >= r.N else f"{text} ({int(r.n)}/{int(r.N)})†"
 
 
@@ -147,11 +151,15 @@ def per_type_table(res: Results, group: str, category: str, shots: int) -> Table
 def ranking_table(res: Results, group: str, shots: int, n_boot: int, boot_seed: int) -> Table:
     """The leaderboard at one k: ranks within each kind of extra data, complete configurations first."""
     ok = res.ok(METRIC)
-    recs = []
+    recs, absent, lost = [], [], []
     for cid in res.config_ids(group):
         a = averages(res, cid, n_boot, boot_seed, METRIC)
         a = a[a.shots == shots].iloc[0]
-        if a.n == 0:
+        why = res.unfinished(cid, shots)
+        if why:
+            lost.append(f"{res.labels[cid]}: {why}")
+        if a.n == 0 and not why:
+            absent.append(res.labels[cid])
             continue
         extra, neg = config_meta(res, cid)
         sub = ok[(ok.config == cid) & (ok.shots == shots)]
@@ -161,37 +169,42 @@ def ranking_table(res: Results, group: str, shots: int, n_boot: int, boot_seed: 
                      "n_seeds": int(sub.seed.nunique()), "complete": bool(a.n >= a.N),
                      "backbone_weights": weights_desc(res.configs[cid])})  # fmt: skip
     d = pd.DataFrame(recs)
+    notes = [f"not finished at k={shots} (counted as missing draws): {'; '.join(lost)}."] if lost else []
+    if absent:
+        notes.append(f"not run at k={shots} (no job of this k in the results): {', '.join(absent)}.")
     if d.empty:
-        return Table(f"det-leaderboard-{group}-{shots}", f"k={shots}", pd.DataFrame(), d, f"k={shots}: no finished runs")
+        return Table(f"det-leaderboard-{group}-{shots}", f"k={shots}", pd.DataFrame(), d, f"k={shots}: no finished runs", notes)
     d["rank"] = np.nan
     done = d.complete.astype(bool)
     for _, idx in d[done].groupby("extra_data").groups.items():
         d.loc[idx, "rank"] = d.loc[idx, "mean_pct"].rank(method="min", ascending=False)
     d = d.assign(_inc=~done).sort_values(["_inc", "extra_data", "mean_pct"], ascending=[True, True, False]).drop(columns="_inc")
     d = d.reset_index(drop=True)
-    d["p_beats_next"] = np.nan
+    d["p_beats_next"], d["n_pairs_next"] = np.nan, np.nan
     for _, g in d[d["rank"].notna()].groupby("extra_data", sort=False):
         for i, j in zip(g.index[:-1], g.index[1:]):
             sa, sb = (ok[(ok.config == d.at[k, "cid"]) & (ok.shots == shots)].set_index(["category", "seed"])[METRIC] for k in (i, j))
             d.at[i, "p_beats_next"] = prob_improvement(sa, sb)
+            d.at[i, "n_pairs_next"] = len(sa.index.intersection(sb.index))
     seeds = res.grid(group)[1]
     disp = pd.DataFrame({
-        "rank (within extra data)": ["unranked†" if pd.isna(r) else str(int(r)) for r in d["rank"]],
+        "rank (within extra data)": ["failed" if n == 0 else "unranked†" if pd.isna(r) else str(int(r)) for r, n in zip(d["rank"], d.n)],
         "configuration": d.configuration,
         "image AUROC %": d.mean_pct.map(fmt),
-        "95% CI": [f"[{fmt(lo)}, {fmt(hi)}]" for lo, hi in zip(d.ci_low_pct, d.ci_high_pct)],
+        "95% CI": [interval_text(lo, hi) if n else "" for lo, hi, n in zip(d.ci_low_pct, d.ci_high_pct, d.n)],
         "coverage (cat. × draws)": [f"{r.n_categories}×{r.n_seeds} of {r.N_categories}×{len(seeds)} ({r.n}/{r.N})"
                                     + ("" if r.complete else " †") for r in d.itertuples()],
-        "P(> next)": d.p_beats_next.map(lambda p: fmt(p) if np.isfinite(p) else ""),
+        "P(> next)": ["" if pd.isna(m) else prob_text(p, int(m)) for p, m in zip(d.p_beats_next, d.n_pairs_next)],
         "extra data": d.extra_data, "synthetic negatives": d.synthetic_negatives,
         "backbone / weights": d.backbone_weights,
     }).set_index("rank (within extra data)")  # fmt: skip
-    notes = []
     if not done.all():
         notes.append("† incomplete (missing draws, categories or failed jobs): shown with the runs it has, not ranked.")
     if d.extra_data.nunique() > 1:
         notes.append("configurations that used different extra data are ranked separately (docs/tasks.md §A.1).")
-    cap = f"k={shots} normal shots, {group}. " + UNIT.format(n_boot=n_boot) + "; P(> next) = probability of beating the next-ranked configuration of the same extra data on a random paired (category, draw), ties ½"
+    cap = (f"k={shots} normal shots, {group}. " + UNIT.format(n_boot=n_boot) + "; P(> next) = probability of beating the "
+           f"next-ranked configuration of the same extra data on a random paired (category, draw), ties ½; {NA} (n = paired "
+           f"draws) from fewer than {MIN_DRAWS} pairs")  # fmt: skip
     return Table(f"det-leaderboard-{group}-{shots}shot", f"k={shots}", disp, d.drop(columns=["cid"]).assign(group=group), cap, notes)
 
 
@@ -208,7 +221,8 @@ def auroc_plot(res: Results, group: str, n_boot: int, boot_seed: int, plots_dir:
             c = curve[(curve.index >= min(shots)) & (curve.index <= max(shots))]
             if len(c):
                 refs[f"{method} ({extra}; MVTec AD)"] = c
-    cap = (f"image AUROC % vs k, mean over categories; band = 95% bootstrap CI over draws ({n_boot:,} resamples); {group}"
+    band = band_caption(curves, f"95% bootstrap CI over draws ({n_boot:,} resamples)").replace("seeds", "draws")
+    cap = (f"image AUROC % vs k, mean over categories; {band}; {group}"
            + ("; dashed grey: published MVTec AD means (another dataset unless this is mvtec_ad)" if refs else ""))  # fmt: skip
     return plots.accuracy_vs_shots(curves, plots_dir / slug(f"{prefix}-auroc-vs-k-{group}"), f"Image AUROC vs k ({group})",
                                    refs, cap, ylabel="image AUROC (%)", xlabel="k normal shots")  # fmt: skip
@@ -279,8 +293,9 @@ def summary_blocks(res: Results) -> list[str]:
         means = by_cell.mean().groupby("shots").mean()
         table.loc["mean"] = [f"{means[s]:.1f}" for s in table.columns]
         table.columns = [f"k={s}" for s in table.columns]
+        table.index = [md_text(c) for c in table.index]
         extra, neg = config_meta(res, sub.config.iloc[0])
-        blocks.append(f"### {label}  ({group}; {weights_desc(f)}; extra data {extra}; synthetic negatives {neg})\n\n"
+        blocks.append(f"### {md_text(f'{label}  ({group}; {weights_desc(f)}; extra data {extra}; synthetic negatives {neg})')}\n\n"
                       + tabulate(table.fillna("–"), headers="keys", tablefmt="github")
                       + "\n\nimage AUROC %, mean ± sample std over draws (number of draws); mean row = unweighted mean "
                       "over categories")  # fmt: skip

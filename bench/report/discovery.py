@@ -30,7 +30,8 @@ import pandas as pd
 
 from bench.report.document import Section, Table, slug
 from bench.report.load import COLLAPSE_RULE, Results, share_cell, weights_desc
-from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, stratified_bootstrap_mean
+from bench.report.render import md_text
+from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, RULE, bounds, stratified_bootstrap_mean
 from bench.seeding import numpy_rng
 
 TASK = "discovery"
@@ -312,10 +313,11 @@ def ranking_table(res: Results, group: str, n_boot: int, boot_seed: int) -> Tabl
     ranked = data[~apart & data.complete].sort_values("cluster_accuracy", ascending=False)
     rest = data[apart | ~data.complete].sort_values(["oracle", "reference", "cluster_accuracy"], ascending=[False, True, False])
     data = pd.concat([ranked.assign(rank=[str(i + 1) for i in range(len(ranked))]),
-                      rest.assign(rank=["oracle" if o else "ref." if r else "unranked†" for o, r in zip(rest.oracle, rest.reference)])])  # fmt: skip
+                      rest.assign(rank=["oracle" if o else "ref." if r else "failed" if n == 0 else "unranked†"
+                                        for o, r, n in zip(rest.oracle, rest.reference, rest.n)])])  # fmt: skip
     disp = pd.DataFrame({
         "rank": data["rank"], "configuration": data.configuration, "ACC": data.cluster_accuracy.map(fmt3),
-        "95% CI": [f"[{fmt3(lo)}, {fmt3(hi)}]" for lo, hi in zip(data.ci_low, data.ci_high)],
+        "95% CI": [bounds(lo, hi, fmt3) if n else "" for lo, hi, n in zip(data.ci_low, data.ci_high, data.n)],
         "NMI": data.nmi.map(fmt3), "ARI": data.ari.map(fmt3),
         "ACC defects": [defects_cell(r) for r in data.to_dict("records")], "largest cluster": data["largest cluster"],
         "runs": [f"{n}/{N}" for n, N in zip(data.n, data.N)],
@@ -324,11 +326,14 @@ def ranking_table(res: Results, group: str, n_boot: int, boot_seed: int) -> Tabl
     notes = []
     if (~data.complete).any():
         notes.append("† incomplete (missing categories, seeds or failed jobs): not ranked.")
+    lost = [f"{res.labels[cid]}: {why}" for cid in config_ids(res, group) if (why := res.unfinished(cid))]
+    if lost:
+        notes.append(f"not finished (counted as missing runs): {'; '.join(lost)}.")
     if data.representation.str.contains("RANDOM|random init").any():
         notes.append("rows with a RANDOM-init representation are not comparable with published numbers.")
     notes += oracle_note(df[df.group == group]) + [LARGEST]
     return Table(f"leaderboard-{group}", "ranked by ACC", disp, data.assign(group=group),
-                 f"{UNIT}; 95% CI: category-stratified bootstrap over seeds, {n_boot:,} resamples; reference rows "
+                 f"{UNIT}; 95% CI: category-stratified bootstrap over seeds, {n_boot:,} resamples, {RULE}, n/a otherwise; reference rows "
                  "(one-cluster = the largest class's share, random-ids) are not ranked", notes)  # fmt: skip
 
 
@@ -362,7 +367,7 @@ def summary_blocks(res: Results) -> list[str]:
             rows = []
             for c in cats:
                 s = sub[sub.category == c]
-                rows.append([c, *[("–" if s.empty else (cell(s[m].mean(), s[m].std(ddof=1)) if len(s) > 1 else fmt3(s[m].mean()))
+                rows.append([md_text(c), *[("–" if s.empty else (cell(s[m].mean(), s[m].std(ddof=1)) if len(s) > 1 else fmt3(s[m].mean()))
                                    + f" ({len(s)})") for m in METRICS]])  # fmt: skip
             d = dataset_figures(sub, cats, seeds)
             rows.append(["mean", *[fmt3(d[m]) for m in METRICS]])
@@ -370,7 +375,8 @@ def summary_blocks(res: Results) -> list[str]:
             oracle = " ".join(oracle_note(sub))
             if oracle and np.isfinite(d[DEFECTS]):
                 oracle += f" ACC defects: {fmt3(d[DEFECTS])}."
-            blocks.append(f"### {res.labels[cid]}{oracle_mark(res, cid)}  ({group}; {info['masks / maps']}; {info['representation']})\n\n"
+            head = f"{res.labels[cid]}{oracle_mark(res, cid)}  ({group}; {info['masks / maps']}; {info['representation']})"
+            blocks.append(f"### {md_text(head)}\n\n"
                           + tabulate(rows, headers=["category", *METRICS.values()], tablefmt="github", disable_numparse=True)
                           + "\n\nHungarian-matched accuracy (ACC), NMI, ARI: mean ± sample std over seeds (number of seeds); "
                           "mean row = unweighted mean over categories" + (f"\n\n{oracle}" if oracle else ""))  # fmt: skip

@@ -5,8 +5,11 @@ mean accuracy (unweighted mean over categories of the per-category seed means), 
 category-stratified bootstrap over seeds, the coverage (finished (category, seed) runs of the expected grid),
 P(> next) (the probability of beating the next-ranked configuration on a random paired run), backbone and
 weights, the most-predicted class's share with collapsed runs flagged (:func:`bench.report.load.collapse_flag`),
-and chance / majority-class reference rows. A configuration with missing categories, seeds or failed
-jobs is marked † and listed after the ranked ones, never ranked as if complete. :func:`build_leaderboard` puts the
+and chance / majority-class reference rows. Intervals and probabilities are shown only where enough draws
+stand behind them (:data:`bench.report.stats.RULE`), ``n/a`` elsewhere. A configuration with missing categories,
+seeds or failed jobs is marked † and listed after the ranked ones, never ranked as if complete; one whose every job
+failed is listed as ``failed``, and each table's notes count the failed jobs with their reason (never "not run").
+:func:`build_leaderboard` puts the
 tables and plots into one document (``bench leaderboard`` writes it).
 """
 
@@ -20,23 +23,28 @@ import pandas as pd
 from bench.report import paper
 from bench.report.document import Document, Section, Table, slug
 from bench.report.load import COLLAPSE_RULE, Results, share_cell, weights_desc
-from bench.report.stats import prob_improvement
-from bench.report.tables import at_shots, averages, cells, fmt, reference_rows
+from bench.report.stats import MIN_DRAWS, NA, RULE, prob_improvement
+from bench.report.tables import (
+    BARS, at_shots, averages, band_caption, cells, fmt, interval_text, prob_text, reference_rows,
+)  # fmt: skip
 from bench.results import DEFAULT_TASK
 
 UNIT = ("95% CI: category-stratified bootstrap over seeds, {n_boot:,} resamples; a unit = one (category, seed) run; "
-        "accuracy % = unweighted mean over categories of the per-category means over seeds")  # fmt: skip
+        "accuracy % = unweighted mean over categories of the per-category means over seeds; " + RULE + ", n/a otherwise")  # fmt: skip
 
 
 def shot_table(res: Results, group: str, shots: int, n_boot: int, boot_seed: int) -> Table:
     """The ranking at one shot count: ranked complete configurations, then incomplete ones (†), then references."""
     cats, seeds, _ = res.grid(group)
     ok = res.ok()
-    recs, absent = [], []
+    recs, absent, lost = [], [], []
     for cid in res.config_ids(group):
         a = averages(res, cid, n_boot, boot_seed)
         a = a[a.shots == shots].iloc[0]
-        if a.n == 0:
+        why = res.unfinished(cid, shots)
+        if why:
+            lost.append(f"{res.labels[cid]}: {why}")
+        if a.n == 0 and not why:
             absent.append(res.labels[cid])
             continue
         sub = ok[(ok.config == cid) & (ok.shots == shots)]
@@ -52,18 +60,19 @@ def shot_table(res: Results, group: str, shots: int, n_boot: int, boot_seed: int
     done = d.complete.astype(bool)
     d.loc[done, "rank"] = d.loc[done, "mean_pct"].rank(method="min", ascending=False)
     d = d.assign(_inc=~done).sort_values(["_inc", "mean_pct"], ascending=[True, False]).drop(columns="_inc").reset_index(drop=True)
-    d["p_beats_next"] = np.nan
+    d["p_beats_next"], d["n_pairs_next"] = np.nan, np.nan
     ranked = d[d["rank"].notna()]
     for i, j in zip(ranked.index[:-1], ranked.index[1:]):
         sa, sb = (ok[(ok.config == d.at[k, "cid"]) & (ok.shots == shots)].set_index(["category", "seed"]).accuracy for k in (i, j))
         d.at[i, "p_beats_next"] = prob_improvement(sa, sb)
+        d.at[i, "n_pairs_next"] = len(sa.index.intersection(sb.index))
     disp = pd.DataFrame({
-        "rank": ["unranked†" if pd.isna(r) else str(int(r)) for r in d["rank"]],
+        "rank": ["failed" if n == 0 else "unranked†" if pd.isna(r) else str(int(r)) for r, n in zip(d["rank"], d.n)],
         "configuration": d.configuration,
         "accuracy %": d.mean_pct.map(fmt),
-        "95% CI": [f"[{fmt(lo)}, {fmt(hi)}]" for lo, hi in zip(d.ci_low_pct, d.ci_high_pct)],
+        "95% CI": [interval_text(lo, hi) if n else "" for lo, hi, n in zip(d.ci_low_pct, d.ci_high_pct, d.n)],
         "coverage (cat. × seeds)": [_coverage(r) for _, r in d.iterrows()],
-        "P(> next)": d.p_beats_next.map(lambda p: fmt(p) if np.isfinite(p) else ""),
+        "P(> next)": ["" if pd.isna(m) else prob_text(p, int(m)) for p, m in zip(d.p_beats_next, d.n_pairs_next)],
         "backbone / weights": d.backbone_weights,
         "paper row": d.paper_row,
     })  # fmt: skip
@@ -85,14 +94,17 @@ def shot_table(res: Results, group: str, shots: int, n_boot: int, boot_seed: int
     if not done.all():
         notes.append("† incomplete (missing categories, seeds or failed jobs): listed with the mean of the runs it has, "
                      "not ranked; coverage = finished runs of the expected grid.")  # fmt: skip
+    if lost:
+        notes.append(f"not finished at {shots}-shot (counted as missing runs): {'; '.join(lost)}.")
     if absent:
-        notes.append(f"not run at {shots}-shot: {', '.join(absent)}.")
+        notes.append(f"not run at {shots}-shot (no job of this shot count in the results): {', '.join(absent)}.")
     notes.append(f"most-predicted share = share of a run's queries given its most-predicted class, mean over runs; {COLLAPSE_RULE}.")
     if d.backbone_weights.str.contains("random init").any():
         notes.append("random-init backbones are NOT comparable with the paper's ImageNet numbers.")
     data = pd.concat([d.drop(columns=["cid"]), pd.DataFrame(refs)], ignore_index=True).assign(group=group)
     cap = (f"{shots}-shot, {group}. " + UNIT.format(n_boot=n_boot)
-           + "; P(> next) = probability of beating the next-ranked configuration on a random paired (category, seed) run, ties ½")  # fmt: skip
+           + "; P(> next) = probability of beating the next-ranked configuration on a random paired (category, seed) run, "
+           f"ties ½; {NA} (n = paired runs) from fewer than {MIN_DRAWS} pairs")  # fmt: skip
     return Table(f"leaderboard-{group}-{shots}shot", f"{shots}-shot", disp, data, cap, notes)
 
 
@@ -119,13 +131,14 @@ def build_leaderboard(res: Results, n_boot: int, boot_seed: int, plots_dir: Path
             curves = {k: v[v.n > 0] for k, v in curves.items() if (v.n > 0).any()}
             ref = reference_rows(res, group)
             sec.figures.append(plots.accuracy_vs_shots(curves, plots_dir / slug(f"lb-acc-vs-shots-{group}"), f"Accuracy vs shots ({group})",
-                                                       {k: ref.loc[k] for k in ref.index}, f"band = {UNIT.format(n_boot=n_boot)}"))  # fmt: skip
+                                                       {k: ref.loc[k] for k in ref.index},
+                                                       band_caption(curves, f"95% category-stratified bootstrap CI over seeds ({n_boot:,} resamples)")))  # fmt: skip
             s = max(shots)
             cs = {res.labels[c]: at_shots(cells(res, c), s) for c in ids}
             sec.figures.append(plots.category_bars(pd.DataFrame({k: v.mean_pct for k, v in cs.items()}),
                                                    pd.DataFrame({k: v.ci_high_pct - v.mean_pct for k, v in cs.items()}),
                                                    plots_dir / slug(f"lb-categories-{s}shot-{group}"), f"Per-category accuracy, {s}-shot ({group})",
-                                                   "mean over seeds; error bar = 95% t-interval across seeds"))  # fmt: skip
+                                                   f"mean over seeds; {BARS}"))  # fmt: skip
         doc.sections.append(sec)
     doc.sections += leaderboard_sections(res, n_boot, boot_seed)
     return doc

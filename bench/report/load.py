@@ -1,7 +1,8 @@
 """Results files → one frame of jobs with their configurations, labels and groups: what every table reads.
 
-Rows are read with :func:`bench.results.read_rows` (truncated or corrupt lines are skipped and counted)
-and deduplicated per job key with :func:`bench.results.latest_ok`. A *configuration* is everything in a
+Rows are read with :func:`bench.results.read_rows` (truncated or corrupt lines are skipped and counted),
+checked by the one rule of :mod:`bench.report.rows` (metrics recomputed from the stored predictions, or the row
+refused, each counted) and deduplicated per job key with :func:`bench.results.latest_ok`. A *configuration* is everything in a
 row except category, shots, seed and bookkeeping (key, timing, env, created, metrics): method, method
 options, feature options, backbone weights, dataset, protocol, class set, textures and harness version.
 Rows of different configurations are never averaged together; each configuration gets a readable label
@@ -14,6 +15,9 @@ n/N instead of being averaged as if complete. Accuracies are in percent.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import stat
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +27,11 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.report.rows import REFUSED, check_rows
 from bench.results import DEFAULT_TASK, OK_METRICS, latest_ok, read_rows, row_task
 from bench.seeding import stable_int
+
+log = logging.getLogger(__name__)
 
 # Fields that follow from another one: not repeated in labels when that one already differs.
 IMPLIED = {"weights": ("weights.source", "weights.sha256", "weights.package", "zero_init_last"),
@@ -200,6 +207,8 @@ class Results:
     skipped_lines: int = 0
     skipped_detail: list[str] = field(default_factory=list)
     superseded: int = 0
+    recomputed: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
 
     def ok(self, metric: str = "accuracy") -> pd.DataFrame:
         """The finished rows with a finite ``metric`` (a column of :attr:`frame`: a task's ok metric, in percent)."""
@@ -236,7 +245,13 @@ class Results:
         if self.skipped_lines:
             lines.append(f"skipped {self.skipped_lines} unreadable or incomplete line(s) (e.g. a run killed mid-write): "
                          + "; ".join(self.skipped_detail[:3]))  # fmt: skip
-        failed = self.frame[self.frame.status != "ok"]
+        if self.refused:
+            lines.append(f"refused {len(self.refused)} finished row(s) whose metrics are missing or cannot be checked, "
+                         "counted as missing runs in every table: " + "; ".join(self.refused[:3]))  # fmt: skip
+        if self.recomputed:
+            lines.append(f"recomputed the metrics of {len(self.recomputed)} row(s) from their stored predictions, which "
+                         "their stored metrics disagreed with (a hand-edited file?): " + "; ".join(self.recomputed[:3]))  # fmt: skip
+        failed = self.frame[(self.frame.status != "ok") & (self.frame.status != REFUSED)]
         if len(failed):
             errors = failed.error.fillna("no message").astype(str).str.slice(0, 120).value_counts()
             lines.append(f"{len(failed)} failed job(s), counted as missing in every table: "
@@ -254,12 +269,69 @@ class Results:
                          "another job key were superseded by the latest one.")  # fmt: skip
         return lines
 
+    def unfinished(self, cid: str, shots: int | None = None) -> str:
+        """The jobs of configuration ``cid`` (at ``shots``) that did not finish, counted with their most common
+        reason, for a table's notes: ``2 failed (reason)``, ``1 refused (reason)`` (a row the report could not use,
+        :mod:`bench.report.rows`); "" when every job finished."""
+        f = self.frame
+        sub = f[(f.config == cid) & (f.status != "ok")]
+        if shots is not None:
+            sub = sub[sub.shots == shots]
+        parts = []
+        for refused, g in sub.groupby(sub.status == REFUSED):
+            reasons = g.error.fillna("no message").map(short_reason).value_counts()
+            more = f"; {len(reasons) - 1} other message(s)" if len(reasons) > 1 else ""
+            parts.append(f"{len(g)} {'refused' if refused else 'failed'} ({reasons.index[0]}{more})")
+        return ", ".join(parts)
+
+
+def short_reason(text: object, limit: int = 100) -> str:
+    """A message on one line, cut at ``limit`` characters (a traceback's last line can be long)."""
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def results_file(path: str | Path) -> Path:
+    """The results file that ``path`` names (a run folder: its ``results.jsonl``), checked to be a regular file.
+
+    Checked before it is opened: a FIFO would block ``open`` until something writes to it (the report hangs), a
+    folder or a device fails with a traceback.
+
+    Raises:
+        BenchError: naming the path, what it is, and what to pass instead.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.jsonl"
+    fix = "Pass a results.jsonl file or the folder of a run (its --out)."
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        raise BenchError(f"results file not found: {p}. {fix}") from None
+    except OSError as exc:
+        raise BenchError(f"cannot read the results file {p} ({exc.strerror}). {fix}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise BenchError(f"{p} is {kind}, not a results file. {fix}")
+    return p
+
 
 def load_results(paths: Iterable[str | Path]) -> Results:
     """Read results files (or run folders) into :class:`Results`."""
     paths = [str(p) for p in paths]
-    read = read_rows(paths)
-    rows = latest_ok(read.rows)
+    files = [results_file(p) for p in paths]
+    try:
+        read = read_rows(files)
+    except OSError as exc:  # unreadable (permissions), or a read error of the disk
+        raise BenchError(f"cannot read the results file {exc.filename or ', '.join(paths)} ({exc.strerror or exc}).") from None
+    checked = check_rows(read.rows)
+    if checked.refused:
+        log.warning("refused %d finished row(s) whose metrics are missing or cannot be checked (counted as missing "
+                    "runs): %s", len(checked.refused), "; ".join(checked.refused[:3]))  # fmt: skip
+    if checked.recomputed:
+        log.warning("recomputed the metrics of %d row(s) from their stored predictions, which their stored metrics "
+                    "disagreed with: %s", len(checked.recomputed), "; ".join(checked.recomputed[:3]))  # fmt: skip
+    rows = latest_ok(checked.rows)
     if not rows:
         raise BenchError(f"no result rows in {', '.join(paths)}: run `python -m bench run ...` first.")
     configs: dict[str, dict[str, str]] = {}
@@ -291,4 +363,5 @@ def load_results(paths: Iterable[str | Path]) -> Results:
     frame = frame.drop_duplicates(unit, keep="last").drop(columns="_ok").reset_index(drop=True)
     labels = make_labels(configs)
     frame["label"] = frame.config.map(labels)
-    return Results(frame, configs, labels, paths, read.skipped_lines, read.skipped_detail, superseded)
+    return Results(frame, configs, labels, paths, read.skipped_lines, read.skipped_detail, superseded, checked.recomputed,
+                   checked.refused)  # fmt: skip

@@ -17,6 +17,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure as MplFigure
 
+from bench.errors import BenchError
 from bench.report.document import Figure
 
 _SAVE = {"png": {"dpi": 130}, "svg": {}}
@@ -27,12 +28,20 @@ def _wrap(text: str, width: int = 70) -> str:
 
 
 def _save(fig: MplFigure, stem: Path, caption: str) -> Figure:
-    """Save ``fig`` as ``stem.png`` and ``stem.svg`` (no timestamps, so files are reproducible)."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    """Save ``fig`` as ``stem.png`` and ``stem.svg`` (no timestamps, so files are reproducible).
+
+    Raises:
+        BenchError: the folder cannot be made or written (read-only, full, a file in the way), naming it.
+    """
     fig.tight_layout()
     png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
-    fig.savefig(png, metadata={"Software": None}, **_SAVE["png"])
-    fig.savefig(svg, metadata={"Date": None})
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png, metadata={"Software": None}, **_SAVE["png"])
+        fig.savefig(svg, metadata={"Date": None})
+    except OSError as exc:
+        raise BenchError(f"cannot write the plot {exc.filename or png} ({exc.strerror or exc}). Free some space, choose "
+                         "another --out or pass --no-plots.") from None  # fmt: skip
     return Figure(png=png, svg=svg, caption=caption)
 
 

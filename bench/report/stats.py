@@ -8,13 +8,17 @@ rliable (Agarwal et al., "Deep Reinforcement Learning at the Edge of the Statist
   (the unit of variance is one (category, seed) run; categories are the strata and are never resampled).
 * :func:`prob_improvement`: P(A > B) on a random (category, seed) unit, paired, ties counted ½.
 
+Intervals and probabilities are given only where they can mean something (:data:`MIN_DRAWS`, :data:`RULE`): an
+interval from at least 3 draws (seeds) in every category, a probability from at least 3 paired runs; below that the
+bounds and the probability are NaN and tables say ``n/a``, never a number made from one run.
+
 Every random draw takes an explicit, seeded :class:`numpy.random.Generator`, so tables are reproducible.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence, Union
+from typing import Callable, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -22,6 +26,19 @@ from scipy import stats
 
 DEFAULT_BOOT = 10_000
 DEFAULT_BOOT_SEED = 0
+MIN_DRAWS = 3
+"""Fewest draws behind an interval (seeds in every category) and behind a probability of improvement (paired runs).
+
+With one draw there is no spread at all. With two, a percentile bootstrap can only return the two values (the
+means of the resamples {a, a}, {a, b}, {b, b}): the "interval" is the range of the data, with no coverage to speak
+of; a t-interval has one degree of freedom (t₀.₉₇₅,₁ = 12.7), and P(A > B) from one or two pairs can only be 0, ¼,
+½, ¾ or 1. From three on the t quantile is 4.30, a bootstrap has 10 distinct resample means per category and a
+probability at least 6 levels: coarse, and captions name n, but an estimate rather than the draws themselves."""
+RULE = (f"intervals only where every category has ≥ {MIN_DRAWS} seeds, probabilities only from ≥ {MIN_DRAWS} paired "
+        "runs (fewer draws give back the draws themselves, not an estimate)")  # fmt: skip
+"""The rule of :data:`MIN_DRAWS` as a caption states it."""
+NA = "n/a"
+"""What an interval or a probability cell says where the rule's draws are missing (never ``[–, –]``)."""
 Groups = Union[Mapping[object, Sequence[float]], pd.DataFrame, np.ndarray, Sequence[Sequence[float]]]
 
 
@@ -60,17 +77,23 @@ def t_interval(values: Sequence[float] | np.ndarray, conf: float = 0.95) -> Inte
         conf: confidence level.
 
     Returns:
-        The interval; bounds are NaN for fewer than 2 values, everything NaN for none.
+        The interval; bounds are NaN for fewer than :data:`MIN_DRAWS` values, everything NaN for none.
     """
     a = _finite(values)
     n = len(a)
     if n == 0:
         return Interval(float("nan"), float("nan"), float("nan"), 0, "t-interval")
     m = float(a.mean())
-    if n < 2:
-        return Interval(m, float("nan"), float("nan"), 1, "t-interval")
+    if n < MIN_DRAWS:
+        return Interval(m, float("nan"), float("nan"), n, "t-interval")
     half = float(stats.t.ppf(0.5 + conf / 2, df=n - 1) * a.std(ddof=1) / np.sqrt(n))
     return Interval(m, m - half, m + half, n, f"{conf:.0%} t-interval across seeds (n={n}, ddof=1)")
+
+
+def bounds(low: float, high: float, number: Callable[[float], str]) -> str:
+    """``[low, high]`` with ``number`` formatting each bound; :data:`NA` when the interval is missing (fewer draws than
+    :data:`MIN_DRAWS`)."""
+    return f"[{number(low)}, {number(high)}]" if np.isfinite(low) and np.isfinite(high) else NA
 
 
 def _strata(data: Groups) -> list[np.ndarray]:
@@ -102,7 +125,8 @@ def stratified_bootstrap_mean(
     Each repetition resamples, independently in every category, that category's seeds with replacement
     and recomputes the unweighted mean over categories; the interval is the percentile interval of those
     ``n_boot`` means. Categories with no values are dropped (callers report coverage separately); when
-    a category has a single value the bounds are NaN (a lone seed carries no spread to resample).
+    a category has fewer than :data:`MIN_DRAWS` values the bounds are NaN (a lone seed carries no spread to
+    resample, and two give back their own range).
 
     Args:
         data: per-category seed values: a mapping category → values, a (categories × seeds) array or wide
@@ -123,7 +147,7 @@ def stratified_bootstrap_mean(
         total += g[idx].mean(axis=1)
     total /= len(groups)
     lo, hi = np.quantile(total, [(1 - conf) / 2, 1 - (1 - conf) / 2])
-    if min(len(g) for g in groups) < 2:  # a single seed carries no spread to resample: no honest interval
+    if min(len(g) for g in groups) < MIN_DRAWS:  # one or two seeds: no honest interval (see MIN_DRAWS)
         lo = hi = float("nan")
     method = (
         f"{conf:.0%} percentile CI, category-stratified bootstrap over seeds, {n_boot:,} resamples "
@@ -136,6 +160,7 @@ def prob_improvement(
     a: Sequence[float] | np.ndarray | pd.Series,
     b: Sequence[float] | np.ndarray | pd.Series,
     categories: Sequence[object] | None = None,
+    min_pairs: int = MIN_DRAWS,
 ) -> float:
     """P(A > B) on a random paired (category, seed) unit; ties count ½.
 
@@ -158,7 +183,7 @@ def prob_improvement(
         x, y = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
         if x.shape != y.shape:
             raise ValueError(f"paired scores need equal shapes, got {x.shape} and {y.shape}")
-    if len(x) == 0:
+    if len(x) == 0 or len(x) < min_pairs:
         return float("nan")
     wins = (x > y).astype(float) + 0.5 * (x == y)
     if categories is None:

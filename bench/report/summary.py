@@ -19,6 +19,7 @@ from tabulate import tabulate
 from bench.errors import BenchError
 from bench.report import detection, discovery
 from bench.report.load import load_results, weights_desc
+from bench.report.render import md_text
 from bench.results import DEFAULT_TASK
 
 
@@ -49,9 +50,9 @@ def summary_table(results_file: Path) -> str:
         means = by_cell.mean().groupby("shots").mean()
         cells.loc["mean"] = [f"{means[s]:.1f}" for s in cells.columns]
         cells.columns = [f"{s}-shot" for s in cells.columns]
-        cells.index = [str(c).replace("\n", " ").replace("|", "/") for c in cells.index]
+        cells.index = [md_text(c) for c in cells.index]  # a category is a folder name: anything but "/"
         blocks.append(
-            f"### {label}  ({group}; {weights_desc(f)})\n\n"
+            f"### {md_text(f'{label}  ({group}; {weights_desc(f)})')}\n\n"
             + tabulate(cells.fillna("–"), headers="keys", tablefmt="github")
             + "\n\naccuracy %, mean ± sample std over seeds (number of seeds; no ± for one seed); mean row = "
             "unweighted mean over categories"

@@ -21,8 +21,10 @@ import pandas as pd
 from bench.report import paper
 from bench.report.document import Document, Section, Table, slug
 from bench.report.load import COLLAPSE_RULE, Results, group_label, share_cell, weights_desc
+from bench.report.rows import REFUSED
 from bench.report.stats import (
-    DEFAULT_BOOT, DEFAULT_BOOT_SEED, Interval, prob_improvement, stratified_bootstrap_mean, t_interval,
+    DEFAULT_BOOT, DEFAULT_BOOT_SEED, MIN_DRAWS, NA, RULE, Interval, bounds, prob_improvement, stratified_bootstrap_mean,
+    t_interval,
 )  # fmt: skip
 from bench.results import DEFAULT_TASK
 from bench.seeding import numpy_rng
@@ -74,11 +76,41 @@ def fmt(x: float, nd: int = 2) -> str:
     return "–" if x is None or not np.isfinite(x) else f"{x:.{nd}f}"
 
 
+def finite(x: float | None) -> bool:
+    return x is not None and bool(np.isfinite(x))
+
+
+def interval_text(low: float, high: float) -> str:
+    """``[low, high]`` in percent with two decimals, ``n/a`` without an interval (:func:`bench.report.stats.bounds`)."""
+    return bounds(low, high, fmt)
+
+
+def mean_interval(mean: float, low: float, high: float) -> str:
+    """``mean [low, high]``, the mean alone when there is no interval."""
+    return fmt(mean) + (f" {interval_text(low, high)}" if finite(low) and finite(high) else "")
+
+
+def prob_text(p: float, n_pairs: int) -> str:
+    """A probability of improvement, ``n/a (n=…)`` when fewer than MIN_DRAWS paired runs stand behind it."""
+    return fmt(p) if finite(p) else f"{NA} (n={n_pairs})"
+
+
+def band_caption(curves: dict[str, pd.DataFrame], band: str) -> str:
+    """``band = <band>`` when some curve has an interval to draw, else why none is drawn (the caption never promises
+    a band the plot does not have)."""
+    drawn = any((np.isfinite(c.ci_low_pct.astype(float)) & np.isfinite(c.ci_high_pct.astype(float))).any() for c in curves.values())
+    rule = f"drawn where every category has ≥ {MIN_DRAWS} seeds"
+    return f"band = {band} ({rule})" if drawn else f"no band: no point has ≥ {MIN_DRAWS} seeds in every category"
+
+
+BARS = f"error bar = 95% t-interval across seeds, where a category has ≥ {MIN_DRAWS} seeds (none below)"
+
+
 def cell_text(mean: float, std: float, n: int, big_n: int) -> str:
     """``mean ± std``, with ``(n/N)†`` when not every expected run finished; ``—`` when none did."""
     if n == 0:
         return f"— (0/{big_n})"
-    text = f"{fmt(mean)} ± {fmt(std)}" if n > 1 else fmt(mean)  # one value has no spread to show
+    text = f"{fmt(mean)} ± {fmt(std)}" if n > 1 and finite(std) else fmt(mean)  # one value has no spread to show
     return text if n >= big_n else f"{text} ({n}/{big_n})†"
 
 
@@ -105,7 +137,8 @@ def configs_table(res: Results) -> Table:
         sub = res.frame[res.frame.config == cid]
         recs.append({"configuration": res.labels[cid], "paper row": paper.ablation_name(f["method"]), "group": group_label(f),
                      "backbone / weights": weights_desc(f), "harness": f["harness"], "options hash": f["method_config_hash"][:10],
-                     "ok": int((sub.status == "ok").sum()), "failed": int((sub.status != "ok").sum())})  # fmt: skip
+                     "ok": int((sub.status == "ok").sum()), "failed": int(((sub.status != "ok") & (sub.status != REFUSED)).sum()),
+                     **({"refused": int((sub.status == REFUSED).sum())} if (res.frame.status == REFUSED).any() else {})})  # fmt: skip
     d = pd.DataFrame(recs).sort_values("configuration").set_index("configuration")
     return Table("configurations", "Configurations", d, d.reset_index(),
                  "one line per configuration; rows differing in anything but category, shots and seed are never pooled")  # fmt: skip
@@ -193,7 +226,7 @@ def ablation_table(res: Results, group: str, n_boot: int, boot_seed: int, compar
         f, a = res.configs[cid], averages(res, cid, n_boot, boot_seed)
         label = res.labels[cid]
         name = paper.ablation_name(f["method"]) + (label[len(f["method"]):] if label != f["method"] else "")
-        cell = {f"{r.shots}-shot": f"{fmt(r.mean_pct)} [{fmt(r.ci_low_pct)}, {fmt(r.ci_high_pct)}]" + ("" if r.n >= r.N else f" ({r.n}/{r.N})†")
+        cell = {f"{r.shots}-shot": mean_interval(r.mean_pct, r.ci_low_pct, r.ci_high_pct) + ("" if r.n >= r.N else f" ({r.n}/{r.N})†")
                 for r in a.itertuples()}  # fmt: skip
         found = paper.paper_numbers(f["method"], f["dataset"], f.get("class_set.good") == "included") if compare else None
         if found is not None:
@@ -212,7 +245,8 @@ def ablation_table(res: Results, group: str, n_boot: int, boot_seed: int, compar
     disp.index.name = "row (paper's name)"
     cols = ["configuration"] + sorted([c for c in disp.columns if c != "configuration"], key=lambda c: (int(c.split("-")[0]), c))
     cap = (f"accuracy %, unweighted mean over categories of the seed means [95% CI: category-stratified bootstrap over seeds, "
-           f"{n_boot:,} resamples; unit of variance = one (category, seed) run]; chance / majority = mean over categories")  # fmt: skip
+           f"{n_boot:,} resamples; unit of variance = one (category, seed) run]; {RULE}: without an interval the cell is the mean alone; chance / majority "
+           "= mean over categories")  # fmt: skip
     if compare:
         cap += "; paper = average of the paper table named in the row, recomputed over this grid's categories (k/K cat. when partial)"
     notes = [INCOMPLETE] if any("†" in str(v) for v in disp.values.ravel()) else []
@@ -232,13 +266,14 @@ def paired_table(res: Results, group: str) -> Table | None:
             sa, sb = (ok[(ok.config == c) & (ok.shots == s)].set_index(["category", "seed"]).accuracy for c in (a, b))
             p = prob_improvement(sa, sb)
             n = len(sa.index.intersection(sb.index))
-            cell[f"{s}-shot"] = f"{fmt(p)} (n={n})"
+            cell[f"{s}-shot"] = f"{fmt(p)} (n={n})" if finite(p) else prob_text(p, n)
             data.append({"a": res.labels[a], "b": res.labels[b], "shots": s, "p_a_beats_b": p, "n_pairs": n})
         rows[f"{res.labels[a]} > {res.labels[b]}"] = cell
     disp = pd.DataFrame.from_dict(rows, orient="index")
     disp.index.name = "A > B"
     return Table(f"paired-{group}", "Paired comparison: probability of improvement", disp, pd.DataFrame(data),
-                 "P(A > B) on a random (category, seed) run both finished, ties ½, categories weighted equally; n = paired runs")  # fmt: skip
+                 f"P(A > B) on a random (category, seed) run both finished, ties ½, categories weighted equally; n = paired runs; "
+                 f"{NA} from fewer than {MIN_DRAWS} paired runs")  # fmt: skip
 
 
 def concentration_table(res: Results, group: str) -> Table:
@@ -352,13 +387,13 @@ def build_report(
             abl.figures.append(plots.accuracy_vs_shots(
                 curves, plots_dir / slug(f"acc-vs-shots-{group}"), f"Accuracy vs shots ({group})",
                 {k: ref.loc[k] for k in ref.index},
-                f"mean over categories; band = 95% category-stratified bootstrap CI over seeds ({n_boot:,} resamples); {group}"))  # fmt: skip
+                f"mean over categories; {band_caption(curves, f'95% category-stratified bootstrap CI over seeds ({n_boot:,} resamples)')}; {group}"))  # fmt: skip
             cs = {res.labels[c]: at_shots(cells(res, c), detail) for c in ids}
             means = pd.DataFrame({k: v.mean_pct for k, v in cs.items()})
             errs = pd.DataFrame({k: v.ci_high_pct - v.mean_pct for k, v in cs.items()})
             abl.figures.append(plots.category_bars(means, errs, plots_dir / slug(f"categories-{detail}shot-{group}"),
                                                    f"Per-category accuracy, {detail}-shot ({group})",
-                                                   f"mean over seeds; error bar = 95% t-interval across seeds; {group}"))  # fmt: skip
+                                                   f"mean over seeds; {BARS}; {group}"))  # fmt: skip
         doc.sections.append(abl)
         for cat in [c for c in (categories or cats[:1]) if c in cats]:
             sec = Section(f"{group}: per class, {cat}")
