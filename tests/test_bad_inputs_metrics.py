@@ -20,7 +20,7 @@ from scipy.optimize import linear_sum_assignment
 
 from bench.cli import main
 from bench.results import ResultsStore, read_rows
-from bench.run.metrics import episode_metrics
+from bench.metrics import episode_metrics
 from tests.test_report import make_row
 
 COMMON = ["--backbone", "resnet18", "--weights", "random", "--threads", "1", "--no-progress"]

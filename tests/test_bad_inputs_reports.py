@@ -27,7 +27,7 @@ from bench.report.load import load_results
 from bench.report.stats import prob_improvement, stratified_bootstrap_mean, t_interval
 from bench.report.summary import summary_table
 from bench.results import ResultsStore
-from bench.run.metrics import episode_metrics
+from bench.metrics import episode_metrics
 
 NAMES = ["crack", "hole", "scratch"]
 FAST = ["--no-plots", "--boot", "200"]

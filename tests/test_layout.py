@@ -82,7 +82,7 @@ def test_the_target_layout_is_in_place() -> None:
         assert {n.rsplit(".", 1)[1] for n in MODULES if n.startswith(package + ".")} >= names, package
     top = {n.split(".")[1] for n in MODULES if n.count(".") == 1
            and not n.startswith(("bench.datasets", "bench.methods", "bench.detectors", "bench.discoverers"))}  # fmt: skip
-    assert top <= {"__main__", "method", "episodes", "results", "registry", "cache", "images", "seeding", "paths", "errors",
+    assert top <= {"__main__", "method", "episodes", "results", "metrics", "registry", "cache", "images", "seeding", "paths", "errors",
                    "compat", "cli", "run", "features", "report", "datasets", "methods", "detection", "detectors",
                    "discovery", "discoverers"}, sorted(top)  # fmt: skip
 

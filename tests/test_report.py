@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from bench.cli import main as cli_main
-from bench.run.metrics import episode_metrics
+from bench.metrics import episode_metrics
 from bench.results import ResultsStore
 
 CATS = {"bottle": ["broken", "crack", "dent"], "cable": ["bent", "cut", "swap", "twist"], "capsule": ["poke", "scratch"]}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.results import OK_METRICS, ResultsStore, latest_ok, read_rows, row_problem, row_task
-from bench.run.metrics import episode_metrics
+from bench.metrics import episode_metrics
 
 
 def test_metrics() -> None:

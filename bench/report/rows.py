@@ -11,10 +11,8 @@ that lacks a metric and the predictions to recompute it from, is refused: it kee
 with status ``refused`` and the reason (so tables show it as a missing run, n/N), and is counted
 (:attr:`RowCheck.refused`). Failed rows (``error``) pass unchanged: they are failed jobs, counted as such.
 
-Reports never import the run (docs/architecture.md), so the classification metrics the tables read are recomputed
-here (the same definitions as ``bench.run.metrics.episode_metrics``); discovery's come from
-:func:`bench.discovery.metrics.discovery_metrics` and detection's image AUROC from
-:func:`bench.detection.metrics.image_auroc`, the functions the run itself calls.
+The metrics are recomputed with the functions the run itself calls: :func:`bench.metrics.episode_metrics`
+(classification), :func:`bench.discovery.metrics.discovery_metrics` and :func:`bench.detection.metrics.image_auroc`.
 """
 
 from __future__ import annotations
@@ -68,21 +66,14 @@ def class_names(row: dict[str, Any]) -> list[str]:
 
 
 def classification_metrics(row: dict[str, Any]) -> dict[str, Any]:
-    """What the classification tables read, from ``y_true``/``y_pred``: accuracy, confusion, per-class recall, chance,
-    majority and the counts (as ``bench.run.metrics.episode_metrics`` defines them)."""
+    """:func:`bench.metrics.episode_metrics` of the row's ``y_true``/``y_pred``, with the counts the tables read."""
+    from bench.metrics import episode_metrics
+
     names = class_names(row)
     yt, yp = labels(row, "y_true", len(names)), labels(row, "y_pred", len(names))
     if len(yt) != len(yp):
         raise Malformed(f"y_true has {len(yt)} labels and y_pred {len(yp)}")
-    k = len(names)
-    cm = np.bincount(yt * k + yp, minlength=k * k).reshape(k, k)
-    support, counts = cm.sum(axis=1), np.bincount(yt, minlength=k)
-    return {
-        "accuracy": float((yt == yp).mean()),
-        "per_class_recall": {n: float(cm[i, i] / support[i]) if support[i] else math.nan for i, n in enumerate(names)},
-        "confusion": cm.tolist(), "chance": 1.0 / k, "majority": float(counts.max() / counts.sum()),
-        "n_classes": k, "n_queries": len(yt),
-    }  # fmt: skip
+    return {**episode_metrics(yt, yp, names), "n_classes": len(names), "n_queries": len(yt)}
 
 
 def discovery_row_metrics(row: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@
 Modules: :mod:`~bench.run.config` (the options, the feature and method configurations built once),
 :mod:`~bench.run.plan` (jobs, their identity, groups), :mod:`~bench.run.job` (one job: its context, its method,
 its row), :mod:`~bench.run.workers` (worker processes, signals, Dask) and :mod:`~bench.run.grid` (preflight and
-the loop). The row's metrics are :mod:`~bench.run.metrics`, its environment record :mod:`~bench.run.envinfo`.
+the loop). The row's metrics are :mod:`bench.metrics`, its environment record :mod:`~bench.run.envinfo`.
 """
 
 from bench.run.config import RunConfig, resolve_device

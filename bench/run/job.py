@@ -28,7 +28,7 @@ from bench.method import Method, SupportSet, TaskContext, config_hash, get_metho
 from bench.results import DEFAULT_TASK
 from bench.run.config import RunConfig
 from bench.run.envinfo import environment
-from bench.run.metrics import episode_metrics
+from bench.metrics import episode_metrics
 from bench.run.plan import Job
 
 log = logging.getLogger(__name__)
