@@ -21,7 +21,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from bench.datasets import Samples, describe_ignored, load_dataset
+from bench.cache import hash_memo_dir
+from bench.datasets import Samples, check_image_files, describe_ignored, load_dataset
 from bench.errors import BenchError, ConfigError, WeightsError
 from bench.paths import set_cache_root
 from bench.results import ResultsStore
@@ -107,7 +108,7 @@ def check_out_outside_data(out: str | Path, data_root: str | Path) -> None:
 
 
 def preflight(cfg: RunConfig) -> Samples:
-    """Fail fast, before any job, on problems that would fail every job (dataset, methods, weights)."""
+    """Fail fast, before any job, on problems that would fail every job (dataset, its images, methods, weights)."""
     if cfg.cache_dir:
         set_cache_root(cfg.cache_dir)
     samples = load_dataset(cfg.dataset, cfg.data_root, cfg.dataset_options())
@@ -118,6 +119,7 @@ def preflight(cfg: RunConfig) -> Samples:
             f"weights file not found: {Path(cfg.weights).expanduser()}. Pass --weights imagenet, --weights random, "
             "or the path of a local state-dict file."
         )
+    check_image_files(samples, hash_memo_dir(cfg.cache_dir))  # the hashes the plan's job keys read next
     feature_store(cfg)  # loads the backbone: WeightsError now, not in every job
     return samples
 
