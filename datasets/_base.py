@@ -323,10 +323,16 @@ def scan_mvtec_layout(
     for cdir in cat_dirs:
         for split in ("train", "test"):
             sdir = cdir / split
+            if split == "train" and not sdir.exists():
+                # Defect classes only: many public defect sets ship without normal images. The category has no
+                # train/good images, so methods that need none run and the others fail with that reason
+                # (:func:`finalize` warns; bench.run.plan.no_normals_error).
+                continue
             if not sdir.is_dir():
                 raise DatasetError(
                     f"{sdir} is missing: category {cdir.name!r} does not have the MVTec layout "
-                    "<category>/{train/good,test/<defect_type>}. Fix the folder or drop the category."
+                    "<category>/{train/good,test/<defect_type>} (train/ may be left out when there are no normal "
+                    "images). Fix the folder or drop the category."
                 )
             left_out = ignored.setdefault(cdir.name, [])
             ldirs = sorted(p for p in sdir.iterdir() if p.is_dir() and not is_hidden_or_system(p.name))

@@ -136,8 +136,8 @@ def no_normals_error(samples: Samples, category: str, method: str, why: str) -> 
     """The error of a job whose method needs normal training images that the category does not have."""
     return (  # the same text for every category, so the run's failure summary says it once per method
         f"method {method!r} needs normal (defect-free) training images for {why}, but the category has none (its "
-        f"train/good is empty; dataset {samples.dataset!r} at {samples.root}). Add defect-free images to the "
-        "category's train/good folder, or choose a method that needs none (e.g. protonet, knn, logreg, direct, "
+        f"train/good is empty or missing; dataset {samples.dataset!r} at {samples.root}). Add defect-free images to "
+        "the category's train/good folder, or choose a method that needs none (e.g. protonet, knn, logreg, direct, "
         "contrastive-raw)."
     )
 
