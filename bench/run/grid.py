@@ -30,7 +30,7 @@ from bench.run.config import RunConfig
 from bench.run.detection import detection_feature_work, plan_detection, run_detection_job
 from bench.run.discovery import discovery_feature_work, discovery_notes, plan_discovery, run_discovery_job
 from bench.run.job import feature_store, run_job
-from bench.run.plan import Job, feature_work, group_jobs, plan
+from bench.run.plan import Job, failure_groups, failure_lines, feature_work, group_jobs, plan
 from bench.run.workers import worker_pool, worker_setup
 
 
@@ -172,6 +172,11 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
     skipped = len(jobs) - len(todo)
     if skipped:
         print(f"resuming: {skipped} of {len(jobs)} jobs already finished in {results.path}")
+    doomed = failure_groups([(j, j.error) for j in todo if j.error])
+    if doomed:  # said now, not only at the end: the fix (fewer --shots, --exclude-combined, ...) is in each reason
+        n = sum(len(js) for js in doomed.values())
+        print("\n".join([f"WARNING: {n} of {len(todo)} job(s) cannot run and will be recorded as failed "
+                         f"({len(doomed)} distinct reason(s)):", *failure_lines(doomed, max_errors=5)]))
     failed: list[tuple[Job, str]] = []
     ok = 0
     groups = group_jobs(todo)
