@@ -108,6 +108,17 @@ class Episode(Persisted):
         d["version"] = EPISODE_VERSION
         return d
 
+def too_few_fix(name: str, n_images: int) -> str:
+    """The fix for a class with too few images for the shots: the switch that drops it where there is one
+    (``combined`` is often the smallest type of a category, ``good`` is there by ``--include-good``)."""
+    fewer = f"use --shots {'1' if n_images == 2 else f'1-{n_images - 1}'}, " if n_images > 1 else ""
+    if name == "combined":
+        return f"Pass --exclude-combined (drops the combined type), {fewer}or add images."
+    if name == "good":
+        return f"Drop --include-good, {fewer}or add test/good images."
+    return "Use fewer --shots or add images."
+
+
 def make_episode(
     samples: Samples,
     category: str,
@@ -143,8 +154,9 @@ def make_episode(
         if len(paths) < shots + 1:
             folder = Path(paths[0]).parent if paths else Path(samples.root) / category / "test" / name
             raise DatasetError(
-                f"defect type {name!r} of category {category!r} has {len(paths)} image(s) in {folder}, but "
-                f"{shots}-shot needs at least {shots + 1} (n support + 1 query). Use fewer --shots or add images."
+                f"{'class' if name == 'good' else 'defect type'} {name!r} of category {category!r} has {len(paths)} "
+                f"image(s) in {folder}, but {shots}-shot needs at least {shots + 1} (n support + 1 query). "
+                f"{too_few_fix(name, len(paths))}"
             )
         if rng is not None:
             chosen = set(rng.choice(len(paths), size=shots, replace=False).tolist())

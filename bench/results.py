@@ -4,7 +4,10 @@ Writes take an exclusive ``flock`` on the file and append the whole line with a 
 by ``fsync``, so concurrent runs writing to the same file never interleave, and a killed run leaves at
 most one truncated last line. Reading tolerates such a line (and any corrupt line): it is skipped and
 counted. Rows are keyed by the job key (a hash of everything that defines the job); a job is finished
-when a row with its key and ``status == "ok"`` exists, so re-running a command resumes it.
+when a row with its key and ``status == "ok"`` exists, so re-running a command resumes it. A failed job is
+tried again on resume, but its failure row is stored once: a run that fails it again with the same error
+appends nothing (:meth:`ResultsStore.append_new`), so resuming a grid with jobs that cannot run never grows
+the file.
 
 Row schema (``schema: 1``), top-level keys:
 
@@ -79,20 +82,24 @@ class ResultsStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        # Incremental view of the finished keys (see `is_finished`/`append_new`): bytes already scanned.
+        # Incremental view of the finished keys and of the stored failures, (key, error) (see `is_finished`/
+        # `append_new`): bytes already scanned.
         self._scanned = 0
         self._finished: set[str] = set()
+        self._failures: set[tuple[str, str]] = set()
 
     def append(self, row: dict[str, Any]) -> None:
         """Append one row atomically (whole line, locked, fsynced)."""
         self._append(row, unique=False)
 
     def append_new(self, row: dict[str, Any]) -> bool:
-        """Append ``row`` unless a finished (``ok``) row with its key is already in the file.
+        """Append ``row`` unless a finished (``ok``) row with its key is already in the file, or, for a failure
+        row, a failure row with its key and the same error.
 
         The check and the write happen under the same exclusive lock, so two runs (or a resumed run and a
-        straggling worker of a killed one) that finish the same job never store it twice. Returns whether the
-        row was written.
+        straggling worker of a killed one) that finish the same job never store it twice, and a job that fails
+        the same way on every resume keeps one row. A failure with a new error is appended (reports show a key's
+        last row, :func:`latest_ok`: the newest reason). Returns whether the row was written.
         """
         return self._append(row, unique=True)
 
@@ -114,21 +121,29 @@ class ResultsStore:
         """Add the keys of ``ok`` rows appended since the last scan (complete lines only)."""
         size = os.fstat(fd).st_size
         if size < self._scanned:  # the file was replaced or truncated: start again
-            self._scanned, self._finished = 0, set()
+            self._scanned, self._finished, self._failures = 0, set(), set()
         if size == self._scanned:
             return
         data = os.pread(fd, size - self._scanned, self._scanned)
         end = data.rfind(b"\n") + 1  # a line still being written (or cut by a kill) waits for its newline
         for raw in data[:end].splitlines():
-            if b'"ok"' not in raw:
+            if b'"ok"' not in raw and b'"error"' not in raw:
                 continue
             try:
                 row = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 continue
-            if isinstance(row, dict) and row.get("status") == "ok" and "key" in row:
-                self._finished.add(row["key"])
+            self._note(row)
         self._scanned += end
+
+    def _note(self, row: Any) -> None:
+        """Remember a stored row's key as finished (``ok``) or its (key, error) as a stored failure."""
+        if not isinstance(row, dict) or not isinstance(row.get("key"), str):
+            return
+        if row.get("status") == "ok":
+            self._finished.add(row["key"])
+        elif row.get("status") == "error":
+            self._failures.add((row["key"], str(row.get("error"))))
 
     def _append(self, row: dict[str, Any], unique: bool) -> bool:
         row = {"schema": SCHEMA, **row}
@@ -145,7 +160,9 @@ class ResultsStore:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if unique:
                 self._scan(fd)
-                if row.get("key") in self._finished:
+                if row.get("key") in self._finished or (
+                    row.get("status") == "error" and (row.get("key"), str(row.get("error"))) in self._failures
+                ):
                     return False
             # A previous writer killed mid-line leaves no trailing newline: start on a fresh line so the
             # partial line stays one skippable line and this row stays intact.
@@ -169,8 +186,7 @@ class ResultsStore:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
-        if row.get("status") == "ok" and "key" in row:
-            self._finished.add(row["key"])
+        self._note(row)
         return True
 
     def read(self) -> ReadResult:

@@ -14,6 +14,7 @@ from bench.datasets._base import (
     SAMPLE_COLUMNS,
     DatasetOptions,
     Samples,
+    check_image_files,
     dataset_image_fit,
     describe_ignored,
     load_dataset,
@@ -21,8 +22,8 @@ from bench.datasets._base import (
 )
 
 __all__ = [
-    "DATASETS", "SAMPLE_COLUMNS", "DatasetOptions", "Samples", "dataset_image_fit", "describe_ignored", "import_all",
-    "load_dataset", "register_dataset",
+    "DATASETS", "SAMPLE_COLUMNS", "DatasetOptions", "Samples", "check_image_files", "dataset_image_fit",
+    "describe_ignored", "import_all", "load_dataset", "register_dataset",
 ]  # fmt: skip
 
 

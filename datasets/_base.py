@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
+from PIL import Image
 
 from bench.errors import DatasetError
 from bench.registry import Registry
@@ -35,6 +37,39 @@ def is_hidden_or_system(name: str) -> bool:
     system entries (:data:`SYSTEM_NAMES`). Every scanner skips them: a hidden folder inside ``test/`` would
     otherwise become a defect type, and a ``._000.png`` (resource fork, not an image) would fail its category."""
     return name.startswith(".") or name in SYSTEM_NAMES
+
+
+MIN_IMAGE_SIDE = 32
+"""The smallest width or height (pixels) of an image the harness accepts. Every image is resized to the 224-pixel
+network input (docs/method-notes.md §4.1), so a smaller one is not an error the pipeline notices: a 1×1 file
+becomes a flat grey square and its features are those of nothing. The public sets this harness reads have no
+image under 103 pixels on a side (MTD's narrowest tiles; MVTec AD's start at 700), while thumbnails, icons,
+tracking pixels and failed exports are smaller than 32; at 32 pixels the backbone's stride-8 grid (28 × 28 at
+224) still has about one source pixel per cell, below that the features describe the interpolation."""
+
+
+def case_collisions(names: list[str]) -> list[list[str]]:
+    """Groups of ``names`` that differ only in letter case (``MT_Crack``, ``MT_crack``), each sorted.
+
+    On a case-insensitive file system (macOS, Windows) such folders cannot even coexist, so a second one is a copy
+    made elsewhere; a scanner that lower-cases labels would merge them into one class, one that keeps the case
+    would make two classes of the same defect. Scanners refuse them (the user keeps one)."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name.casefold(), []).append(name)
+    return [sorted(g) for g in groups.values() if len(g) > 1]
+
+
+def refuse_case_collisions(folder: Path, names: list[str], what: str) -> None:
+    """Raise :class:`DatasetError` naming the first group of :func:`case_collisions` among ``names`` in ``folder``."""
+    clash = case_collisions(names)
+    if clash:
+        shown = ", ".join(f"{folder / n}/" for n in clash[0])
+        raise DatasetError(
+            f"{what} folders that differ only in letter case: {shown}. They would be one class read twice or two "
+            "classes of the same defect. Keep one of them (move the other out of the dataset folder)"
+            + (f"; {len(clash) - 1} more such group(s)" if len(clash) > 1 else "") + "."
+        )
 
 
 @dataclass(frozen=True)
@@ -123,6 +158,66 @@ class Samples:
                 ) from None
             h.update(f"{row.split}/{row.label}/{row.name}:{digest}\n".encode())
         return h.hexdigest()[:16]
+
+
+def check_image_files(samples: Samples, memo_dir: Path | None = None) -> None:
+    """Refuse, before any job, images too small to describe (:data:`MIN_IMAGE_SIDE`) and copies of one image.
+
+    A copy (the same bytes under two names: ``MT_Crack/`` duplicated as ``MT_crack/``, a file dragged into a
+    second defect folder, a test image also in ``train/good``) would be its own support or query, one image in two
+    classes, or a query the memory bank has seen: numbers that look fine and are not. Copies among ``train/good``
+    only are allowed (they weigh the bank, they leak nothing). The bytes are hashed by
+    :func:`bench.cache.file_sha256`, the same memoised hashes the job keys use (:meth:`Samples.content_hash`), so
+    the check costs the plan nothing more; the sizes come from the file headers. Files that cannot be read are
+    left to the jobs, which name them.
+
+    Raises:
+        DatasetError: naming the first offending file(s), how many there are, and the fix.
+    """
+    from bench.cache import file_sha256
+
+    t = samples.table
+    small: list[tuple[str, tuple[int, int]]] = []
+    copies: list[tuple[str, list[tuple[str, str]]]] = []  # (category, [(path, split/label), ...])
+    for category in sorted(t.category.unique()):
+        by_digest: dict[str, list[tuple[str, str]]] = {}
+        for row in t[t.category == category].sort_values(["split", "label", "name"]).itertuples(index=False):
+            size = _header_size(row.image_path)
+            if size is not None and min(size) < MIN_IMAGE_SIDE:
+                small.append((row.image_path, size))
+            try:
+                digest = file_sha256(row.image_path, memo_dir)
+            except OSError:
+                continue
+            by_digest.setdefault(digest, []).append((row.image_path, f"{row.split}/{row.label}"))
+        copies += [(category, g) for g in by_digest.values() if len(g) > 1 and any(w.startswith("test/") for _, w in g)]
+    if small:
+        path, (w, h) = small[0]
+        raise DatasetError(
+            f"image {path} is {w}×{h} px, smaller than {MIN_IMAGE_SIDE} px on a side: it would be blown up to the "
+            f"network input and give features of nothing (a thumbnail, icon or failed export?)"
+            + (f"; {len(small)} such images in all" if len(small) > 1 else "")
+            + ". Replace it with the original image or remove it from the dataset folder."
+        )
+    if copies:
+        category, ((a, wa), (b, wb), *_) = copies[0]
+        raise DatasetError(
+            f"images {a} and {b} have the same bytes (category {category!r}: {wa} and {wb}): a copy would be its own "
+            "support or query, one image in two classes, or a query the memory bank has seen"
+            + (f"; {len(copies)} such groups in all" if len(copies) > 1 else "")
+            + ". Remove the copies (a duplicated or backup folder?) from the dataset folder."
+        )
+
+
+def _header_size(path: str) -> tuple[int, int] | None:
+    """(width, height) from an image file's header, ``None`` when it cannot be read (the jobs report why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
 
 
 Adapter = Callable[[Path | None, DatasetOptions], Samples]
@@ -223,16 +318,32 @@ def scan_mvtec_layout(
                 f"no category folders with a test/ sub-folder under {root}. Expected the MVTec layout "
                 "<root>/<category>/{train/good,test/<defect_type>}; check --data-root points at the dataset root."
             )
+        refuse_case_collisions(root, [p.name for p in cat_dirs], "category")
     rows: list[dict[str, str]] = []
     for cdir in cat_dirs:
         for split in ("train", "test"):
             sdir = cdir / split
+            if split == "train" and not sdir.exists():
+                # Defect classes only: many public defect sets ship without normal images. The category has no
+                # train/good images, so methods that need none run and the others fail with that reason
+                # (:func:`finalize` warns; bench.run.plan.no_normals_error).
+                continue
             if not sdir.is_dir():
                 raise DatasetError(
                     f"{sdir} is missing: category {cdir.name!r} does not have the MVTec layout "
-                    "<category>/{train/good,test/<defect_type>}. Fix the folder or drop the category."
+                    "<category>/{train/good,test/<defect_type>} (train/ may be left out when there are no normal "
+                    "images). Fix the folder or drop the category."
                 )
             left_out = ignored.setdefault(cdir.name, [])
+            ldirs = sorted(p for p in sdir.iterdir() if p.is_dir() and not is_hidden_or_system(p.name))
+            refuse_case_collisions(sdir, [p.name for p in ldirs], "defect-type" if split == "test" else "train")
+            misspelt = [p for p in ldirs if p.name.casefold() == "good" and p.name != "good"]
+            if misspelt:
+                fate = "it would be a defect type" if split == "test" else "its images would be left out"
+                raise DatasetError(
+                    f"{misspelt[0]}/ is spelt differently from good/, the folder of normal images (the name is "
+                    f"case-sensitive): {fate}. Rename it to {sdir / 'good'}/."
+                )
             for ldir in sorted(p for p in sdir.iterdir() if p.is_dir()):
                 if split == "train" and ldir.name != "good":
                     continue

@@ -13,9 +13,20 @@ Choices made here:
   product, exactly like the defect folders of one MVTec AD category. The category is named after the product
   (as MVTec's ``screw``), not the dataset, so that rows read "magnetic_tile, 5 types".
 * **Labels** are the folder names without ``MT_``, lower-cased (``blowhole``, ``break``, ``crack``, ``fray``,
-  ``uneven``); any other ``MT_<Type>`` folder is read as one more type the same way. The mask of every defect
-  image goes into ``mask_path``; a defect image without its mask is an error (the mask is what pixel metrics
-  and the crop measurement in the README read). ``MT_Free`` masks are not needed and not checked.
+  ``uneven``). The mask of every defect image goes into ``mask_path``; a defect image without its mask is an
+  error (the mask is what pixel metrics and the crop measurement in the README read). ``MT_Free`` masks are not
+  needed and not checked.
+* **Folders.** The published layout has exactly six folders, :data:`FREE` and :data:`TYPES`; they are matched
+  regardless of letter case (a copy through a case-insensitive file system or an archiver may lower-case them).
+  Two folders that differ only in case (``MT_Crack`` and ``MT_crack``) are refused: lower-casing made them one
+  class, so a copy of the support image landed among the queries. Any other ``MT_*`` folder (``MT_Crack_old``,
+  ``MT_Crack copy``, ``MT_``) is **left out with a warning, not read as a type and not refused**: ``mtd`` names
+  one published dataset, and a row labelled ``mtd`` must mean its classes, whatever else sits beside them.
+  Reading such a folder made a backup a sixth class of duplicates (and ``MT_`` a class with an empty name);
+  refusing it would make a user move a harmless backup out of a dataset that is otherwise intact, for results
+  that would be the same. Defect types of one's own belong in ``--dataset folder`` (the MVTec layout). Copies
+  of an image across folders are refused by the run's image check
+  (:func:`bench.datasets._base.check_image_files`, the same byte hashes as the job keys).
 * **The hold-out of normal images.** MTD has no train/test split and no defect-free test set, but detection
   (``bench detect``, ``docs/tasks.md``) and the ``--include-good`` setting need normal *test*
   images that the memory bank never saw. :data:`HOLDOUT_SHARE` = 20 % of ``MT_Free`` (190 of 952) becomes
@@ -53,7 +64,15 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from bench.datasets._base import SAMPLE_COLUMNS, DatasetOptions, Samples, check_root, list_images, register_dataset
+from bench.datasets._base import (
+    SAMPLE_COLUMNS,
+    DatasetOptions,
+    Samples,
+    check_root,
+    list_images,
+    refuse_case_collisions,
+    register_dataset,
+)
 from bench.errors import DatasetError
 from bench.seeding import stable_int
 
@@ -91,6 +110,27 @@ def holdout_names(names: list[str], share: float = HOLDOUT_SHARE, seed: int = HO
     n = min(len(names) - 1, max(1, round(share * len(names))))
     ranked = sorted(names, key=lambda name: (stable_int(seed, "mtd-holdout", name), name))
     return sorted(ranked[:n])
+
+
+def mtd_folders(root: Path) -> dict[str, Path]:
+    """MTD's published folders found in ``root``, by published name (:data:`FREE`, :data:`TYPES`), matched
+    regardless of letter case; see the module docstring (Folders) for what happens to the others.
+
+    Raises:
+        DatasetError: two ``MT_*`` folders differ only in letter case.
+    """
+    found = sorted(p for p in root.iterdir() if p.is_dir() and p.name[:3].upper() == "MT_")
+    refuse_case_collisions(root, [p.name for p in found], "MTD")
+    published = {name.casefold(): name for name in (FREE, *TYPES)}
+    folders = {published[p.name.casefold()]: p for p in found if p.name.casefold() in published}
+    others = [p.name for p in found if p.name.casefold() not in published]
+    if others:
+        log.warning(
+            "MTD at %s: left out %s: not one of MTD's published folders (%s), so not a defect type (a backup or "
+            "copy?); use --dataset folder for defect types of your own", root, ", ".join(f"{n}/" for n in others),
+            ", ".join((FREE, *TYPES)),
+        )
+    return folders
 
 
 def _wrong_root_hint(root: Path) -> str:
@@ -164,18 +204,19 @@ def scan_mtd(root: Path, options: DatasetOptions) -> Samples:
         raise DatasetError(
             f"category {other} not found in MTD at {root}: MTD has one category, {CATEGORY!r}. Check --categories."
         )
-    type_dirs = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("MT_") and p.name != FREE)
-    if not (root / FREE).is_dir():
+    folders = mtd_folders(root)
+    type_dirs = [folders[t] for t in TYPES if t in folders]
+    if FREE not in folders:
         if not type_dirs:
             raise DatasetError(f"dataset root {root} is not the MTD folder: {_wrong_root_hint(root)}")
         raise DatasetError(
             f"{root / FREE} is missing: MTD's defect-free images are needed for the memory bank and the test/good "
             f"hold-out. Restore {FREE}/Imgs from the original download."
         )
-    missing = [t for t in TYPES if not (root / t).is_dir()]
+    missing = [t for t in TYPES if t not in folders]
     if missing:
         log.warning("MTD at %s lacks the defect type folder(s) %s; using the types found", root, ", ".join(missing))
-    free = _scan_type(root / FREE, need_masks=False)
+    free = _scan_type(folders[FREE], need_masks=False)
     held = set(holdout_names([img.name for img, _ in free]))
     rows: list[dict[str, str]] = []
 
@@ -185,9 +226,11 @@ def scan_mtd(root: Path, options: DatasetOptions) -> Samples:
 
     for img, _ in free:
         add("test" if img.name in held else "train", "good", img, None)
-    for tdir in type_dirs:
-        label = tdir.name[3:].lower()
-        for img, mask in _scan_type(tdir, need_masks=True):
+    for name in TYPES:
+        if name not in folders:
+            continue
+        label = name[3:].lower()
+        for img, mask in _scan_type(folders[name], need_masks=True):
             add("test", label, img, mask)
     table = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
     info = {

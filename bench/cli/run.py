@@ -31,7 +31,7 @@ from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, Termina
 from bench.method import coerce_options
 from bench.paths import CACHE_ENV, DEFAULT_CACHE
 from bench.report.summary import summary_table
-from bench.run import Job, RunConfig, execute
+from bench.run import Job, RunConfig, execute, failure_groups, failure_lines
 from bench.run.tasks import TASKS
 
 
@@ -196,21 +196,12 @@ def main(args: argparse.Namespace) -> int:
 
 
 def failure_summary(failed: list[tuple[Job, str]], max_errors: int = 10) -> str:
-    """The failed jobs grouped by method and error: one line each, with the categories, shots and seeds it hit.
+    """The failed jobs grouped by error: one line each, with the methods, categories, shots and seeds it hit.
 
     A grid where one method cannot run on a dataset (e.g. a memory-bank method on categories without normal
-    images) fails all its jobs with the same reason: said once, with the number of jobs, not once per job.
+    images) fails all its jobs with the same reason: said once, with the number of jobs, not once per job; a
+    reason every method shares (too few images for the shots) is one error, not one per method.
     """
-    groups: dict[tuple[str, str], list[Job]] = {}
-    for job, err in failed:
-        groups.setdefault((job.method, err), []).append(job)
-    lines = [f"failed jobs: {len(failed)}, {len(groups)} distinct error(s) "
-             "(rows with status 'error' in results.jsonl):"]
-    for (method, err), jobs in list(groups.items())[:max_errors]:
-        cats = ", ".join(sorted({j.category for j in jobs}))
-        shots = ",".join(str(n) for n in sorted({j.shots for j in jobs}))
-        seeds = ",".join(str(n) for n in sorted({j.seed for j in jobs}))
-        lines.append(f"  {method}: {len(jobs)} job(s) (categories {cats}; shots {shots}; seeds {seeds}): {err}")
-    if len(groups) > max_errors:
-        lines.append(f"  ... and {len(groups) - max_errors} more distinct error(s)")
-    return "\n".join(lines)
+    groups = failure_groups(failed)
+    head = f"failed jobs: {len(failed)}, {len(groups)} distinct error(s) (rows with status 'error' in results.jsonl):"
+    return "\n".join([head, *failure_lines(groups, max_errors)])

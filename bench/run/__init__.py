@@ -12,9 +12,9 @@ the loop). The row's metrics are :mod:`bench.metrics`, its environment record :m
 from bench.run.config import RunConfig, resolve_device
 from bench.run.grid import RunReport, execute, preflight
 from bench.run.job import build_method, make_context, run_job
-from bench.run.plan import Job, plan
+from bench.run.plan import Job, failure_groups, failure_lines, plan
 
 __all__ = [
-    "Job", "RunConfig", "RunReport", "build_method", "execute", "make_context", "plan", "preflight", "resolve_device",
-    "run_job",
+    "Job", "RunConfig", "RunReport", "build_method", "execute", "failure_groups", "failure_lines", "make_context",
+    "plan", "preflight", "resolve_device", "run_job",
 ]  # fmt: skip

@@ -21,7 +21,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from bench.datasets import Samples, describe_ignored, load_dataset
+from bench.cache import hash_memo_dir
+from bench.datasets import Samples, check_image_files, describe_ignored, load_dataset
 from bench.errors import BenchError, ConfigError, WeightsError
 from bench.paths import set_cache_root
 from bench.results import ResultsStore
@@ -29,7 +30,7 @@ from bench.run.config import RunConfig
 from bench.run.detection import detection_feature_work, plan_detection, run_detection_job
 from bench.run.discovery import discovery_feature_work, discovery_notes, plan_discovery, run_discovery_job
 from bench.run.job import feature_store, run_job
-from bench.run.plan import Job, feature_work, group_jobs, plan
+from bench.run.plan import Job, failure_groups, failure_lines, feature_work, group_jobs, plan
 from bench.run.workers import worker_pool, worker_setup
 
 
@@ -107,7 +108,7 @@ def check_out_outside_data(out: str | Path, data_root: str | Path) -> None:
 
 
 def preflight(cfg: RunConfig) -> Samples:
-    """Fail fast, before any job, on problems that would fail every job (dataset, methods, weights)."""
+    """Fail fast, before any job, on problems that would fail every job (dataset, its images, methods, weights)."""
     if cfg.cache_dir:
         set_cache_root(cfg.cache_dir)
     samples = load_dataset(cfg.dataset, cfg.data_root, cfg.dataset_options())
@@ -118,6 +119,7 @@ def preflight(cfg: RunConfig) -> Samples:
             f"weights file not found: {Path(cfg.weights).expanduser()}. Pass --weights imagenet, --weights random, "
             "or the path of a local state-dict file."
         )
+    check_image_files(samples, hash_memo_dir(cfg.cache_dir))  # the hashes the plan's job keys read next
     feature_store(cfg)  # loads the backbone: WeightsError now, not in every job
     return samples
 
@@ -170,6 +172,11 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
     skipped = len(jobs) - len(todo)
     if skipped:
         print(f"resuming: {skipped} of {len(jobs)} jobs already finished in {results.path}")
+    doomed = failure_groups([(j, j.error) for j in todo if j.error])
+    if doomed:  # said now, not only at the end: the fix (fewer --shots, --exclude-combined, ...) is in each reason
+        n = sum(len(js) for js in doomed.values())
+        print("\n".join([f"WARNING: {n} of {len(todo)} job(s) cannot run and will be recorded as failed "
+                         f"({len(doomed)} distinct reason(s)):", *failure_lines(doomed, max_errors=5)]))
     failed: list[tuple[Job, str]] = []
     ok = 0
     groups = group_jobs(todo)

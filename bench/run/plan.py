@@ -136,10 +136,36 @@ def no_normals_error(samples: Samples, category: str, method: str, why: str) -> 
     """The error of a job whose method needs normal training images that the category does not have."""
     return (  # the same text for every category, so the run's failure summary says it once per method
         f"method {method!r} needs normal (defect-free) training images for {why}, but the category has none (its "
-        f"train/good is empty; dataset {samples.dataset!r} at {samples.root}). Add defect-free images to the "
-        "category's train/good folder, or choose a method that needs none (e.g. protonet, knn, logreg, direct, "
+        f"train/good is empty or missing; dataset {samples.dataset!r} at {samples.root}). Add defect-free images to "
+        "the category's train/good folder, or choose a method that needs none (e.g. protonet, knn, logreg, direct, "
         "contrastive-raw)."
     )
+
+
+def failure_groups(failed: Sequence[tuple[Job, str]]) -> dict[str, list[Job]]:
+    """Failed (or doomed) jobs by their error text, in order of first appearance.
+
+    By the text alone, not by (method, text): a reason every method shares (a defect type with too few images for
+    the shots, an unreadable image) is one error, however many methods hit it."""
+    groups: dict[str, list[Job]] = {}
+    for job, err in failed:
+        groups.setdefault(err, []).append(job)
+    return groups
+
+
+def failure_lines(groups: dict[str, list[Job]], max_errors: int = 10) -> list[str]:
+    """One line per error of :func:`failure_groups`: the methods, the number of jobs, the categories, shots and
+    seeds it hit, and the error; at most ``max_errors`` lines and one that counts the rest."""
+    lines = []
+    for err, jobs in list(groups.items())[:max_errors]:
+        methods = ", ".join(dict.fromkeys(j.method for j in jobs))
+        cats = ", ".join(sorted({j.category for j in jobs}))
+        shots = ",".join(str(n) for n in sorted({j.shots for j in jobs}))
+        seeds = ",".join(str(n) for n in sorted({j.seed for j in jobs}))
+        lines.append(f"  {methods}: {len(jobs)} job(s) (categories {cats}; shots {shots}; seeds {seeds}): {err}")
+    if len(groups) > max_errors:
+        lines.append(f"  ... and {len(groups) - max_errors} more distinct error(s)")
+    return lines
 
 
 def group_jobs(jobs: Sequence[Job]) -> list[list[Job]]:
