@@ -1,9 +1,10 @@
-"""Bad weights, tried for real (issue #20, item 3).
+"""Bad weights and backbone options, tried for real (issue #20: item 3 and a traceback).
 
 * Weights of another architecture (a resnet34 file for ``--backbone resnet18``, an ``efficientnet_b0`` file for the
   default ``tf_efficientnet_lite0``) loaded partly and the rows said "pretrained". Every source (a local file, timm's
   hub or cache) now loads strictly: one ``error:`` line naming the keys that did not fit, exit 2, before the first
   job; only the classifier head may differ, and the row names it.
+* ``--layers layer3 layer2`` (deepest first) failed every job: the layers are now ordered by depth.
 
 The weights files are written here from randomly initialised timm models: nothing is downloaded.
 """
@@ -11,6 +12,7 @@ The weights files are written here from randomly initialised timm models: nothin
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ import torch
 from bench.cli import main
 from bench.errors import WeightsError
 from bench.features.backbones import create_backbone
+from bench.features.extractor import FeatureConfig
 
 QUICK = ["--method", "protonet", "--shots", "1", "--seeds", "1", "--categories", "screw", "--threads", "1", "--no-progress"]
 
@@ -134,3 +137,14 @@ def test_timm_hub_weights_load_strictly_too(files: dict[str, Path], monkeypatch:
     model, info = create_backbone("resnet18", "imagenet", features_only=True)
     assert info.source_kind == "hub" and info.head_not_loaded == "fc.weight, fc.bias"
     assert all(torch.equal(v, served["state"][k]) for k, v in model.state_dict().items())
+
+
+# --------------------------------------------------------------------------------------------- tracebacks: layers
+def test_layers_deepest_first_are_ordered_by_depth(tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    given = FeatureConfig(backbone="resnet18", weights="random", layers=("layer3", "layer2"))
+    canonical = FeatureConfig(backbone="resnet18", weights="random", layers=("layer2", "layer3"))
+    assert given.resolved_layers == ("layer2", "layer3") and given.key() == canonical.key()
+    code, out, err = run(capsys, tiny_root, tmp_path, "--backbone", "resnet18", "--weights", "random", "--layers", "layer3", "layer2")
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert rows and all(r["status"] == "ok" and r["features"]["layers"] == ["layer2", "layer3"] for r in rows)

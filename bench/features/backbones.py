@@ -202,19 +202,31 @@ def default_layers(name: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def check_layers(name: str, layers: tuple[str, ...]) -> None:
-    """Raise :class:`ConfigError` (one line, listing the available stages) for a layer ``name`` does not have."""
+def check_layers(name: str, layers: tuple[str, ...]) -> tuple[str, ...]:
+    """Check ``layers`` against the stages ``name`` has, and return them ordered by depth (shallowest first).
+
+    The order given does not choose anything: timm returns the maps of a ``features_only`` model shallowest first
+    whatever the order of ``out_indices``, and PatchCore aggregates onto the finest grid (the first layer's),
+    bringing the deeper maps to it. ``--layers layer3 layer2`` therefore names the same features as
+    ``--layers layer2 layer3``; ordering them (rather than refusing) gives that run the same features, feature key
+    and cache, and every row records the order used (``features.layers``). Taken as given, the maps and the
+    aggregation's channel counts disagreed and every job failed.
+
+    Raises:
+        ConfigError: one line, listing the available stages, for a layer ``name`` does not have or one named twice.
+    """
     stages = feature_stages(name)
     names = [s.name for s in stages]
     missing = [layer for layer in layers if layer not in names]
     if missing:
         raise ConfigError(
-            f"backbone {name!r} has no feature layer(s) {', '.join(map(repr, missing))}; available: "
+            f"backbone {name!r} has no feature layer(s) {', '.join(map(brief, missing))}; available: "
             f"{describe_stages(stages)}. Pass some of these with --layers, or leave --layers out for the stages at "
             "strides 8 and 16."
         )
     if len(set(layers)) != len(layers):
         raise ConfigError(f"--layers names a stage twice: {', '.join(layers)}")
+    return tuple(sorted(layers, key=names.index))
 
 
 # ---------------------------------------------------------------------------------------------- weights sources

@@ -157,15 +157,15 @@ class FeatureConfig:
     # ------------------------------------------------------------------ derived from timm's metadata
     @functools.cached_property
     def resolved_layers(self) -> tuple[str, ...]:
-        """The stages aggregated: ``layers`` as given (checked), or the stages at strides 8 and 16.
+        """The stages aggregated, shallowest first: ``layers`` checked and ordered by depth
+        (:func:`bench.features.backbones.check_layers` says why), or the stages at strides 8 and 16.
 
         Raises:
             ConfigError: a name the backbone does not have (the message lists the available ones).
         """
         if self.layers is None:
             return default_layers(self.backbone)
-        check_layers(self.backbone, self.layers)
-        return self.layers
+        return check_layers(self.backbone, self.layers)
 
     @functools.cached_property
     def normalisation(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
