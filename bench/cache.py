@@ -21,17 +21,36 @@ Safety:
   it existed) fail the size check; the feature, bank and nearest-neighbour keys changed with it
   (``FEATURE_VERSION`` 2), so such entries are not even looked up.
 
+* every write goes through :func:`os.write` (:func:`atomic_write`), never through C ``fwrite``: a full disk then
+  raises :class:`OSError` with ``errno.ENOSPC`` (NumPy's ``tofile`` reports a short write as an errno-less
+  "N requested and M written"), which stops a run with the "disk full" message of :mod:`bench.run.job`.
+
+What is the cache's own (the only files :func:`clear` and :func:`prune` delete):
+
+* the root is a cache of this harness when it holds the harness's :data:`bench.paths.CACHE_TAG`, written when the
+  harness creates the folder (:func:`bench.paths.make_cache_root`). A root without it is accepted only as a cache
+  written before tags existed, when everything in it is the cache's own (the kinds of :data:`KINDS` and nothing
+  else at the top, and in each only files named as the harness names them); it is then tagged. Any other folder
+  (a git checkout, a dataset, a project given to ``--cache-dir`` by mistake) is refused with nothing touched.
+* inside a cache, an entry is a file whose path under its kind matches the kind's naming scheme (:data:`KINDS`:
+  hex content hashes in hex namespaces, the synthetic generator's layout); leftovers of interrupted writes
+  (``.tmp-*`` and the kinds' own temporary names) count as the cache's too. Anything else under a kind folder
+  (``features/my_features.csv``) is left alone, and reported.
+
 :func:`info`, :func:`clear` and :func:`prune` back ``python -m bench cache info|clear|prune``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import math
 import os
-import shutil
+import re
+import stat
 import struct
 import threading
 import uuid
@@ -42,7 +61,10 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.paths import cache_dir
+from bench.errors import BenchError, ConfigError, brief
+from bench.paths import (
+    CACHE_ENV, CACHE_TAG, DEFAULT_CACHE, cache_root, has_cache_tag, make_cache_root, write_cache_tag,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +83,12 @@ def stable_hash(obj: Any, length: int = 32) -> str:
 
 
 def hash_memo_dir(root: str | Path | None = None) -> Path:
-    """Where :func:`file_sha256` keeps its on-disk memo: ``<cache root>/hashes`` (``None`` = ``$BENCH_CACHE``)."""
-    return (Path(root).expanduser() if root is not None else cache_dir()) / "hashes"
+    """Where :func:`file_sha256` keeps its on-disk memo: ``<cache root>/hashes`` (``None`` = ``$BENCH_CACHE``).
+
+    The root is created and tagged here (:func:`bench.paths.make_cache_root`) when it does not exist yet: the
+    memo is often the first thing a run writes into a new cache.
+    """
+    return make_cache_root(root) / "hashes"
 
 
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
@@ -131,13 +157,45 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     try:
-        with tmp.open("wb") as f:
-            write(f)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            write(_FdWriter(fd))
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno is not None and exc.filename is None:  # os.write names no file: name the entry
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+class _FdWriter:
+    """The file object :func:`atomic_write` hands to its callback: every ``write`` is an :func:`os.write` loop.
+
+    A short write (the disk filled up mid-entry) is continued, so the OS's own error follows with its errno
+    (``ENOSPC``, ``EDQUOT``, ``EROFS``), which the run turns into its "disk full" stop (:mod:`bench.run.job`).
+    A real file object would let :func:`numpy.save` use ``ndarray.tofile`` (C ``fwrite``), which reports the same
+    event as an ``OSError`` without errno ("802816 requested and 479200 written"); NumPy writes to any other object
+    with ``write`` (a copy of at most 16 MiB per call, far less than computing the entry costs).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        size = len(view)
+        while view:
+            n = os.write(self.fd, view)
+            if n <= 0:  # a regular file never takes 0 bytes of a non-empty write unless the disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            view = view[n:]
+        return size
 
 
 NPY_TRAILER_MAGIC = b"fsadcrc1"
@@ -326,8 +384,7 @@ class DiskCache:
     """
 
     def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root).expanduser() if root is not None else cache_dir()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = make_cache_root(root)  # created and tagged here when new
 
     def path(self, kind: str, namespace: str, name: str, suffix: str = ".npy") -> Path:
         """``<root>/<kind>/<namespace>/<name><suffix>``."""
@@ -337,39 +394,176 @@ class DiskCache:
         return f"DiskCache({str(self.root)!r})"
 
 
-def _walk(folder: Path) -> Iterable[tuple[Path, int]]:
-    for dirpath, _dirs, files in os.walk(folder):
+_HEX = r"[0-9a-f]{16,64}"  # content hashes and keys: 16 to 64 hex digits in every version of the harness
+_SYNTHETIC_FILE = (
+    r"(?:\.complete\.json|\.generating\.json|(?:train|test)/[^/]+/\d{3}\.png|ground_truth/[^/]+/\d{3}_mask\.png)"
+)
+KINDS: dict[str, re.Pattern[str]] = {
+    "features": re.compile(rf"{_HEX}(?:-[a-z0-9-]+)?/(?:array-)?{_HEX}\.npy"),
+    "banks": re.compile(rf"{_HEX}/{_HEX}\.(?:npy|json)"),
+    "nn": re.compile(rf"{_HEX}/(?:array-)?{_HEX}\.npy"),
+    "hashes": re.compile(_HEX),
+    "pretrained": re.compile(rf"{_HEX}\.pt|\.{_HEX}\.pt\.\d+\.tmp"),
+    "foreground": re.compile(rf"{_HEX}\.png|\.fg-[A-Za-z0-9_]+\.tmp"),
+    "synthetic": re.compile(
+        rf"[A-Za-z0-9_]+-v\d+-seed-?\d+/(?:\.[^/]+\.lock|(?:\.[^/]+\.tmp-[^/]+|[^/.][^/]*)/{_SYNTHETIC_FILE})"
+    ),
+}
+"""The kinds (top-level folders) the harness writes under a cache root, each with the paths, relative to the kind's
+folder, of the files it writes there: ``features/<key>[-<stage>]/<content hash>.npy``, ``banks/<key>/<bank key>
+.npy|.json``, ``nn/<bank key>/<content hash>.npy``, ``hashes/<hash>``, ``pretrained/<key>.pt``,
+``foreground/<hash>.png`` (:mod:`datasets.pseudo.foreground`) and the synthetic generator's layout
+(``synthetic/<preset>-v<N>-seed<S>/<category>/...``, :mod:`datasets.synthetic`), with their temporary names."""
+
+_MARKERS_LAST = {".complete.json", ".generating.json"}  # a half-cleared generated category stays provably generated
+
+
+def _show(path: Path) -> str:
+    """A path for a message: whole unless absurdly long (then :func:`bench.errors.brief`)."""
+    text = str(path)
+    return text if len(text) <= 300 else brief(text)
+
+
+@dataclasses.dataclass
+class _Entry:
+    kind: str
+    path: Path
+    size: int
+    used_ns: int  # the later of access and modification time
+    tmp: bool  # a leftover of an interrupted write
+
+
+@dataclasses.dataclass
+class _Foreign:
+    """Files under a cache root that the cache did not write: counted, the first few named, never touched."""
+
+    count: int = 0
+    examples: list[str] = dataclasses.field(default_factory=list)
+    stop: bool = False  # a scan ends at the first one (enough to refuse a folder)
+
+    def add(self, rel: str) -> None:
+        self.count += 1
+        if len(self.examples) < 3:
+            self.examples.append(rel)
+
+    @property
+    def first(self) -> str | None:
+        return self.examples[0] if self.examples else None
+
+    def warn(self, base: Path, what: str) -> None:
+        if self.count:
+            names = ", ".join(brief(e) for e in self.examples) + (", ..." if self.count > 3 else "")
+            one = self.count == 1
+            log.warning("%d entr%s under %s %s not the cache's own (%s): %s", self.count, "y" if one else "ies", base,
+                        "is" if one else "are", names, what)  # fmt: skip
+
+
+def _owned(kind: str, rel: str, path: Path) -> bool | None:
+    """``rel`` (a file's path under its kind's folder) as the cache sees it: ``False`` an entry, ``True`` the
+    leftover of an interrupted write, ``None`` a file the cache did not write.
+
+    The name is the proof, not the content: reading a file would set its access time, and :func:`prune` ranks
+    entries by it (an entry that ``info`` read would look used today). Names are content hashes of 16 to 64 hex
+    digits in hex-named folders, which no file of a user's is named by chance.
+    """
+    if path.name.startswith(TMP_PREFIX):
+        return True
+    if not KINDS[kind].fullmatch(rel):
+        return None
+    return path.name.endswith(".tmp")  # the kinds' own temporary names (pretrained, foreground)
+
+
+def _scan(base: Path, kind: str, foreign: _Foreign) -> Iterable[_Entry]:
+    """The cache's own files under ``base/kind`` (links and other non-files are foreign, never followed)."""
+    top = base / kind
+    for dirpath, dirs, files in os.walk(top):
+        folder = Path(dirpath)
+        for d in [d for d in dirs if (folder / d).is_symlink()]:
+            dirs.remove(d)
+            foreign.add(f"{kind}/{(folder / d).relative_to(top).as_posix()}")
         for name in files:
-            p = Path(dirpath) / name
+            p = folder / name
+            rel = p.relative_to(top).as_posix()
             try:
-                yield p, p.stat().st_size
-            except FileNotFoundError:  # removed by a concurrent writer/clear
+                st = p.lstat()
+            except FileNotFoundError:  # removed by a concurrent writer or clear
                 continue
+            tmp = _owned(kind, rel, p) if stat.S_ISREG(st.st_mode) else None  # a link or a FIFO is not an entry
+            if tmp is None:
+                foreign.add(f"{kind}/{rel}")
+                if foreign.stop:
+                    return
+            else:
+                yield _Entry(kind, p, st.st_size, max(st.st_atime_ns, st.st_mtime_ns), tmp)
 
 
-def info(root: str | Path | None = None) -> pd.DataFrame:
-    """Size of the cache per kind (top-level folder).
+def _kinds_present(base: Path, foreign: _Foreign | None = None) -> list[str]:
+    """The kinds whose folder is under ``base``; other top-level entries (the tag aside) go to ``foreign``."""
+    present = []
+    for p in sorted(base.iterdir()):
+        if p.name in KINDS and p.is_dir() and not p.is_symlink():
+            present.append(p.name)
+        elif p.name != CACHE_TAG and foreign is not None:
+            foreign.add(p.name)
+    return present
+
+
+def checked_root(root: str | Path | None = None) -> Path | None:
+    """The cache root for ``bench cache info|clear|prune``, once it is proven to be a cache of this harness.
+
+    A root is a cache when it holds the harness's :data:`bench.paths.CACHE_TAG`. A root without one (a cache
+    written before tags existed) is accepted only when it holds nothing but the cache's own files: the kinds of
+    :data:`KINDS` and nothing else at the top, and in each only files named as the harness names them. This
+    cannot mistake a git checkout, a dataset or a project for a cache (each holds something else), and costs one
+    walk of the cache, once: the root is then tagged. An empty folder is accepted (there is nothing to delete) and
+    not tagged.
 
     Args:
-        root: cache root (``None`` = ``$BENCH_CACHE``).
+        root: ``--cache-dir`` (``None``: ``$BENCH_CACHE`` or the default).
 
     Returns:
-        One row per kind with columns ``kind``, ``files``, ``bytes``, ``size`` (human readable) and
-        ``tmp_files`` (left-overs of interrupted writes), plus a ``total`` row; ``df.attrs["root"]`` is the root.
+        The root, or ``None`` when the default root does not exist yet (nothing is cached).
+
+    Raises:
+        ConfigError: a root given as ``--cache-dir`` or ``$BENCH_CACHE`` that does not exist, is a file, or is
+            not a cache.
     """
-    base = Path(root).expanduser() if root is not None else cache_dir()
-    rows = []
-    if base.is_dir():
-        for kind in sorted(p for p in base.iterdir()):
-            entries = list(_walk(kind)) if kind.is_dir() else [(kind, kind.stat().st_size)]
-            rows.append(
-                dict(
-                    kind=kind.name,
-                    files=sum(1 for p, _ in entries if not p.name.startswith(TMP_PREFIX)),
-                    bytes=sum(s for _, s in entries),
-                    tmp_files=sum(1 for p, _ in entries if p.name.startswith(TMP_PREFIX)),
-                )
-            )
+    base = cache_root(root)
+    if root is not None or os.environ.get(CACHE_ENV):
+        fix = f"check {'--cache-dir' if root is not None else '$' + CACHE_ENV} (the default cache is {DEFAULT_CACHE})"
+    else:
+        fix = "this is the default cache folder: move away what the cache did not write, or delete the folder yourself"
+    try:
+        if not base.exists():
+            if root is None and not os.environ.get(CACHE_ENV):
+                return None
+            raise ConfigError(f"there is no cache at {_show(base)} (no such folder): {fix}")
+        if not base.is_dir():
+            raise ConfigError(f"{_show(base)} is a file, not a cache folder: {fix}")
+        if has_cache_tag(base):
+            return base
+        foreign = _Foreign(stop=True)
+        kinds = _kinds_present(base, foreign)
+        for kind in kinds:
+            if foreign.count:
+                break
+            for _ in _scan(base, kind, foreign):
+                pass
+    except OSError as exc:
+        raise ConfigError(f"cannot read the cache folder {_show(base)} ({exc.strerror or exc}): {fix}") from None
+    if foreign.count:
+        raise ConfigError(
+            f"{_show(base)} is not a cache of this harness: it has no {CACHE_TAG} (written into every cache folder the "
+            f"harness creates) and holds {brief(foreign.first)}, which the cache never writes. Nothing was changed; "
+            f"{fix}."
+        )
+    if kinds:  # a cache written before tags existed: from now on it proves itself
+        write_cache_tag(base)
+    return base
+
+
+def _frame(rows: list[dict[str, Any]], base: Path) -> pd.DataFrame:
+    """Rows of kind, files, bytes, tmp_files as :func:`info`'s table, plus a ``total`` row."""
     df = pd.DataFrame(rows, columns=["kind", "files", "bytes", "tmp_files"])
     total = dict(kind="total", files=int(df.files.sum()), bytes=int(df.bytes.sum()), tmp_files=int(df.tmp_files.sum()))
     df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
@@ -379,42 +573,111 @@ def info(root: str | Path | None = None) -> pd.DataFrame:
     return df
 
 
+def _row(kind: str, entries: Iterable[_Entry]) -> dict[str, Any]:
+    entries = list(entries)
+    return dict(kind=kind, files=sum(not e.tmp for e in entries), bytes=sum(e.size for e in entries),
+                tmp_files=sum(e.tmp for e in entries))  # fmt: skip
+
+
+def info(root: str | Path | None = None) -> pd.DataFrame:
+    """Size of the cache per kind (:data:`KINDS`); files the cache did not write are not counted (a warning
+    names them).
+
+    Args:
+        root: cache root (``None`` = ``$BENCH_CACHE``).
+
+    Returns:
+        One row per kind with columns ``kind``, ``files``, ``size`` (human readable), ``bytes`` and
+        ``tmp_files`` (left-overs of interrupted writes), plus a ``total`` row; ``df.attrs["root"]`` is the root.
+
+    Raises:
+        ConfigError: the root is not a cache (:func:`checked_root`).
+    """
+    base = checked_root(root)
+    if base is None:
+        return _frame([], cache_root(root))
+    foreign = _Foreign()
+    rows = [_row(kind, _scan(base, kind, foreign)) for kind in _kinds_present(base, foreign)]
+    foreign.warn(base, "not counted")
+    return _frame(rows, base)
+
+
 def format_info(df: pd.DataFrame) -> str:
     """The :func:`info` table as text, headed by the cache root."""
     return f"cache root: {df.attrs.get('root', '?')}\n" + df.to_string(index=False)
 
 
+def _unlink(entry: _Entry, base: Path) -> bool:
+    """Delete one entry; False when it could not be (a warning says why).
+
+    Raises:
+        BenchError: the cache cannot be written (a read-only disk or folder): every other entry would fail too.
+    """
+    try:
+        entry.path.unlink()
+    except FileNotFoundError:  # removed by a concurrent clear
+        pass
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise BenchError(
+                f"cannot remove {_show(entry.path)}: {exc.strerror or exc}. The cache at {_show(base)} is read-only "
+                "for this user: make it writable (remount the disk read-write, or fix the folder's permissions) and "
+                "run the command again."
+            ) from None
+        log.warning("cannot remove %s (%s)", entry.path, exc.strerror or exc)
+        return False
+    return True
+
+
+def _remove_empty_folders(entry: _Entry, base: Path) -> None:
+    """Remove the folders above a removed entry, up to its kind's, while they are empty (never one with content)."""
+    folder, stop = entry.path.parent, base / entry.kind
+    while True:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (a foreign file, a concurrent writer's entry) or gone
+            return
+        if folder == stop:
+            return
+        folder = folder.parent
+
+
 def clear(root: str | Path | None = None, kinds: Sequence[str] | None = None) -> pd.DataFrame:
-    """Delete cache entries.
+    """Delete the cache's own entries (:data:`KINDS`); a file the cache did not write is left alone.
 
     Args:
-        root: cache root (``None`` = ``$BENCH_CACHE``).
-        kinds: only these top-level folders (``None`` = everything under the root).
+        root: cache root (``None`` = ``$BENCH_CACHE``); it must be a cache (:func:`checked_root`).
+        kinds: only these kinds (``None`` = every kind).
 
     Returns:
-        What was removed, in the format of :func:`info` (one row per kind removed, plus ``total``).
+        What was removed, in the format of :func:`info` (one row per kind, plus ``total``).
+
+    Raises:
+        ConfigError: an unknown kind, or a root that is not a cache; nothing is removed then.
+        BenchError: a read-only cache.
     """
-    base = Path(root).expanduser() if root is not None else cache_dir()
-    before = info(base)
-    before = before[before.kind != "total"]
     if kinds is not None:
-        unknown = sorted(set(kinds) - set(before.kind))
+        unknown = sorted({str(k) for k in kinds} - set(KINDS))
         if unknown:
-            log.info("cache kinds not present (nothing to clear): %s", ", ".join(unknown))
-        before = before[before.kind.isin(list(kinds))]
-    for kind in before.kind:
-        p = base / kind
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-    total = dict(
-        kind="total", files=int(before.files.sum()), size=human_bytes(int(before.bytes.sum())),
-        bytes=int(before.bytes.sum()), tmp_files=int(before.tmp_files.sum()),
-    )
-    out = pd.concat([before, pd.DataFrame([total])], ignore_index=True)
-    out.attrs["root"] = str(base)
-    return out
+            raise ConfigError(
+                f"unknown cache kind {', '.join(brief(k) for k in unknown[:5])}: the kinds are {', '.join(KINDS)} "
+                "(`bench cache info` shows what is there)"
+            )
+    base = checked_root(root)
+    if base is None:
+        return _frame([], cache_root(root))
+    foreign = _Foreign()
+    rows = []
+    for kind in _kinds_present(base, foreign):
+        if kinds is not None and kind not in kinds:
+            continue
+        entries = sorted(_scan(base, kind, foreign), key=lambda e: e.path.name in _MARKERS_LAST)
+        removed = [e for e in entries if _unlink(e, base)]
+        for e in removed:
+            _remove_empty_folders(e, base)
+        rows.append(_row(kind, removed))
+    foreign.warn(base, "left in place")
+    return _frame(rows, base)
 
 
 PRUNABLE = ("features", "nn", "banks", "pretrained")  # content-addressed entries: a removed one is recomputed
@@ -422,10 +685,6 @@ PRUNABLE = ("features", "nn", "banks", "pretrained")  # content-addressed entrie
 
 def parse_size(text: str | int | float) -> int:
     """``"20G"`` / ``"500 MiB"`` / ``"1.5T"`` / ``"1048576"`` → bytes (binary units: K = 1024)."""
-    import re
-
-    from bench.errors import ConfigError
-
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(?:i?b)?\s*", str(text).lower())
     if m is None:
         raise ConfigError(f"cannot read {text!r} as a size: use e.g. 20G, 500M or a number of bytes")
@@ -440,7 +699,8 @@ def prune(
     Only content-addressed kinds (:data:`PRUNABLE`: features, nearest neighbours, memory banks, pretrained
     classifiers) are pruned: a removed entry is a cache miss later and is recomputed with identical content, so
     pruning never changes a result, and a run reading the cache at the same time at worst recomputes an entry.
-    Generated datasets are never touched (``clear --kinds synthetic`` removes them whole).
+    Generated datasets are never touched (``clear --kinds synthetic`` removes them whole). Only the cache's own
+    entries are counted and removed (:data:`KINDS`): a file the cache did not write is left alone.
 
     "Recently used" is the later of the file's access and modification times. Linux's default ``relatime``
     mount option updates access times at most once a day, so entries used today rank as "used today", and among
@@ -448,6 +708,7 @@ def prune(
 
     Args:
         max_bytes: the size to get down to.
+        root: cache root (``None`` = ``$BENCH_CACHE``); it must be a cache (:func:`checked_root`).
         kinds: which of :data:`PRUNABLE` to consider (default: all present).
         dry_run: only report what would be removed.
 
@@ -455,50 +716,33 @@ def prune(
         What was (or would be) removed, in the format of :func:`info`, plus a ``total`` row;
         ``df.attrs["kept_bytes"]`` is the size of the considered kinds afterwards.
     """
-    from bench.errors import ConfigError
-
-    base = Path(root).expanduser() if root is not None else cache_dir()
-    chosen = list(kinds) if kinds else [k for k in PRUNABLE if (base / k).is_dir()]
-    bad = sorted(set(chosen) - set(PRUNABLE))
+    bad = sorted(set(kinds or ()) - set(PRUNABLE))
     if bad:
         raise ConfigError(
             f"cannot prune {', '.join(bad)}: prune works on {', '.join(PRUNABLE)} (entries that are recomputed when "
             "missing). Remove other kinds whole with `bench cache clear --kinds ...`."
         )
+    base = checked_root(root)
+    foreign = _Foreign()
     entries = []
-    for kind in chosen:
-        for dirpath, _dirs, files in os.walk(base / kind):
-            for name in files:
-                p = Path(dirpath) / name
-                try:
-                    st = p.stat()
-                except FileNotFoundError:
-                    continue
-                entries.append((max(st.st_atime_ns, st.st_mtime_ns), st.st_size, p, kind, name.startswith(TMP_PREFIX)))
-    total = sum(e[1] for e in entries)
-    removed: dict[str, list[int]] = {}
-    for _used, size, path, kind, tmp in sorted(entries, key=lambda e: (e[0], str(e[2]))):
+    if base is not None:
+        present = _kinds_present(base, foreign)
+        for kind in [k for k in (kinds or PRUNABLE) if k in present]:
+            entries += _scan(base, kind, foreign)
+    total = sum(e.size for e in entries)
+    removed: dict[str, list[_Entry]] = {}
+    for e in sorted(entries, key=lambda e: (e.used_ns, str(e.path))):
         if total <= max_bytes:
             break
         if not dry_run:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("cannot remove %s (%s)", path, exc.strerror or exc)
+            if not _unlink(e, base):
                 continue
-        total -= size
-        r = removed.setdefault(kind, [0, 0, 0])
-        r[0] += 0 if tmp else 1
-        r[1] += size
-        r[2] += 1 if tmp else 0
-    rows = [dict(kind=k, files=v[0], size=human_bytes(v[1]), bytes=v[1], tmp_files=v[2]) for k, v in removed.items()]
-    nbytes = sum(v[1] for v in removed.values())
-    rows.append(dict(kind="total", files=sum(v[0] for v in removed.values()), size=human_bytes(nbytes), bytes=nbytes,
-                     tmp_files=sum(v[2] for v in removed.values())))  # fmt: skip
-    out = pd.DataFrame(rows, columns=["kind", "files", "size", "bytes", "tmp_files"])
-    out.attrs["root"] = str(base)
+            _remove_empty_folders(e, base)
+        total -= e.size
+        removed.setdefault(e.kind, []).append(e)
+    if base is not None:
+        foreign.warn(base, "left in place" if not dry_run else "not counted")
+    out = _frame([_row(k, v) for k, v in removed.items()], base or cache_root(root))
     out.attrs["kept_bytes"] = total
     return out
 

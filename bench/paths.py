@@ -5,6 +5,8 @@
   writer, :func:`set_cache_root`: a run's preflight, each of its worker processes and ``bench detect`` call it
   with ``--cache-dir``, and every reader asks :func:`cache_dir` (or :func:`cache_root` for a root given as an
   argument), so code that has no argument for it (dataset generation, foreground masks) finds the same folder.
+  A folder the harness creates as a cache root gets a :data:`CACHE_TAG` (:func:`make_cache_root`): the proof
+  that ``bench cache clear|prune`` ask for before they delete anything (see :mod:`bench.cache`).
 * results: ``results/`` in the current folder unless ``--out`` says otherwise.
 """
 
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from bench.errors import ConfigError
 
 CACHE_ENV = "BENCH_CACHE"
 DEFAULT_CACHE = "~/.cache/fsad-bench"
@@ -26,11 +30,80 @@ def cache_root(path: str | Path | None = None) -> Path:
     return Path(path or os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser().resolve()
 
 
+CACHE_TAG = "CACHEDIR.TAG"
+"""The file that marks a folder as a cache of this harness: a Cache Directory Tag (https://bford.info/cachedir/),
+so backup tools (``tar --exclude-caches``, borg, restic) skip the folder too. Another tool's tag (Cargo writes one)
+does not count: the text must name this harness."""
+CACHE_TAG_SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55"
+_TAG_TEXT = (
+    f"{CACHE_TAG_SIGNATURE}\n"
+    "# This file is a cache directory tag created by fsad-bench (python -m bench): everything in this folder is\n"
+    "# recomputed when missing. `python -m bench cache clear|prune` ask for this file before they delete anything.\n"
+    "# For information about cache directory tags see https://bford.info/cachedir/\n"
+)
+
+
+def has_cache_tag(root: Path) -> bool:
+    """True when ``root`` holds the :data:`CACHE_TAG` this harness writes (a regular file, not a link)."""
+    tag = root / CACHE_TAG
+    try:
+        if tag.is_symlink() or not tag.is_file():
+            return False
+        with tag.open("rb") as f:
+            text = f.read(512).decode("utf-8", "replace")
+    except OSError:
+        return False
+    return text.startswith(CACHE_TAG_SIGNATURE) and "created by fsad-bench" in text
+
+
+def write_cache_tag(root: Path) -> None:
+    """Write :data:`CACHE_TAG` into ``root`` unless a file of that name is there already (exclusive create: two
+    processes creating the cache at once, or another tool's tag, are never overwritten). A folder that cannot be
+    written gets no tag; its first cache write reports the real reason."""
+    try:
+        fd = os.open(root / CACHE_TAG, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError:  # there already, or a read-only folder
+        return
+    try:
+        os.write(fd, _TAG_TEXT.encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def make_cache_root(path: str | Path | None = None) -> Path:
+    """The cache root (:func:`cache_root`), created if needed; a folder created here, or found empty, is tagged.
+
+    Only those two are tagged: an existing folder with content may be anything (a project given to
+    ``--cache-dir`` by mistake), and a tag would make ``bench cache clear`` accept it. A cache written before tags
+    existed is recognised, and then tagged, by :func:`bench.cache.checked_root`.
+
+    Raises:
+        ConfigError: the folder cannot be created (a read-only disk, a file in the way).
+    """
+    root = cache_root(path)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(
+            f"the cache folder {root} is a file, not a folder: choose another with --cache-dir (or ${CACHE_ENV})"
+        )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with os.scandir(root) as entries:
+            empty = next(entries, None) is None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the cache folder {root} ({exc.strerror or exc}): choose a writable folder with --cache-dir "
+            f"(or ${CACHE_ENV})"
+        ) from None
+    if empty:
+        write_cache_tag(root)
+    return root
+
+
 def cache_dir() -> Path:
-    """Root of the on-disk cache of this process (created on demand)."""
-    p = cache_root()
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    """Root of the on-disk cache of this process (created and tagged on demand, :func:`make_cache_root`)."""
+    return make_cache_root()
 
 
 def set_cache_root(path: str | Path) -> Path:

@@ -23,7 +23,8 @@ TINY = ["--dataset", "synthetic-tiny", "--backbone", "resnet18", "--weights", "r
 
 
 def _entry(root: Path, kind: str, name: str, size: int, age_s: int) -> Path:
-    p = root / kind / "ns" / name
+    """A cache entry of ``size`` bytes named as the cache names them (prune leaves anything else alone)."""
+    p = root / kind / name
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_bytes(b"x" * size)
     t = 1_700_000_000 - age_s
@@ -40,10 +41,10 @@ def test_parse_size() -> None:
 
 
 def test_prune_removes_least_recently_used_entries_of_recomputable_kinds(tmp_path: Path) -> None:
-    old = _entry(tmp_path, "features", "old.npy", 400, age_s=300)
-    mid = _entry(tmp_path, "pretrained", "mid.pt", 300, age_s=200)
-    new = _entry(tmp_path, "nn", "new.npy", 200, age_s=100)
-    data = _entry(tmp_path, "synthetic", "img.png", 5000, age_s=1000)  # generated datasets are never pruned
+    old = _entry(tmp_path, "features", f"{'a' * 24}/{'0' * 64}.npy", 400, age_s=300)
+    mid = _entry(tmp_path, "pretrained", f"{'1' * 16}.pt", 300, age_s=200)
+    new = _entry(tmp_path, "nn", f"{'b' * 32}/{'2' * 64}.npy", 200, age_s=100)
+    data = _entry(tmp_path, "synthetic", "tiny-v3-seed0/tile/train/good/000.png", 5000, age_s=1000)  # never pruned
     dry = cache.prune(600, tmp_path, dry_run=True)
     assert old.exists() and mid.exists() and int(dry[dry.kind == "total"].bytes.iloc[0]) == 400
     removed = cache.prune(600, tmp_path)

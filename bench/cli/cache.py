@@ -4,6 +4,9 @@ pretrained classifiers). The root is ``--cache-dir``, else ``$BENCH_CACHE``, els
 Examples: ``python -m bench cache info``; ``python -m bench cache prune --max-size 20G`` (least recently used
 features, nearest neighbours, banks and pretrained classifiers go first; they are recomputed when needed again);
 ``python -m bench cache clear --kinds features banks``.
+
+Only a cache of this harness is touched (a folder holding its CACHEDIR.TAG, or a cache written before tags that
+holds nothing else), and in it only the files the cache wrote; any other folder is refused with nothing changed.
 """
 
 from __future__ import annotations

@@ -102,14 +102,30 @@ def base_row(cfg: RunConfig, samples: Samples, job: Job, store: Any) -> dict[str
     }
 
 
+_READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def fatal_disk_error(exc: OSError, cfg: RunConfig, out: Path) -> BenchError:
-    """The message that stops a run on a full, over-quota or read-only disk (:data:`FATAL_ERRNOS`)."""
+    """The message that stops a run on a full, over-quota or read-only disk (:data:`FATAL_ERRNOS`), or a cache it
+    may not write: the fix of a read-only one is to make it writable, not to free space."""
     where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in _READ_ONLY_ERRNOS:
+        fix = ("that folder is read-only: make it writable (remount the disk read-write, or fix the folder's "
+               "permissions) or point --cache-dir / --out at a writable folder")  # fmt: skip
+    else:
+        fix = "free space there or point them at another disk"
     return BenchError(
         f"{exc.strerror or exc}{where} while running the grid. The cache is at {cfg.cache_root()} (--cache-dir) and "
-        f"the results at {out} (--out): free space there or point them at another disk, then run the same command "
-        f"again to resume. Every finished job is saved in {out / 'results.jsonl'}."
+        f"the results at {out} (--out): {fix}, then run the same command again to resume. Every finished job is "
+        f"saved in {out / 'results.jsonl'}."
     )
+
+
+def _cache_not_writable(exc: OSError, cfg: RunConfig) -> bool:
+    """A permission error on a cache write: every later job would need to write there too."""
+    if exc.errno not in (errno.EACCES, errno.EPERM) or not exc.filename:
+        return False
+    return Path(str(exc.filename)).is_relative_to(cfg.cache_root())
 
 
 def record_failure(row: dict[str, Any], exc: Exception, cfg: RunConfig, out: Path) -> None:
@@ -118,12 +134,13 @@ def record_failure(row: dict[str, Any], exc: Exception, cfg: RunConfig, out: Pat
     traceback.
 
     Raises:
-        BenchError: a full, over-quota or read-only disk (:data:`FATAL_ERRNOS`): every later job would fail too.
+        BenchError: a full, over-quota or read-only disk (:data:`FATAL_ERRNOS`), or a cache this user may not
+            write: every later job would fail too.
     """
     if isinstance(exc, BenchError):
         row.update(status="error", error=str(exc))
         return
-    if isinstance(exc, OSError) and exc.errno in FATAL_ERRNOS:
+    if isinstance(exc, OSError) and (exc.errno in FATAL_ERRNOS or _cache_not_writable(exc, cfg)):
         raise fatal_disk_error(exc, cfg, out) from None
     log.debug("job failed", exc_info=True)
     row.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
