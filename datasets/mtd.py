@@ -54,7 +54,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from bench.datasets._base import SAMPLE_COLUMNS, DatasetOptions, Samples, check_root, list_images, register_dataset
-from bench.errors import DatasetError
+from bench.errors import DatasetError, brief_list
 from bench.seeding import stable_int
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def _scan_type(folder: Path, need_masks: bool) -> list[tuple[Path, Path | None]]
 def scan_mtd(root: Path, options: DatasetOptions) -> Samples:
     """Scan the MTD layout into the sample table (one category, the ``MT_Free`` hold-out as ``test/good``)."""
     if options.categories and set(options.categories) != {CATEGORY}:
-        other = ", ".join(c for c in options.categories if c != CATEGORY)
+        other = brief_list([c for c in options.categories if c != CATEGORY])
         raise DatasetError(
             f"category {other} not found in MTD at {root}: MTD has one category, {CATEGORY!r}. Check --categories."
         )

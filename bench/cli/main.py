@@ -11,10 +11,14 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
-from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, BenchError, Terminated
+from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, BenchError, Terminated, clip
 from bench.registry import UnknownNameError, import_plugins
+
+MAX_MESSAGE = 2000
+"""The longest ``error:`` line printed (characters): a message that quotes a huge argument is cut in the middle,
+keeping the problem and the fix (the README promises a short form; a 2,000,000-name list once printed 19 MB)."""
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("bench.cli.run", "run a grid of methods × categories × shots × seeds"),
@@ -31,9 +35,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with bounded messages: its own errors quote the value in full (``invalid choice: '<100 KB>'``)."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(clip(message, 500))
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; with ``only``, just that command's module is imported (fast start-up)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m bench",
         description="Benchmark harness for few-shot anomaly multi-classification (defect-type classification).",
     )
@@ -77,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import_plugins(args.plugin)
         return int(args._main(args) or 0)
     except (BenchError, UnknownNameError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {clip(exc, MAX_MESSAGE)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print("\nterminated (SIGTERM)." if isinstance(exc, Terminated) else "\ninterrupted.", file=sys.stderr)
