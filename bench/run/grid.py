@@ -24,7 +24,7 @@ import numpy as np
 from bench.datasets import Samples, describe_ignored, load_dataset
 from bench.errors import BenchError, ConfigError, WeightsError
 from bench.paths import set_cache_root
-from bench.results import ResultsStore
+from bench.results import ResultsStore, check_results_file
 from bench.run.config import RunConfig
 from bench.run.detection import detection_feature_work, plan_detection, run_detection_job
 from bench.run.discovery import discovery_feature_work, discovery_notes, plan_discovery, run_discovery_job
@@ -145,6 +145,7 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
         probe.unlink()
     except OSError as exc:
         raise BenchError(f"cannot write to the output folder {out} ({exc.strerror}). Choose another with --out.") from None
+    check_results_file(out / "results.jsonl")  # a FIFO there would hang the run at its first read
     samples = preflight(cfg)
     check_out_outside_data(out, samples.root)  # a default root (the synthetic datasets' in the cache)
     for cat, why in samples.skipped.items():
