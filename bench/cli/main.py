@@ -68,7 +68,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def tolerant_streams() -> None:
+    """Let stdout and stderr print what their encoding cannot hold as backslash escapes instead of failing.
+
+    Under ``PYTHONUTF8=0 LC_ALL=C`` (a cron job, a minimal container) both streams are ASCII: the first ``±`` or
+    ``≥`` of a table or message raised UnicodeEncodeError after every job had run, and the summary was lost. A file
+    name with undecodable bytes (kept by Python as surrogates) fails even a UTF-8 stream the same way. Files are
+    written as UTF-8 whatever the locale (``encoding="utf-8"`` at each write).
+    """
+    for stream in (sys.stdout, sys.stderr):  # stdout's handler is surrogateescape in the C locale: it fails too
+        if getattr(stream, "errors", None) in ("strict", "surrogateescape") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    tolerant_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in COMMANDS), None)
     parser = build_parser(only=command)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import signal
 import sys
 import threading
@@ -30,7 +29,7 @@ from bench.cli._args import parse_int_list, parse_set
 from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, Terminated, brief
 from bench.method import coerce_options
 from bench.paths import CACHE_ENV, DEFAULT_CACHE
-from bench.report.summary import summary_table
+from bench.report.summary import run_summary, write_summary
 from bench.run import Job, RunConfig, execute
 from bench.run.tasks import TASKS
 
@@ -94,7 +93,7 @@ def _load_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot parse config file {path}: {str(exc)[:300]}") from None
     if not isinstance(loaded, dict):
@@ -168,21 +167,16 @@ def main(args: argparse.Namespace) -> int:
         report = execute(cfg, progress=not args.no_progress)
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(
-            f"\n{what}: every finished job is saved in {out / 'results.jsonl'}; run the same command again to resume.",
-            file=sys.stderr,
-        )
+        saved = f"every finished job is saved in {out / 'results.jsonl'}"
+        if (out / "results.jsonl").is_file() and save_summary(out, run_summary(out)):
+            saved += f" (their table: {out / 'summary.md'})"
+        print(f"\n{what}: {saved}; run the same command again to resume.", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
-    table = summary_table(out / "results.jsonl") if (out / "results.jsonl").exists() else "no results"
-    try:  # atomically: runs sharing the folder may write it at the same time
-        tmp = out / f".summary.md.tmp-{os.getpid()}"
-        tmp.write_text(table + "\n")
-        os.replace(tmp, out / "summary.md")
-    except OSError as exc:
-        print(f"warning: could not write {out / 'summary.md'} ({exc.strerror}); the results are intact.", file=sys.stderr)
+    table = run_summary(out)
+    save_summary(out, table)
     print()
     print(table)
     print(
@@ -193,6 +187,18 @@ def main(args: argparse.Namespace) -> int:
         print("\n" + failure_summary(report.failed), file=sys.stderr)
         return 1
     return 0
+
+
+def save_summary(out: Path, table: str) -> bool:
+    """Write ``out/summary.md`` (:func:`bench.report.summary.write_summary`); a warning and ``False`` when it cannot
+    be written (the results are intact)."""
+    try:
+        write_summary(out, table)
+        return True
+    except OSError as exc:
+        print(f"warning: could not write {out / 'summary.md'} ({exc.strerror}); the results are intact.",
+              file=sys.stderr)
+        return False
 
 
 def failure_summary(failed: list[tuple[Job, str]], max_errors: int = 10) -> str:
