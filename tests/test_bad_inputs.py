@@ -648,7 +648,7 @@ ALIAS_BOMB = (  # a ~330-byte YAML value of 9**6 = 531,441 strings through neste
     "args, config, message",
     [
         (["--shots", "0"], None, "--shots [0] is not allowed: a non-empty list of integers ≥ 1"),
-        (["--seeds", "-1"], None, "cannot read '-1' as a list of integers (--seeds"),
+        (["--seeds", "-1"], None, "--seeds [-1] is not allowed: a non-empty list of integers ≥ 0 (-1 is below 0"),
         (["--shots", "3-1"], None, "empty range '3-1' for --shots"),
         (["--coreset-ratio", "-0.5"], None, "--coreset-ratio -0.5 is not allowed: a share of the memory bank kept, in (0, 1]"),
         (["--coreset-ratio", "nan"], None, "--coreset-ratio nan is not allowed"),
