@@ -50,3 +50,29 @@ def brief(value: Any, limit: int = 80) -> str:
     """
     text = _BRIEF.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def brief_list(values: Any, shown: int = 5, width: int = 40) -> str:
+    """``a, b, c, d, e ... and 1,999,995 more``: a list of user-given names for an error message, never all of it.
+
+    ``--categories`` with two million names once printed a 19 MB message; each name is cut to ``width`` characters
+    too (a 100 KB argument stays one short item).
+    """
+    items = list(values) if not isinstance(values, (list, tuple)) else values
+    text = ", ".join(clip(v, width) for v in items[:shown])
+    return text + (f" ... and {len(items) - shown:,} more" if len(items) > shown else "")
+
+
+def clip(text: Any, limit: int = 200) -> str:
+    """``str(text)`` cut in the middle to at most ``limit`` characters (a path or a name of any length in a message).
+
+    Unlike :func:`brief` it adds no quotes and keeps both ends: a path's start and its file name, a message's
+    problem and its fix.
+    """
+    s = str(text)
+    if len(s) <= limit:
+        return s
+    marker = " ...[{:,} characters cut]... "
+    keep = max(0, limit - len(marker.format(len(s))))
+    head = keep * 2 // 3
+    return s[:head] + marker.format(len(s) - keep) + s[len(s) - (keep - head):]

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 import numpy as np
 import torch
 
-from bench.errors import ConfigError, brief
+from bench.errors import ConfigError, brief, brief_list, clip
 from bench.registry import Registry
 from bench.results import DEFAULT_TASK
 from bench.seeding import numpy_rng, seed_torch_global, torch_generator
@@ -221,13 +221,13 @@ class MethodSpec:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(
-                f"method {self.name!r} has no option(s) {', '.join(unknown)}. Its options: {', '.join(sorted(known))}."
+                f"method {self.name!r} has no option(s) {brief_list(unknown)}. Its options: {', '.join(sorted(known))}."
             )
         try:
             values = coerce_options(self.cls.Config, values)
             return self.cls.Config(**values)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"invalid options for method {self.name!r}: {exc}") from None
+            raise ConfigError(f"invalid options for method {self.name!r}: {clip(exc, 300)}") from None
 
 
 def _coerce(name: str, value: Any, kind: Any) -> Any:
@@ -264,9 +264,11 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
     if kind is int:
         if isinstance(value, bool):
             raise ValueError(f"option {name!r} must be an integer, got {brief(value)}")
+        if isinstance(value, int):  # as is: float() rounds above 2**53 and overflows above 1e308 (--seeds 10**400)
+            return value
         try:
             as_float = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ValueError(f"option {name!r} must be an integer, got {brief(value)}") from None
         if not as_float.is_integer():
             raise ValueError(f"option {name!r} must be an integer, got {brief(value)}")
@@ -344,14 +346,17 @@ def check_options(specs: Sequence[MethodSpec], options: dict[str, Any] | None) -
         if "." in k:
             name, key = k.split(".", 1)
             if name not in by_name:
-                raise ConfigError(f"--set {k}=...: method {name!r} is not part of this run ({', '.join(by_name)}).")
+                raise ConfigError(
+                    f"--set {clip(k, 60)}=...: method {brief(name)} is not part of this run ({', '.join(by_name)})."
+                )
             if key not in by_name[name].option_names():
                 raise ConfigError(
-                    f"method {name!r} has no option {key!r}. Its options: {', '.join(sorted(by_name[name].option_names()))}."
+                    f"method {name!r} has no option {brief(key)}. Its options: "
+                    f"{', '.join(sorted(by_name[name].option_names()))}."
                 )
         elif not any(k in s.option_names() for s in specs):
             opts = "; ".join(f"{s.name}: {', '.join(sorted(s.option_names()))}" for s in specs)
-            raise ConfigError(f"no method of this run has an option {k!r} (--set). Options: {opts}.")
+            raise ConfigError(f"no method of this run has an option {brief(k)} (--set). Options: {opts}.")
     return {s.name: s.make_config(s.select_options(options)) for s in specs}
 
 

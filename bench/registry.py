@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Iterator, Sequence, TypeVar
 
+from bench.errors import BenchError, brief, clip
+
 T = TypeVar("T")
 
 
@@ -68,10 +70,11 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.4)
+            # difflib is quadratic in the name's length: a 100 KB argument is no typo of a registered name
+            close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.4) if len(name) < 200 else []
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(self._entries))}. "
+                f"unknown {self.kind} {brief(name)}.{hint} Known: {', '.join(sorted(self._entries))}. "
                 f"Run `python -m bench list {self.kind}s` to see them all."
             ) from None
 
@@ -122,16 +125,15 @@ def import_plugins(modules: Sequence[str]) -> None:
     Called by the CLI and by every worker process (loky and Dask workers do not inherit the main process's
     imports, so a plugin method would otherwise be unknown there).
     """
-    from bench.errors import BenchError
-
     for mod in modules:
         if mod.endswith(".py") or "/" in mod or "\\" in mod:  # a file path, not a module name
             path = Path(mod)
             raise BenchError(
-                f"--plugin takes a module name, not a file path: {mod!r}. Put the folder on PYTHONPATH and pass the "
-                f"module name: PYTHONPATH={path.parent or '.'} python -m bench --plugin {path.stem} ..."
+                f"--plugin takes a module name, not a file path: {brief(mod)}. Put the folder on PYTHONPATH and pass "
+                f"the module name: PYTHONPATH={clip(path.parent or '.')} python -m bench --plugin "
+                f"{clip(path.stem, 60)} ..."
             )
         try:
             importlib.import_module(mod)
         except ImportError as exc:
-            raise BenchError(f"cannot import plugin module {mod!r} ({exc}). Is it on PYTHONPATH?") from None
+            raise BenchError(f"cannot import plugin module {brief(mod)} ({clip(exc)}). Is it on PYTHONPATH?") from None

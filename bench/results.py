@@ -46,6 +46,7 @@ import json
 import logging
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -193,13 +194,45 @@ class ResultsStore:
         """All parseable rows, in file order; truncated or corrupt lines are skipped and counted.
 
         A results file that does not exist yet (a fresh ``--out`` folder) reads as no rows.
+
+        Raises:
+            BenchError: the path is not a regular file (:func:`check_results_file`).
         """
+        check_results_file(self.path)
         if not self.path.exists():
             return ReadResult(rows=[])
         return read_rows([self.path])
 
     def finished_keys(self) -> set[str]:
         return {r["key"] for r in self.read().rows if r.get("status") == "ok" and "key" in r}
+
+
+def check_results_file(path: str | Path, fix: str = "Move it away, or choose another --out.") -> None:
+    """Refuse a results path that exists but is not a regular file: a folder, a FIFO, a device, a socket.
+
+    Opening a FIFO blocks until something writes to it (``bench run`` and ``bench report`` hung on a
+    ``results.jsonl`` that was one), and a folder or a device cannot hold rows. A path that does not exist yet is
+    fine (a fresh ``--out``); a symbolic link is judged by what it points to. ``fix`` ends the message (what the
+    command's user can do).
+
+    Raises:
+        BenchError: naming the path, what it is, and ``fix``.
+    """
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise BenchError(f"cannot use the results file {p} ({exc.strerror}). {fix}") from None
+    if stat.S_ISREG(mode):
+        return
+    kind = (
+        "a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+        else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+        else "not a regular file"
+    )  # fmt: skip
+    raise BenchError(f"the results file {p} is {kind}: rows are stored in a regular file (JSON lines). {fix}")
 
 
 REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {

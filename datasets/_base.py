@@ -17,7 +17,7 @@ from typing import Any, Callable
 import pandas as pd
 from PIL import Image
 
-from bench.errors import DatasetError
+from bench.errors import DatasetError, brief_list
 from bench.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -275,6 +275,14 @@ def check_root(root: Path | None, dataset: str, hint: str) -> Path:
     return root
 
 
+def is_folder(path: Path) -> bool:
+    """``path.is_dir()``, and ``False`` for a name the system refuses (longer than a file name may be)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def scan_mvtec_layout(
     root: Path,
     dataset: str,
@@ -299,12 +307,12 @@ def scan_mvtec_layout(
     """
     ignored = ignored if ignored is not None else {}
     if categories:
-        missing = [c for c in categories if not (root / c).is_dir()]
+        missing = [c for c in categories if not is_folder(root / c)]
         if missing:
             found = sorted(p.name for p in root.iterdir() if p.is_dir() and not is_hidden_or_system(p.name))
             raise DatasetError(
-                f"category {', '.join(missing)} not found under {root}. Categories found there: "
-                f"{', '.join(found) or 'none'}. Check --categories and --data-root."
+                f"category {brief_list(missing)} not found under {root}. Categories found there: "
+                f"{brief_list(found, 20) or 'none'}. Check --categories and --data-root."
             )
         cat_dirs = [root / c for c in categories]
     else:

@@ -73,7 +73,7 @@ from bench.datasets._base import (
     refuse_case_collisions,
     register_dataset,
 )
-from bench.errors import DatasetError
+from bench.errors import DatasetError, brief_list
 from bench.seeding import stable_int
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def _scan_type(folder: Path, need_masks: bool) -> list[tuple[Path, Path | None]]
 def scan_mtd(root: Path, options: DatasetOptions) -> Samples:
     """Scan the MTD layout into the sample table (one category, the ``MT_Free`` hold-out as ``test/good``)."""
     if options.categories and set(options.categories) != {CATEGORY}:
-        other = ", ".join(c for c in options.categories if c != CATEGORY)
+        other = brief_list([c for c in options.categories if c != CATEGORY])
         raise DatasetError(
             f"category {other} not found in MTD at {root}: MTD has one category, {CATEGORY!r}. Check --categories."
         )

@@ -57,7 +57,7 @@ import numpy as np
 from bench.datasets._base import DatasetOptions, Samples, register_dataset
 from bench.datasets._synth_draw import DRAWERS, TEXTURE_STYLES, DefectSpec, palette, render_sample
 from bench.datasets.mvtec_ad import scan_mvtec_ad
-from bench.errors import DatasetError
+from bench.errors import DatasetError, brief_list
 from bench.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,7 @@ def _select(p: Preset, categories: Sequence[str] | None) -> list[CategorySpec]:
     unknown = [c for c in categories if c not in p.categories]
     if unknown:
         raise DatasetError(
-            f"category {', '.join(unknown)} is not in the synthetic {p.name!r} preset; its categories are "
+            f"category {brief_list(unknown)} is not in the synthetic {p.name!r} preset; its categories are "
             f"{', '.join(p.categories)}. Check --categories."
         )
     return [p.categories[c] for c in categories]

@@ -23,7 +23,6 @@ import pytest
 from bench.cli import main
 from bench.detection.metrics import image_auroc
 from bench.discovery.metrics import discovery_metrics
-from bench.report.load import load_results
 from bench.report.stats import prob_improvement, stratified_bootstrap_mean, t_interval
 from bench.report.summary import summary_table
 from bench.results import ResultsStore

@@ -354,7 +354,7 @@ def test_tsne_with_fake_feature_store(tmp_path: Path, monkeypatch: pytest.Monkey
     """The whole `bench tsne` path (episode, fit, embed, t-SNE, plot, CSV) with the feature store faked."""
     import bench.run.grid
     import bench.run.job
-    from bench.datasets import DatasetOptions, load_dataset
+    from bench.datasets import load_dataset
 
     data = tmp_path / "data"
     store = _FakeStore()

@@ -3,7 +3,6 @@ key, and the task every row belongs to."""
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 from pathlib import Path
 

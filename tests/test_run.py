@@ -49,14 +49,14 @@ def test_run_protonet_rows_resume_and_determinism(tmp_path: Path, capsys: pytest
     assert a == b
 
 
-def test_failed_job_is_a_row_and_exit_nonzero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # synthetic-tiny has 7 images per defect type: 7-shot leaves no query -> every 7-shot job fails, 1-shot runs
+def test_shots_no_category_supports_stop_before_any_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # synthetic-tiny has 7 images per defect type: 7-shot leaves no query in any category. Every 7-shot job would
+    # fail with the same reason (they were error rows): the run is refused up front. Jobs that fail in one category
+    # only stay error rows (tests/test_bad_inputs.py: test_defect_type_with_too_few_images, broken images).
     code, rows = _run(tmp_path, "--method", "protonet", "--shots", "1,7", "--seeds", "1")
     err = capsys.readouterr().err
-    assert code == 1
-    assert "needs at least 8" in err
-    status = {(r["shots"], r["status"]) for r in rows}
-    assert (1, "ok") in status and (7, "error") in status
+    assert code == 2 and rows == []
+    assert "--shots 7: no category has the images for more than 6-shot" in err and "needs at least 8" in err
 
 
 @pytest.mark.parametrize(

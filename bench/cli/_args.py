@@ -8,51 +8,64 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 from typing import Any
 
 import yaml
 
-from bench.errors import BenchError, ConfigError, brief
+from bench.errors import BenchError, ConfigError, brief, clip
 from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED
 
 
-def parse_int_list(text: str | int | list | tuple, option: str = "list") -> list[int]:
+_INT_ITEM = re.compile(r"\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?")
+"""One item of an integer list: ``5``, ``-1`` (read, so that the run can say it is negative) or a range ``1-5``."""
+
+
+def parse_int_list(text: str | int | list | tuple, option: str = "list", limit: int | None = None) -> list[int]:
     """``"1-5"`` → [1..5], ``"1,3,5"`` → [1, 3, 5], ``3`` → [3]; a list (``--shots 1 2 3``, YAML ``[1, 2]``) joins
-    the parse of each item (``["1-3", "5"]`` → [1, 2, 3, 5]).
+    the parse of each item (``["1-3", "5"]`` → [1, 2, 3, 5]). Negative numbers are read (``-1``, ``-3--1``): the
+    run's configuration refuses them by name.
 
     Raises:
-        ConfigError: naming the option and a short form of the value (never the whole of a huge YAML value).
+        ConfigError: naming the option and a short form of the value (never the whole of a huge YAML value); also
+            when the list would hold more than ``limit`` values, before it is built (``1-10000000000``).
     """
     fix = f"{option}: use e.g. 1-5, 1,2,5 or 1 2 5"
-    if isinstance(text, bool):
-        raise ConfigError(f"cannot read {brief(text)} as a list of integers ({fix})")
-    if isinstance(text, int):
-        return [text]
-    if isinstance(text, (list, tuple)):
-        if not all(isinstance(x, (int, str)) and not isinstance(x, bool) for x in text):
-            raise ConfigError(f"cannot read {brief(text)} as a list of integers ({fix})")
-        out = [n for x in text for n in parse_int_list(x, option)]
-        if not out:
-            raise ConfigError(f"empty integer list for {option} ({fix})")
-        return out
-    if not isinstance(text, str):
-        raise ConfigError(f"cannot read {brief(text)} as a list of integers ({fix})")
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part:  # a range (no negative numbers: shots and seeds are ≥ 1 and ≥ 0)
-                a, b = part.split("-", 1)
-                lo, hi = int(a), int(b)
+
+    def unreadable(value: object) -> ConfigError:
+        return ConfigError(f"cannot read {brief(value)} as a list of integers ({fix})")
+
+    def add(value: object, out: list[int]) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise unreadable(text if isinstance(text, (list, tuple)) else value)
+        for part in [value] if isinstance(value, int) else value.split(","):
+            if isinstance(part, int):
+                lo = hi = part
+            elif not part.strip():
+                continue
+            elif (m := _INT_ITEM.fullmatch(part)) is None:
+                raise unreadable(value)
+            else:
+                try:  # a number of thousands of digits is refused by int() (sys.get_int_max_str_digits)
+                    lo = int(m[1])
+                    hi = lo if m[2] is None else int(m[2])
+                except ValueError:
+                    raise unreadable(value) from None
                 if hi < lo:
-                    raise ConfigError(f"empty range {part!r} for {option} ({fix})")
-                out.extend(range(lo, hi + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise ConfigError(f"cannot read {brief(text)} as a list of integers ({fix})") from None
+                    raise ConfigError(f"empty range {brief(part.strip())} for {option} ({fix})")
+            if limit is not None and len(out) + hi - lo + 1 > limit:
+                given = " ".join(map(str, text)) if isinstance(text, (list, tuple)) else text  # as typed
+                raise ConfigError(
+                    f"{option} {clip(given, 60)} gives more than {limit:,} values, the most a run takes (each value is "
+                    f"a whole set of jobs): give fewer, e.g. {option} 1-5."
+                )
+            out.extend(range(lo, hi + 1))
+
+    out: list[int] = []
+    for value in text if isinstance(text, (list, tuple)) else [text]:
+        add(value, out)
     if not out:
         raise ConfigError(f"empty integer list {brief(text)} for {option} ({fix})")
     return out

@@ -11,10 +11,14 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
-from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, BenchError, Terminated
+from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, BenchError, Terminated, clip
 from bench.registry import UnknownNameError, import_plugins
+
+MAX_MESSAGE = 2000
+"""The longest ``error:`` line printed (characters): a message that quotes a huge argument is cut in the middle,
+keeping the problem and the fix (the README promises a short form; a 2,000,000-name list once printed 19 MB)."""
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("bench.cli.run", "run a grid of methods × categories × shots × seeds"),
@@ -31,9 +35,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with bounded messages: its own errors quote the value in full (``invalid choice: '<100 KB>'``)."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(clip(message, 500))
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; with ``only``, just that command's module is imported (fast start-up)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m bench",
         description="Benchmark harness for few-shot anomaly multi-classification (defect-type classification).",
     )
@@ -57,7 +68,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def tolerant_streams() -> None:
+    """Let stdout and stderr print what their encoding cannot hold as backslash escapes instead of failing.
+
+    Under ``PYTHONUTF8=0 LC_ALL=C`` (a cron job, a minimal container) both streams are ASCII: the first ``±`` or
+    ``≥`` of a table or message raised UnicodeEncodeError after every job had run, and the summary was lost. A file
+    name with undecodable bytes (kept by Python as surrogates) fails even a UTF-8 stream the same way. Files are
+    written as UTF-8 whatever the locale (``encoding="utf-8"`` at each write).
+    """
+    for stream in (sys.stdout, sys.stderr):  # stdout's handler is surrogateescape in the C locale: it fails too
+        if getattr(stream, "errors", None) in ("strict", "surrogateescape") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    tolerant_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in COMMANDS), None)
     parser = build_parser(only=command)
@@ -77,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import_plugins(args.plugin)
         return int(args._main(args) or 0)
     except (BenchError, UnknownNameError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {clip(exc, MAX_MESSAGE)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print("\nterminated (SIGTERM)." if isinstance(exc, Terminated) else "\ninterrupted.", file=sys.stderr)

@@ -17,21 +17,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import signal
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from bench.cli._args import parse_int_list, parse_set
-from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, Terminated, brief
+from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, Terminated, brief, brief_list, clip
 from bench.method import coerce_options
 from bench.paths import CACHE_ENV, DEFAULT_CACHE
-from bench.report.summary import summary_table
+from bench.report.summary import run_summary, write_summary
 from bench.run import Job, RunConfig, execute, failure_groups, failure_lines
+from bench.run.config import MAX_LIST_VALUES
 from bench.run.tasks import TASKS
 
 
@@ -48,9 +49,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE", help="method option override (repeatable)")
     p.add_argument("--dataset", help="dataset adapter (bench list datasets); default: synthetic (built-in)")
     p.add_argument("--data-root", help="dataset root folder (for synthetic: where to generate it)")
-    p.add_argument("--categories", nargs="+", help="categories to run (default: all)")
-    p.add_argument("--shots", nargs="+", help="e.g. 1-5 (default), 1,5 or 1 5")
-    p.add_argument("--seeds", nargs="+", help="e.g. 1-5 (default), 1,3 or 1 3")
+    p.add_argument("--categories", nargs="+", help=f"categories to run (default: all; at most {MAX_LIST_VALUES:,})")
+    p.add_argument("--shots", nargs="+", help=f"e.g. 1-5 (default), 1,5 or 1 5; integers ≥ 1, at most "
+                   f"{MAX_LIST_VALUES:,} values, each no more than the images of a defect type less one")
+    p.add_argument("--seeds", nargs="+",
+                   help=f"e.g. 1-5 (default), 1,3 or 1 3; integers ≥ 0, at most {MAX_LIST_VALUES:,} values")
     p.add_argument("--protocol", choices=[name for task in TASKS.values() for name in task.protocols],
                    help="classification: support selection, first-n (paper, default) or seeded random; detection: "
                    "kshot_normals (its only one); discovery: ncd (default, AnomalyNCD's: combined removed, good kept as "
@@ -74,7 +77,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--jobs", type=int, help="worker processes (default 1)")
     p.add_argument("--backend", choices=["loky", "dask"], help="joblib backend for --jobs > 1")
-    p.add_argument("--scheduler", help="Dask scheduler address for --backend dask (default: a local cluster)")
+    p.add_argument("--scheduler", help="Dask scheduler address (tcp://HOST:8786) for --backend dask with "
+                   "--jobs N ≥ 2 (default: a local cluster)")
     p.add_argument("--threads", type=int, help="torch threads in total (split between workers)")
     p.add_argument("--out", help="results folder (default results/)")
     p.add_argument("--cache-dir", help=f"cache folder (default ${CACHE_ENV} or {DEFAULT_CACHE})")
@@ -91,12 +95,18 @@ COPIED_OPTIONS = (
 
 def _load_config_file(path: Path) -> dict[str, Any]:
     """The options of a YAML config file, with the run's names (``method`` → methods, ``set`` → method_options)."""
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        found = path.is_file()  # a regular file: reading a FIFO would block
+    except OSError:  # a name too long for the system
+        found = False
+    if not found:
+        raise ConfigError(f"config file not found: {clip(path)}. Pass the path of a YAML file of options to --config.")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot parse config file {path}: {str(exc)[:300]}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path} ({exc.strerror}).") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {path} must hold a mapping of options (name: value), got {brief(loaded)}")
     known = {f.name for f in dataclasses.fields(RunConfig)} | {"method", "set"}
@@ -136,7 +146,10 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         values["seeds"] = args.seeds
     for k in ("shots", "seeds"):
         if k in values:
-            values[k] = parse_int_list(values[k], f"--{k}")
+            values[k] = parse_int_list(values[k], f"--{k}", MAX_LIST_VALUES)
+            counts = Counter(values[k])
+            if repeated := [v for v, n in counts.items() if n > 1]:  # RunConfig keeps each value once
+                print(f"note: --{k} gives {brief_list(repeated)} more than once; each runs once.")
     if args.zero_init_last is not None:
         values["zero_init_last"] = args.zero_init_last == "true"
     if args.set_:
@@ -168,21 +181,16 @@ def main(args: argparse.Namespace) -> int:
         report = execute(cfg, progress=not args.no_progress)
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(
-            f"\n{what}: every finished job is saved in {out / 'results.jsonl'}; run the same command again to resume.",
-            file=sys.stderr,
-        )
+        saved = f"every finished job is saved in {out / 'results.jsonl'}"
+        if (out / "results.jsonl").is_file() and save_summary(out, run_summary(out)):
+            saved += f" (their table: {out / 'summary.md'})"
+        print(f"\n{what}: {saved}; run the same command again to resume.", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
-    table = summary_table(out / "results.jsonl") if (out / "results.jsonl").exists() else "no results"
-    try:  # atomically: runs sharing the folder may write it at the same time
-        tmp = out / f".summary.md.tmp-{os.getpid()}"
-        tmp.write_text(table + "\n")
-        os.replace(tmp, out / "summary.md")
-    except OSError as exc:
-        print(f"warning: could not write {out / 'summary.md'} ({exc.strerror}); the results are intact.", file=sys.stderr)
+    table = run_summary(out)
+    save_summary(out, table)
     print()
     print(table)
     print(
@@ -193,6 +201,18 @@ def main(args: argparse.Namespace) -> int:
         print("\n" + failure_summary(report.failed), file=sys.stderr)
         return 1
     return 0
+
+
+def save_summary(out: Path, table: str) -> bool:
+    """Write ``out/summary.md`` (:func:`bench.report.summary.write_summary`); a warning and ``False`` when it cannot
+    be written (the results are intact)."""
+    try:
+        write_summary(out, table)
+        return True
+    except OSError as exc:
+        print(f"warning: could not write {out / 'summary.md'} ({exc.strerror}); the results are intact.",
+              file=sys.stderr)
+        return False
 
 
 def failure_summary(failed: list[tuple[Job, str]], max_errors: int = 10) -> str:

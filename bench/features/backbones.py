@@ -127,9 +127,9 @@ def check_backbone_name(name: str) -> None:
     if not timm.list_models(name) or any(c in name for c in "*?["):
         import difflib
 
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        close = difflib.get_close_matches(name, timm.list_models(), n=3) if len(name) < 200 else []  # quadratic
         raise WeightsError(
-            f"unknown backbone {name!r}." + (f" Did you mean {', '.join(close)}?" if close else "")
+            f"unknown backbone {brief(name)}." + (f" Did you mean {', '.join(close)}?" if close else "")
             + " Any timm model name works, e.g. resnet50, wide_resnet50_2, resnet18, tf_efficientnet_lite0."
         )
 

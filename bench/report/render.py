@@ -209,6 +209,8 @@ def check_output(path: Path, option: str = "--out", folder: bool = False) -> Non
 def write_document(doc: Document, fmt: str, path: Path) -> list[Path]:
     """Write ``doc`` as ``fmt`` to ``path`` (for CSV: ``path`` is a folder). Returns the files written.
 
+    Text is written as UTF-8 whatever the locale (under ``LC_ALL=C`` the default is ASCII, and tables hold ``±``).
+
     Raises:
         BenchError: a file or folder that cannot be written (a full disk, a read-only folder), naming it.
     """
@@ -222,13 +224,13 @@ def write_document(doc: Document, fmt: str, path: Path) -> list[Path]:
 def _write(doc: Document, fmt: str, path: Path) -> list[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "md":
-        path.write_text(to_markdown(doc, base=path.parent))
+        path.write_text(to_markdown(doc, base=path.parent), encoding="utf-8")
     elif fmt == "latex":
-        path.write_text(to_latex(doc))
+        path.write_text(to_latex(doc), encoding="utf-8")
     elif fmt == "html":
         from bench.report.html import to_html
 
-        path.write_text(to_html(doc))
+        path.write_text(to_html(doc), encoding="utf-8")
     elif fmt == "csv":
         return write_csvs(doc, path)
     else:

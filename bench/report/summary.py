@@ -7,10 +7,14 @@ method, its options, backbone and weights, features, dataset, protocol, class se
 runs into one folder that differ in a ``--set`` option or in the dataset are two blocks, never one cell with
 their seeds pooled. Rows = categories (+ mean), columns = shots, cells = mean ± sample std over seeds (number
 of seeds); with one seed there is no spread to show, so the cell is the value alone.
+
+``bench run`` writes it to ``summary.md`` (:func:`run_summary`, :func:`write_summary`) at the end of every run, a
+stopped one too (Ctrl-C, SIGTERM): the rows finished so far.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -58,3 +62,29 @@ def summary_table(results_file: Path) -> str:
             "unweighted mean over categories"
         )
     return "\n\n".join(blocks)
+
+
+def run_summary(out: Path) -> str:
+    """The summary of the rows in ``out/results.jsonl`` so far (``"no results"`` without that file).
+
+    A results path that is not a regular file (the run refuses it before any job) reads as no results: opening a
+    FIFO would block.
+    """
+    results = out / "results.jsonl"
+    return summary_table(results) if results.is_file() else "no results"
+
+
+def write_summary(out: Path, table: str) -> None:
+    """Write ``table`` to ``out/summary.md``: atomically (runs sharing the folder may write it at the same time) and
+    as UTF-8 whatever the locale (the table holds ``±``; under ``LC_ALL=C`` the default encoding is ASCII).
+
+    Raises:
+        OSError: ``summary.md`` could not be written (the results are intact).
+    """
+    tmp = out / f".summary.md.tmp-{os.getpid()}"
+    try:
+        tmp.write_text(table + "\n", encoding="utf-8")
+        os.replace(tmp, out / "summary.md")
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise

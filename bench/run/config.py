@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bench.datasets import DatasetOptions, dataset_image_fit
-from bench.errors import BenchError, ConfigError, brief
+from bench.errors import BenchError, ConfigError, brief, brief_list
 from bench.features.backbones import DEFAULT_BACKBONE
 from bench.paths import cache_root
 from bench.results import DEFAULT_TASK
@@ -23,6 +23,11 @@ from bench.run.tasks import TASKS
 
 if TYPE_CHECKING:
     from bench.features.extractor import FeatureConfig
+
+MAX_LIST_VALUES = 1000
+"""The most values a list option of a run takes (``--shots``, ``--seeds``, ``--categories``, ``--method``,
+``--layers``): every value is a whole set of jobs, and ``--seeds 1-10000000000`` once ran out of memory while the
+list was built. ``bench.cli.run`` reads ranges with this bound, before building them."""
 
 
 @dataclass
@@ -78,9 +83,20 @@ class RunConfig:
             raise bad("--method", self.methods, "give registered method names (python -m bench list methods)")
         if not isinstance(self.method_options, dict):
             raise bad("--set", self.method_options, "method options are key=value pairs")
+        for option, values in (("--method", self.methods), ("--categories", self.categories or []),
+                               ("--shots", self.shots), ("--seeds", self.seeds), ("--layers", self.layers or [])):
+            if len(values) > MAX_LIST_VALUES:
+                raise ConfigError(f"{option} gives {len(values):,} values ({brief_list(values)}): a run takes at most "
+                                  f"{MAX_LIST_VALUES:,} per list option. Give fewer.")
         for option, values, low in (("--shots", self.shots, 1), ("--seeds", self.seeds, 0)):
-            if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in values):
+            if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
                 raise bad(option, values, f"a non-empty list of integers ≥ {low} (e.g. 1-5, 1,3 or 1 3)")
+            if below := [v for v in values if v < low]:
+                raise bad(option, values, f"a non-empty list of integers ≥ {low} ({brief_list(below)} "
+                          f"{'is' if len(below) == 1 else 'are'} below {low}; e.g. 1-5, 1,3 or 1 3)")
+        # A repeated value names the same cells of the grid: each runs once (as --categories wood wood means wood
+        # once). Before, the second copy of every job was counted as "already finished".
+        self.shots, self.seeds = list(dict.fromkeys(self.shots)), list(dict.fromkeys(self.seeds))
         if self.protocol not in task.protocols:
             raise bad("--protocol", self.protocol, f"{' or '.join(task.protocols)} for --task {self.task}")
         if self.min_defect_types < 1:
@@ -96,6 +112,13 @@ class RunConfig:
             raise bad("--jobs", self.jobs, "at least 1 worker process (default 1)")
         if self.backend not in ("loky", "dask"):
             raise bad("--backend", self.backend, "loky or dask")
+        if self.scheduler is not None and (self.backend != "dask" or self.jobs < 2):
+            # it would be ignored: loky (the default) runs on this machine, and one job at a time runs in this process
+            raise ConfigError(
+                f"--scheduler {brief(self.scheduler)} is used by --backend dask with --jobs N ≥ 2 only (N groups in "
+                f"flight on the cluster); this run has --backend {self.backend} and --jobs {self.jobs}, so it would "
+                "run on this machine. Add --backend dask --jobs N, or drop --scheduler."
+            )
         if self.threads is not None and self.threads < 1:
             raise bad("--threads", self.threads, "at least 1 (default: all cores)")
         if self.task == "discovery":

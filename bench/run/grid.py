@@ -23,9 +23,11 @@ import numpy as np
 
 from bench.cache import hash_memo_dir
 from bench.datasets import Samples, check_image_files, describe_ignored, load_dataset
-from bench.errors import BenchError, ConfigError, WeightsError
+from bench.detection.episodes import make_normal_shots
+from bench.episodes import make_episode
+from bench.errors import BenchError, ConfigError, DatasetError, WeightsError, brief_list, clip
 from bench.paths import set_cache_root
-from bench.results import ResultsStore
+from bench.results import ResultsStore, check_results_file
 from bench.run.config import RunConfig
 from bench.run.detection import detection_feature_work, plan_detection, run_detection_job
 from bench.run.discovery import discovery_feature_work, discovery_notes, plan_discovery, run_discovery_job
@@ -42,15 +44,22 @@ class TaskJobs:
     feature_work: Callable[[RunConfig, Samples, list[Job]], list[str]]
     run: Callable[[RunConfig, Samples, Job, Path], dict]
     notes: Callable[[RunConfig], list[str]]
+    episode_at: Callable[[RunConfig, Samples, str, int], object] | None = None
+    """The episode of (category, shots) at the run's first seed, for :func:`check_shots`; ``None``: no shots."""
 
 
 TASK_JOBS: dict[str, TaskJobs] = {
-    "classification": TaskJobs(plan, lambda cfg, samples, jobs: feature_work(samples, jobs), run_job, lambda cfg: []),
-    "detection": TaskJobs(plan_detection, lambda cfg, samples, jobs: detection_feature_work(samples, jobs), run_detection_job,
-                          lambda cfg: []),
+    "classification": TaskJobs(
+        plan, lambda cfg, samples, jobs: feature_work(samples, jobs), run_job, lambda cfg: [],
+        lambda cfg, samples, cat, k: make_episode(samples, cat, k, cfg.seeds[0], cfg.protocol, cfg.include_good),
+    ),
+    "detection": TaskJobs(
+        plan_detection, lambda cfg, samples, jobs: detection_feature_work(samples, jobs), run_detection_job,
+        lambda cfg: [], lambda cfg, samples, cat, k: make_normal_shots(samples, cat, k, cfg.seeds[0]),
+    ),
     "discovery": TaskJobs(plan_discovery, discovery_feature_work, run_discovery_job, discovery_notes),
 }
-"""Per task (:data:`bench.run.tasks.TASKS`): its planner, feature list, job runner and printed notes."""
+"""Per task (:data:`bench.run.tasks.TASKS`): its planner, feature list, job runner, notes and episode builder."""
 
 
 def run_group(
@@ -89,6 +98,14 @@ def prefetch_features(
     return len(paths)
 
 
+def is_regular_file(path: Path) -> bool:
+    """``path.is_file()``, and ``False`` for a name the system refuses (too long) instead of an OSError."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def check_out_outside_data(out: str | Path, data_root: str | Path) -> None:
     """Refuse an ``--out`` inside the dataset folder (or equal to it).
 
@@ -107,16 +124,76 @@ def check_out_outside_data(out: str | Path, data_root: str | Path) -> None:
         )
 
 
+def largest_shots(cfg: RunConfig, samples: Samples, category: str) -> tuple[int, str]:
+    """The largest shot count ``category`` supports, but no more than the run's largest (0: none, or the category
+    fails at 1 shot for another reason, which its jobs then carry as before), and why the next one does not ("" when
+    that is beyond the run's largest).
+
+    Bisection: an episode that fits k shots fits fewer (k + 1 images per class for classification, k normal images
+    for detection), so a few episodes per category answer, whatever the list.
+    """
+    build = TASK_JOBS[cfg.task].episode_at
+    assert build is not None
+
+    def why_not(k: int) -> str:
+        try:
+            build(cfg, samples, category, k)
+            return ""
+        except DatasetError as exc:
+            return str(exc)
+
+    if why_not(1):
+        return 0, ""
+    # 1..lo fit; hi and above do not (reason: why hi does not). No episode has more shots than the category images.
+    lo, hi, reason = 1, min(max(cfg.shots), int((samples.table.category == category).sum())) + 1, ""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if (why := why_not(mid)) == "":
+            lo = mid
+        else:
+            hi, reason = mid, why
+    return lo, reason
+
+
+def check_shots(cfg: RunConfig, samples: Samples) -> None:
+    """Refuse shot counts that no category can support, before planning.
+
+    Each would be a set of jobs that all fail with the same reason: ``--shots 1-300`` on a dataset with 7 images per
+    defect type wrote 588 error rows. Categories that cannot run even one shot are left to their jobs' errors (the
+    reason is not the shot count).
+
+    Raises:
+        ConfigError: naming the shot counts, the largest one any category supports and why the next one fails there.
+    """
+    if TASK_JOBS[cfg.task].episode_at is None:
+        return
+    fits = {c: largest_shots(cfg, samples, c) for c in samples.categories()}
+    if not any(k for k, _ in fits.values()):
+        return
+    best_cat = max(fits, key=lambda c: fits[c][0])
+    best, reason = fits[best_cat]
+    too_many = [k for k in dict.fromkeys(cfg.shots) if k > best]
+    if too_many:
+        raise ConfigError(
+            f"--shots {brief_list(too_many)}: no category has the images for more than {best}-shot (the most, in "
+            f"{clip(best_cat, 60)}; at {best + 1} shots: {clip(reason, 300)}). Use --shots up to {best} "
+            f"(e.g. 1-{best})."
+        )
+
+
 def preflight(cfg: RunConfig) -> Samples:
-    """Fail fast, before any job, on problems that would fail every job (dataset, its images, methods, weights)."""
+    """Fail fast, before any job, on problems that would fail every job (dataset, its images, shots, methods,
+    weights)."""
     if cfg.cache_dir:
         set_cache_root(cfg.cache_dir)
     samples = load_dataset(cfg.dataset, cfg.data_root, cfg.dataset_options())
+    check_shots(cfg, samples)
     cfg.method_configs  # noqa: B018 - built (and checked) once, here: unknown names and options fail now
-    if cfg.weights not in ("imagenet", "random") and not Path(cfg.weights).expanduser().is_file():
+    weights = Path(cfg.weights).expanduser()
+    if cfg.weights not in ("imagenet", "random") and not is_regular_file(weights):
         # checked here because the feature key hashes the file before the backbone code can say so
         raise WeightsError(
-            f"weights file not found: {Path(cfg.weights).expanduser()}. Pass --weights imagenet, --weights random, "
+            f"weights file not found: {clip(weights)}. Pass --weights imagenet, --weights random, "
             "or the path of a local state-dict file."
         )
     check_image_files(samples, hash_memo_dir(cfg.cache_dir))  # the hashes the plan's job keys read next
@@ -146,7 +223,10 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise BenchError(f"cannot write to the output folder {out} ({exc.strerror}). Choose another with --out.") from None
+        raise BenchError(
+            f"cannot write to the output folder {clip(out)} ({exc.strerror}). Choose another with --out."
+        ) from None
+    check_results_file(out / "results.jsonl")  # a FIFO there would hang the run at its first read
     samples = preflight(cfg)
     check_out_outside_data(out, samples.root)  # a default root (the synthetic datasets' in the cache)
     for cat, why in samples.skipped.items():

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from bench.errors import BenchError
+from bench.errors import BenchError, clip
 from bench.paths import set_cache_root
 from bench.registry import import_plugins
 
@@ -150,9 +150,9 @@ def dask_client(scheduler: str | None, n_workers: int) -> Any:
         raise BenchError("--backend dask needs the optional dependency: pip install -c constraints.txt -e '.[dask]'") from None
     try:
         return Client(scheduler) if scheduler else Client(processes=True, n_workers=n_workers, threads_per_worker=1)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:  # ValueError: an address Dask cannot parse (no port)
         raise BenchError(
-            f"cannot connect to the Dask scheduler {scheduler or '(local cluster)'} ({type(exc).__name__}: "
+            f"cannot connect to the Dask scheduler {clip(scheduler or '(local cluster)', 100)} ({type(exc).__name__}: "
             f"{str(exc)[:200]}). Check --scheduler (e.g. tcp://HOST:8786) and that the scheduler is running "
             "and reachable from this machine."
         ) from None
