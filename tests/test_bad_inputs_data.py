@@ -153,20 +153,25 @@ def test_combined_too_small_for_the_shots_said_first_counted_once_stored_once(ca
     combined.mkdir()
     for p in sorted((data / "tile" / "test" / "crack").glob("*.png"))[:2]:
         ImageOps.mirror(Image.open(p)).save(combined / p.name)  # 2 images: 1-shot runs, 2-shot cannot
-    args = ["--method", "protonet", "knn", "--shots", "1,2", "--seeds", "1", "--categories", "tile"]
-    code, out, err = run(capsys, data, tmp_path / "out", cache, *args)
-    assert code == 1, err
     reason = f"defect type 'combined' of category 'tile' has 2 image(s) in {combined}, but 2-shot needs at least 3"
     fix = "Pass --exclude-combined (drops the combined type), use --shots 1, or add images."
-    warning = out.index("WARNING: 2 of 4 job(s) cannot run and will be recorded as failed (1 distinct reason(s))")
+    # no category can run 2-shot: refused before the first job, with the fix (exit 2, nothing written)
+    code, out, err = run(capsys, data, tmp_path / "out", cache, "--method", "protonet", "--shots", "1,2", "--seeds", "1",
+                         "--categories", "tile")  # fmt: skip
+    assert code == 2 and reason in err and fix in err and not (tmp_path / "out" / "results.jsonl").exists(), err
+    # screw can: tile's 2-shot jobs are said to fail before the first job, and fail once each
+    args = ["--method", "protonet", "knn", "--shots", "1,2", "--seeds", "1"]
+    code, out, err = run(capsys, data, tmp_path / "out", cache, *args)
+    assert code == 1, err
+    warning = out.index("WARNING: 2 of 8 job(s) cannot run and will be recorded as failed (1 distinct reason(s))")
     assert warning < out.index("### ") and reason in out[warning:] and fix in out[warning:]  # before any job's result
     assert "failed jobs: 2, 1 distinct error(s)" in err and err.count(reason) == 1 and fix in err
     assert "protonet, knn: 2 job(s) (categories tile; shots 2; seeds 1)" in err
     first = (tmp_path / "out" / "results.jsonl").read_bytes()
-    assert first.count(b"\n") == 4
+    assert first.count(b"\n") == 8
     # resume: the failed jobs are tried again, fail again, and the file does not grow
     code, out, err = run(capsys, data, tmp_path / "out", cache, *args)
-    assert code == 1 and "resuming: 2 of 4 jobs already finished" in out and "failed jobs: 2, 1 distinct error(s)" in err
+    assert code == 1 and "resuming: 6 of 8 jobs already finished" in out and "failed jobs: 2, 1 distinct error(s)" in err
     assert (tmp_path / "out" / "results.jsonl").read_bytes() == first
     # the fix the message gives works
     code, out, err = run(capsys, data, tmp_path / "out", cache, *args, "--exclude-combined")
