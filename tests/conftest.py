@@ -41,6 +41,15 @@ def shared_screw(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """synthetic-tiny in the MVTec AD layout, generated once per test module (a module that breaks it copies it
+    first; the CLI tests pass it with ``--dataset folder --data-root``)."""
+    from bench.datasets.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("tiny-data"), "tiny")
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():  # noqa: ANN201
     """One torch thread for a module of small end-to-end runs, restored after it: their tensors are too small to
     gain from a second thread, and on a busy runner two threads wait on each other (the discovery tests took 87 s

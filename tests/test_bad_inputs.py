@@ -26,6 +26,7 @@ from PIL import Image
 import bench.results
 from bench.cli import main
 from bench.results import read_rows
+from tests.helpers import file_tree
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["--backbone", "resnet18", "--weights", "random", "--no-progress"]
@@ -33,13 +34,6 @@ QUICK = ["--method", "protonet", "--shots", "3", "--seeds", "1"]  # the earlier 
 
 
 # --------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from bench.datasets.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("tiny-data"), "tiny")
-
-
 @pytest.fixture(scope="module")
 def prior(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Path]:
     """Rows of an earlier, finished run (copied into each test's --out) and its warm cache."""
@@ -362,12 +356,6 @@ def test_read_only_output_folder(capsys, data, cache, prior, tmp_path, how: str)
 
 
 # --------------------------------------------------------------------------------------------- data loss, stale results
-def _tree(root: Path) -> dict[str, str]:
-    """Every entry under ``root``: sha256 of each file, "dir" for folders (so an added empty folder shows too)."""
-    import hashlib
-
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}  # fmt: skip
 
 
 def _mvtec_like(root: Path, categories: tuple[str, ...] = ("wood", "bottle")) -> Path:
@@ -396,7 +384,7 @@ def test_generator_never_touches_a_real_dataset(capsys, out, cache, prior, tmp_p
     """The user forgot --dataset mvtec_ad: the default dataset is the synthetic one, whose categories include wood.
     The real folder must stay byte-identical, and the error must say which --dataset was probably meant."""
     real = _mvtec_like(tmp_path / "mvtec")
-    before = _tree(real)
+    before = file_tree(real)
     for args in (["--categories", "wood"], ["--dataset", "synthetic-mvtec"], ["--dataset", "synthetic-tiny"]):
         code = main(["run", "--method", "protonet", "--data-root", str(real), *COMMON, "--shots", "1", "--seeds", "1",
                      "--out", str(out), "--cache-dir", str(cache), *args])  # fmt: skip
@@ -405,7 +393,7 @@ def test_generator_never_touches_a_real_dataset(capsys, out, cache, prior, tmp_p
         line = _one_error_line(err)
         assert f"--data-root {real} holds " in line and "which the synthetic generator did not write" in line
         assert "It looks like MVTec AD: to benchmark it, pass --dataset mvtec_ad" in line
-        assert _tree(real) == before, f"{args}: the real dataset was changed"
+        assert file_tree(real) == before, f"{args}: the real dataset was changed"
     assert_prior_intact(out, prior)
 
 
@@ -418,12 +406,12 @@ def test_generator_suggests_the_dataset_that_fits(capsys, out, cache, tmp_path, 
         write_mvtec3d(root, categories=("toy_bagel",), n_train=1, n_per_type=1, types=("crack",), resolution=16)
     else:
         _mvtec_like(root, categories=("widget",))
-    before = _tree(root)
+    before = file_tree(root)
     code = main(["run", "--method", "protonet", "--dataset", "synthetic-tiny", "--data-root", str(root), *COMMON,
                  "--out", str(out), "--cache-dir", str(cache)])  # fmt: skip
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and f"pass --dataset {dataset} --data-root {root}" in line
-    assert _tree(root) == before
+    assert file_tree(root) == before
 
 
 def test_data_root_that_is_a_file(capsys, out, cache, tmp_path) -> None:  # noqa: ANN001
@@ -510,12 +498,12 @@ def test_hidden_and_system_entries_are_left_out(capsys, data, out, cache, prior)
 
 
 def test_out_inside_the_dataset_folder_is_refused(capsys, data, cache, prior) -> None:  # noqa: ANN001
-    before = _tree(data)
+    before = file_tree(data)
     for out in (data / "results", data / "tile" / "test" / "results", data):
         code, _, err = run(capsys, data, out, cache, *QUICK)
         line = _one_error_line(err)
         assert code == 2 and f"--out {out} is inside the dataset folder {data}" in line and "outside" in line
-        assert _tree(data) == before, "a folder was made inside the dataset"
+        assert file_tree(data) == before, "a folder was made inside the dataset"
 
 
 def test_decompression_bomb_image_is_named(capsys, monkeypatch, data, out, cache, prior) -> None:  # noqa: ANN001

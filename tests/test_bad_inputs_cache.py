@@ -9,7 +9,6 @@ of the user's folder is byte-identical afterwards.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import pathlib
 import shutil
@@ -22,33 +21,14 @@ import pytest
 
 import bench.cache
 from bench.cache import TMP_PREFIX, DiskCache, file_sha256, hash_memo_dir, load_npy, save_json, save_npy
-from bench.cli import main
 from bench.paths import CACHE_TAG
+from tests.helpers import cli, file_tree
 
 COMMON = ["--backbone", "resnet18", "--weights", "random", "--threads", "1", "--no-progress"]
 ONE_JOB = ["--method", "protonet", "--categories", "tile", "--shots", "1", "--seeds", "1"]
 
 
 # --------------------------------------------------------------------------------------------- helpers
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real dataset folder in the MVTec AD layout (synthetic-tiny)."""
-    from bench.datasets.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("tiny-data"), "tiny")
-
-
-def _tree(root: Path) -> dict[str, str]:
-    """Every entry under ``root``: sha256 of each file, "dir" for folders (so a removed empty folder shows too)."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}  # fmt: skip
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    cap = capsys.readouterr()
-    assert "Traceback" not in cap.err, cap.err
-    return code, cap.out, cap.err
 
 
 def _git_checkout(root: Path) -> Path:
@@ -94,21 +74,21 @@ def _user_files(root: Path) -> None:
 @pytest.mark.parametrize("action", [["clear"], ["prune", "--max-size", "0"], ["info"]])
 def test_a_git_checkout_is_not_a_cache(capsys, monkeypatch, tmp_path, action) -> None:  # noqa: ANN001
     repo = _git_checkout(tmp_path / "repo")
-    before = _tree(repo)
+    before = file_tree(repo)
     monkeypatch.chdir(repo)  # as in the issue: `cd <a git checkout> && python -m bench cache clear --cache-dir .`
-    code, _, err = _cli(capsys, "cache", *action, "--cache-dir", ".")
+    code, _, err = cli(capsys, "cache", *action, "--cache-dir", ".")
     assert code == 2
     assert f"{repo} is not a cache of this harness" in err and CACHE_TAG in err and "Nothing was changed" in err
     assert "--cache-dir" in err and "'.git'" in err
-    assert _tree(repo) == before
+    assert file_tree(repo) == before
 
 
 @pytest.mark.parametrize("action", [["clear"], ["prune", "--max-size", "0"]])
 def test_a_dataset_root_is_not_a_cache(capsys, tiny_root, action) -> None:  # noqa: ANN001
-    before = _tree(tiny_root)
-    code, _, err = _cli(capsys, "cache", *action, "--cache-dir", str(tiny_root))
+    before = file_tree(tiny_root)
+    code, _, err = cli(capsys, "cache", *action, "--cache-dir", str(tiny_root))
     assert code == 2 and "is not a cache of this harness" in err
-    assert _tree(tiny_root) == before
+    assert file_tree(tiny_root) == before
 
 
 def test_prune_refuses_a_project_with_folders_named_like_kinds(capsys, tmp_path) -> None:  # noqa: ANN001
@@ -116,10 +96,10 @@ def test_prune_refuses_a_project_with_folders_named_like_kinds(capsys, tmp_path)
     project.mkdir()
     (project / "nn" / ("b" * 32)).mkdir(parents=True)
     _user_files(project)  # nothing but kind folders at the top: the files inside give it away
-    before = _tree(project)
-    code, _, err = _cli(capsys, "cache", "prune", "--max-size", "0", "--cache-dir", str(project))
+    before = file_tree(project)
+    code, _, err = cli(capsys, "cache", "prune", "--max-size", "0", "--cache-dir", str(project))
     assert code == 2 and "is not a cache of this harness" in err
-    assert _tree(project) == before
+    assert file_tree(project) == before
 
 
 # --------------------------------------------------------------------------------------------- inside a cache
@@ -132,13 +112,13 @@ def test_only_the_caches_own_entries_are_deleted(capsys, caplog, tmp_path, tiny_
     kept = {"features/my_features.csv", "banks/account.txt", f"nn/{'b' * 32}/notes.txt", "README.md"}
     if action[0] == "prune":  # prune leaves the kinds that are not recomputed (the hash memo here)
         kept |= {p.relative_to(cache).as_posix() for p in (cache / "hashes").iterdir()}
-    before = {k: v for k, v in _tree(cache).items() if k in kept}
+    before = {k: v for k, v in file_tree(cache).items() if k in kept}
     assert len(before) == len(kept)
     with caplog.at_level("WARNING"):
-        code, out, err = _cli(capsys, "cache", *action, "--cache-dir", str(cache))
+        code, out, err = cli(capsys, "cache", *action, "--cache-dir", str(cache))
     assert code == 0, err
     assert not any(p.exists() for p in entries if p.relative_to(cache).as_posix() not in kept)
-    after = {k: v for k, v in _tree(cache).items() if v != "dir" and k != CACHE_TAG}
+    after = {k: v for k, v in file_tree(cache).items() if v != "dir" and k != CACHE_TAG}
     assert after == before  # the user's files, byte for byte, and nothing else
     assert (cache / CACHE_TAG).is_file()  # written when the harness created the folder
     assert "features/my_features.csv" in caplog.text and "not the cache's own" in caplog.text
@@ -150,10 +130,10 @@ def test_a_cache_written_before_tags_is_recognised_once_then_tagged(capsys, tmp_
     generated = shutil.copytree(tiny_root, cache / "synthetic" / "tiny-v2-seed0")  # as the generator leaves it
     n_generated = sum(p.is_file() for p in generated.rglob("*"))
     (cache / CACHE_TAG).unlink(missing_ok=True)  # as a cache written before this change
-    code, out, _ = _cli(capsys, "cache", "info", "--cache-dir", str(cache))
+    code, out, _ = cli(capsys, "cache", "info", "--cache-dir", str(cache))
     assert code == 0 and "features" in out and (cache / CACHE_TAG).is_file()
     assert bench.cache.info(cache).set_index("kind").loc["synthetic", "files"] == n_generated
-    code, _, err = _cli(capsys, "cache", "clear", "--cache-dir", str(cache))
+    code, _, err = cli(capsys, "cache", "clear", "--cache-dir", str(cache))
     assert code == 0, err
     assert not any(p.exists() for p in entries) and not (cache / "synthetic").exists()
 
@@ -162,16 +142,16 @@ def test_a_cache_written_before_tags_is_recognised_once_then_tagged(capsys, tmp_
 def test_unknown_kind_missing_root_and_a_file_are_errors(capsys, tmp_path, tiny_root) -> None:  # noqa: ANN001
     cache = tmp_path / "cache"
     entries = _real_cache(cache, next(tiny_root.rglob("*.png")))
-    code, _, err = _cli(capsys, "cache", "clear", "--kinds", "nosuch", "--cache-dir", str(cache))
+    code, _, err = cli(capsys, "cache", "clear", "--kinds", "nosuch", "--cache-dir", str(cache))
     assert code == 2 and "unknown cache kind 'nosuch'" in err and "features, banks, nn" in err
     assert all(p.exists() for p in entries)
     typo = tmp_path / "cahce"
-    code, _, err = _cli(capsys, "cache", "info", "--cache-dir", str(typo))
+    code, _, err = cli(capsys, "cache", "info", "--cache-dir", str(typo))
     assert code == 2 and f"there is no cache at {typo} (no such folder)" in err and "check --cache-dir" in err
     assert not typo.exists()
     a_file = tmp_path / "notes.txt"
     a_file.write_text("not a cache\n")
-    code, _, err = _cli(capsys, "cache", "info", "--cache-dir", str(a_file))
+    code, _, err = cli(capsys, "cache", "info", "--cache-dir", str(a_file))
     assert code == 2 and f"{a_file} is a file, not a cache folder" in err
 
 
@@ -195,7 +175,7 @@ class _OsWithAFullDisk:
 
 
 def _run(capsys: pytest.CaptureFixture[str], data: Path, out: Path, cache: Path) -> tuple[int, str, str]:
-    return _cli(capsys, "run", "--dataset", "folder", "--data-root", str(data), *COMMON, *ONE_JOB, "--out", str(out),
+    return cli(capsys, "run", "--dataset", "folder", "--data-root", str(data), *COMMON, *ONE_JOB, "--out", str(out),
                 "--cache-dir", str(cache))  # fmt: skip
 
 
@@ -245,7 +225,7 @@ def test_cache_that_cannot_be_created_or_cleared(capsys, monkeypatch, tmp_path, 
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
 
     monkeypatch.setattr(pathlib.Path, "unlink", read_only_unlink)
-    code, _, err = _cli(capsys, "cache", "clear", "--cache-dir", str(cache))
+    code, _, err = cli(capsys, "cache", "clear", "--cache-dir", str(cache))
     monkeypatch.undo()
     assert code == 2 and "is read-only" in err and "make it writable" in err and "free space" not in err
     assert all(p.exists() for p in entries)

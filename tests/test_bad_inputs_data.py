@@ -9,7 +9,6 @@ MVTec layout (``--dataset folder``) and a tiny tree in the MTD layout (``write_m
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 from pathlib import Path
@@ -22,15 +21,9 @@ from bench.cli import main
 from bench.datasets import load_dataset
 from bench.datasets.mtd import CATEGORY, write_mtd
 from bench.results import ResultsStore, read_rows
+from tests.helpers import file_tree
 
 COMMON = ["--backbone", "resnet18", "--weights", "random", "--threads", "1", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from bench.datasets.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("tiny-data"), "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +56,10 @@ def run(capsys: pytest.CaptureFixture[str], root: Path, out: Path, cache: Path, 
     return code, cap.out, cap.err
 
 
-def tree_hash(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}  # fmt: skip
-
-
 def refused(capsys: pytest.CaptureFixture[str], root: Path, tmp_path: Path, cache: Path, *messages: str,
             dataset: str = "folder") -> None:  # fmt: skip
     """The run stops before any job with one ``error:`` line holding ``messages``; nothing written, nothing changed."""
-    before = tree_hash(root)
+    before = file_tree(root)
     code, _, err = run(capsys, root, tmp_path / "out", cache, "--method", "protonet", "--shots", "1", "--seeds", "1",
                        dataset=dataset)  # fmt: skip
     assert code == 2, err
@@ -79,7 +67,7 @@ def refused(capsys: pytest.CaptureFixture[str], root: Path, tmp_path: Path, cach
     for m in messages:
         assert m in err, (m, err)
     assert not (tmp_path / "out" / "results.jsonl").exists()
-    assert tree_hash(root) == before
+    assert file_tree(root) == before
 
 
 # --------------------------------------------------------------------------------------------- item 5: MTD folders

@@ -13,7 +13,6 @@ sideways with an EXIF orientation tag.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -23,9 +22,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.cli import main
 from bench.errors import DatasetError
 from bench.results import read_rows
+from tests.helpers import cli, file_tree
 
 COMMON = ["--backbone", "resnet18", "--weights", "random"]
 RUN = [*COMMON, "--no-progress", "--threads", "1", "--seeds", "1"]
@@ -68,19 +67,6 @@ def quirky(base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     turned_photo(crack / "007.jpg", tall)
     Image.open(gt / "003_mask.png").resize((96, 160), Image.NEAREST).save(gt / "007_mask.png")
     return root
-
-
-def tree(root: Path) -> dict[str, str]:
-    """Every entry under ``root``: sha256 of each file, "dir" for folders."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}  # fmt: skip
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    cap = capsys.readouterr()
-    assert "Traceback" not in cap.err, cap.err
-    return code, cap.out, cap.err
 
 
 def maps_cmd(data: Path, cache: Path, out: Path, *extra: str) -> list[str]:
@@ -308,10 +294,10 @@ def test_maps_out_that_cannot_be_used(capsys, base, cache, tmp_path) -> None:  #
     (mine / "tile" / "crack").mkdir(parents=True)
     Image.fromarray(np.full((128, 128), 7, np.uint8)).save(mine / "tile" / "crack" / "000.png")
     (mine / "README").write_text("maps from my own detector\n")
-    before = tree(mine)
+    before = file_tree(mine)
     code, _, err = cli(capsys, *maps_cmd(base, cache, mine))
     assert code == 2 and "already holds files the harness did not write" in one_error(err) and "new or empty folder" in err
-    assert tree(mine) == before
+    assert file_tree(mine) == before
 
 
 def test_maps_on_a_full_disk_keep_the_earlier_set(capsys, monkeypatch, base, cache, tmp_path) -> None:  # noqa: ANN001
@@ -320,7 +306,7 @@ def test_maps_on_a_full_disk_keep_the_earlier_set(capsys, monkeypatch, base, cac
     out = tmp_path / "maps"
     code, _, err = cli(capsys, *maps_cmd(base, cache, out))
     assert code == 0, err
-    before = tree(out)
+    before = file_tree(out)
     real_save, calls = Image.Image.save, []
 
     def save(self: Image.Image, fp: Any, *a: Any, **k: Any) -> None:
@@ -334,7 +320,7 @@ def test_maps_on_a_full_disk_keep_the_earlier_set(capsys, monkeypatch, base, cac
     code, _, err = cli(capsys, *maps_cmd(base, cache, out, "--bits", "16"))
     monkeypatch.undo()
     assert code == 2 and "No space left on device" in one_error(err) and "free space" in err
-    assert tree(out) == before
+    assert file_tree(out) == before
 
 
 def test_show_crops_out(capsys, base, tmp_path) -> None:  # noqa: ANN001
@@ -353,10 +339,10 @@ def test_show_crops_out(capsys, base, tmp_path) -> None:  # noqa: ANN001
     assert code == 2 and "written as PNG or JPEG" in one_error(err) and not (tmp_path / "x.txt").exists()
     code, _, err = cli(capsys, *argv, "/proc/fsad-bench-crops.png")
     assert code == 2 and "cannot write the picture /proc/fsad-bench-crops.png" in one_error(err)
-    before = tree(base)
+    before = file_tree(base)
     code, _, err = cli(capsys, *argv, str(base / "tile" / "test" / "crack" / "crops.png"))
     assert code == 2 and "is inside the dataset folder" in one_error(err)
-    assert tree(base) == before
+    assert file_tree(base) == before
 
 
 def test_residual_methods_without_normals_are_not_told_to_pass_maps(capsys, base, cache, tmp_path) -> None:  # noqa: ANN001

@@ -28,13 +28,6 @@ HUGE = "x" * 100_000  # a 100 KB argument
 
 
 @pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from bench.datasets.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("tiny-data"), "tiny")
-
-
-@pytest.fixture(scope="module")
 def prior(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Path]:
     """Rows of an earlier, finished run (shots 1 and 2, seed 1; copied into each test's --out) and its warm cache."""
     base = tmp_path_factory.mktemp("prior")

@@ -20,13 +20,13 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from bench.cli import main
 from bench.detection.metrics import image_auroc
 from bench.discovery.metrics import discovery_metrics
 from bench.report.stats import prob_improvement, stratified_bootstrap_mean, t_interval
 from bench.report.summary import summary_table
 from bench.results import ResultsStore
 from bench.metrics import episode_metrics
+from tests.helpers import cli
 
 NAMES = ["crack", "hole", "scratch"]
 FAST = ["--no-plots", "--boot", "200"]
@@ -95,13 +95,6 @@ def store(folder: Path, rows: list[dict[str, Any]]) -> Path:
 
 def hashes(*files: Path) -> dict[str, str]:
     return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    cap = capsys.readouterr()
-    assert "Traceback" not in cap.err, cap.err
-    return code, cap.out, cap.err
 
 
 # --------------------------------------------------------------------------------------------- item 7: one rule for rows

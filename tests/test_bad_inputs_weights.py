@@ -29,13 +29,6 @@ QUICK = ["--method", "protonet", "--shots", "1", "--seeds", "1", "--categories",
          "--no-progress"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from bench.datasets.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("tiny-data"), "tiny")
-
-
 def state_of(name: str, **kwargs: object) -> dict[str, torch.Tensor]:
     """The state dict of a randomly initialised timm model (a stand-in for a downloaded weights file)."""
     import timm

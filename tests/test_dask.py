@@ -27,13 +27,6 @@ GRID = ["--method", "protonet", "protonet-residual", "--shots", "1,3", "--seeds"
 
 
 @pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from bench.datasets.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("tiny-data"), "tiny")
-
-
-@pytest.fixture(scope="module")
 def cluster():  # noqa: ANN201
     with distributed.LocalCluster(
         n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR

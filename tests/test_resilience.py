@@ -44,14 +44,6 @@ RUN_TIMEOUT = 420  # seconds for one subprocess on a loaded machine (normally 10
 
 
 # --------------------------------------------------------------------------------------------- helpers
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """synthetic-tiny generated once for this module (the runs pass it with --data-root)."""
-    from bench.datasets.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("tiny-data"), "tiny")
-
-
 def bench_env(cache: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", BENCH_CACHE=str(cache), PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="0")
