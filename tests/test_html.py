@@ -125,7 +125,7 @@ def test_renders_in_headless_chromium(page: tuple[Path, dict[int, str]], tmp_pat
     for shots, n in EXPECTED_ROWS.items():
         assert len(dom.tables[ids[shots]]) == n
         header_less = [cells for _, cells in dom.tables[ids[shots]]]
-        assert all(len(c) == 8 for c in header_less)
+        assert all(len(c) == 9 for c in header_less)  # rank, configuration, mean, CI, coverage, P(> next), backbone, paper row, most-predicted share
 
 
 def test_sorting_script_runs_in_chromium(page: tuple[Path, dict[int, str]], tmp_path: Path) -> None:
