@@ -1,7 +1,8 @@
 """What the Gaussian and COFT-AD-style detectors share: augmented views of the shots, pooled backbone embeddings
 (cached), and the Ledoit–Wolf Gaussian with its Mahalanobis score (docs/tasks.md §A.2).
 
-Not a registered detector (the leading underscore keeps it out of the registry).
+Library code, not a detector: it lives beside the PatchCore pipeline, not in the plugin folder ``detectors/``
+(docs/architecture.md), and registers nothing.
 
 * **Views** (:func:`augment`, :func:`view_key`): mild augmentations of a shot, drawn from a generator seeded by the
   image's content and the view index only (never by the run seed), so view j of an image is the same picture in
