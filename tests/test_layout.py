@@ -211,6 +211,17 @@ def test_one_spelling_of_the_cache_default_and_one_writer_of_the_cache_root() ->
     assert cache_env == {"bench.paths"}, cache_env
 
 
+def test_one_channel_for_the_cache_root() -> None:
+    """The process's cache root is ``bench.paths``'s (docs/architecture.md): only it reads the variable behind it, and
+    only the run and the commands set it, once per process from their configuration (never a plugin or a library
+    module deep down)."""
+    reads_env = re.compile(r"environ\.get\(\s*CACHE_ENV|environ\[\s*CACHE_ENV|getenv\(\s*CACHE_ENV")
+    readers = {m for m, p in MODULES.items() if reads_env.search(p.read_text())}
+    assert readers == {"bench.paths"}, readers
+    setters = {m for m, p in MODULES.items() if _calls(m, p, "set_cache_root")}
+    assert setters and all(_in(m, "bench.run") or _in(m, "bench.cli") for m in setters), sorted(setters)
+
+
 def test_every_public_module_of_datasets_registers_an_adapter() -> None:
     from bench.datasets import DATASETS, import_all
 
