@@ -63,7 +63,8 @@ import pandas as pd
 
 from bench.errors import BenchError, ConfigError, brief
 from bench.paths import (
-    CACHE_ENV, CACHE_TAG, DEFAULT_CACHE, cache_root, has_cache_tag, make_cache_root, write_cache_tag,
+    CACHE_ENV, CACHE_TAG, DEFAULT_CACHE, cache_root, cache_root_is_named, has_cache_tag, make_cache_root,
+    write_cache_tag,
 )
 
 log = logging.getLogger(__name__)
@@ -529,13 +530,14 @@ def checked_root(root: str | Path | None = None) -> Path | None:
             not a cache.
     """
     base = cache_root(root)
-    if root is not None or os.environ.get(CACHE_ENV):
+    named = cache_root_is_named(root)
+    if named:
         fix = f"check {'--cache-dir' if root is not None else '$' + CACHE_ENV} (the default cache is {DEFAULT_CACHE})"
     else:
         fix = "this is the default cache folder: move away what the cache did not write, or delete the folder yourself"
     try:
         if not base.exists():
-            if root is None and not os.environ.get(CACHE_ENV):
+            if not named:
                 return None
             raise ConfigError(f"there is no cache at {_show(base)} (no such folder): {fix}")
         if not base.is_dir():

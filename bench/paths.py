@@ -1,10 +1,15 @@
 """Where the harness keeps generated data, cached features and results.
 
 * cache: ``--cache-dir``, else ``$BENCH_CACHE``, else :data:`DEFAULT_CACHE` (generated datasets, features,
-  banks, pretrained classifiers). Safe to delete; ``python -m bench cache clear`` does it. The root has one
-  writer, :func:`set_cache_root`: a run's preflight, each of its worker processes and ``bench detect`` call it
-  with ``--cache-dir``, and every reader asks :func:`cache_dir` (or :func:`cache_root` for a root given as an
-  argument), so code that has no argument for it (dataset generation, foreground masks) finds the same folder.
+  banks, pretrained classifiers). Safe to delete; ``python -m bench cache clear`` does it.
+
+  One channel (docs/architecture.md): the process's root is this module's. It is set once per process from the
+  configuration by its one writer, :func:`set_cache_root` (a run's preflight, the prologue of every worker task,
+  :func:`bench.run.workers.worker_setup`, with the other per-process settings, and ``bench detect`` /
+  ``show-crops``), and read through :func:`cache_root` (:func:`cache_dir` creates it): code that has no argument
+  for it (dataset generation, foreground masks, the hash memo, a method's pretrained models) finds the folder the
+  run was given. It is kept in this process's ``$BENCH_CACHE``, the user-facing variable, so a process started
+  from this one inherits it; no other module reads or writes that variable (``tests/test_layout.py``).
   A folder the harness creates as a cache root gets a :data:`CACHE_TAG` (:func:`make_cache_root`): the proof
   that ``bench cache clear|prune`` ask for before they delete anything (see :mod:`bench.cache`).
 * results: ``results/`` in the current folder unless ``--out`` says otherwise.
@@ -25,9 +30,17 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 def cache_root(path: str | Path | None = None) -> Path:
-    """The cache root: ``path`` when given (``--cache-dir``), else ``$BENCH_CACHE``, else :data:`DEFAULT_CACHE`;
-    user-expanded and absolute, not created."""
+    """The cache root: ``path`` when given (``--cache-dir``, a root handed down as an argument), else this process's
+    (:func:`set_cache_root`, else ``$BENCH_CACHE``), else :data:`DEFAULT_CACHE`; user-expanded and absolute, not
+    created. The one reader of the process's root."""
     return Path(path or os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser().resolve()
+
+
+def cache_root_is_named(path: str | Path | None = None) -> bool:
+    """Whether :func:`cache_root` of ``path`` is a folder someone named (``path``, :func:`set_cache_root` or
+    ``$BENCH_CACHE``) rather than :data:`DEFAULT_CACHE`: ``bench cache`` refuses a named folder that is missing and
+    accepts a missing default (nothing cached yet)."""
+    return path is not None or bool(os.environ.get(CACHE_ENV))
 
 
 CACHE_TAG = "CACHEDIR.TAG"
@@ -109,7 +122,8 @@ def cache_dir() -> Path:
 def set_cache_root(path: str | Path) -> Path:
     """Make ``path`` the cache root of this process (and of processes it starts); returns it resolved.
 
-    The only writer of ``$BENCH_CACHE`` in the harness.
+    The one writer of the process's root (and of ``$BENCH_CACHE``) in the harness: called once per process from the
+    configuration (module docstring).
     """
     root = cache_root(path)
     os.environ[CACHE_ENV] = str(root)

@@ -23,7 +23,9 @@ Usage::
     python benchmarks/grid.py --dataset synthetic-tiny --category tile --backbone resnet18 --jobs 1 --set max_episodes=10
 
 Prints figures and writes them to ``<work>/grid-benchmark.json``; asserts nothing. The machine may be shared:
-the 1-minute load average is printed with every run.
+the 1-minute load average is printed with every run. The grid is the library's :class:`bench.run.RunConfig` (it
+checks the options, as ``bench run`` does); the command line of each mode is written from it. Like any code outside
+``bench/cli/``, this script never imports the CLI (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench  # noqa: E402,F401  (torchvision shim, offline hub)
+from bench.run import RunConfig  # noqa: E402
 
 PAPER_METHODS = [
     "relationnet-residual-pretrain", "contrastive", "contrastive-residual", "contrastive-raw-pretrain",
@@ -117,21 +120,32 @@ class TreeMemory:
         self._thread.join()
 
 
-def run_mode(args: argparse.Namespace, methods: list[str], data_root: Path, work: Path, jobs: int) -> dict[str, Any]:
-    """One ``bench run`` of the grid with ``--jobs jobs``, from a cold cache; its figures."""
+def int_list(text: str) -> list[int]:
+    """``"1-5"`` → [1..5], ``"1,3"`` → [1, 3]: the benchmark's own reading of ``--shots``/``--seeds`` (the run's
+    configuration checks the values)."""
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def run_mode(args: argparse.Namespace, cfg: RunConfig, work: Path, jobs: int) -> dict[str, Any]:
+    """One ``bench run`` of the grid ``cfg`` with ``--jobs jobs``, from a cold cache; its figures."""
     import resource
 
     out, cache = work / f"out-jobs{jobs}", work / f"cache-jobs{jobs}"
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
-    cmd = [sys.executable, "-m", "bench", "run", "--dataset", args.dataset, "--data-root", str(data_root),
-           "--categories", args.category, "--method", *methods, "--shots", args.shots, "--seeds", args.seeds,
-           "--backbone", args.backbone, "--weights", args.weights, "--jobs", str(jobs), "--out", str(out),
+    cmd = [sys.executable, "-m", "bench", "run", "--dataset", cfg.dataset, "--data-root", str(cfg.data_root),
+           "--categories", *(cfg.categories or []), "--method", *cfg.methods,
+           "--shots", *map(str, cfg.shots), "--seeds", *map(str, cfg.seeds),
+           "--backbone", cfg.backbone, "--weights", cfg.weights, "--jobs", str(jobs), "--out", str(out),
            "--cache-dir", str(cache), "--no-progress"]  # fmt: skip
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    if args.layers:
-        cmd += ["--layers", *args.layers]
+    if cfg.threads:
+        cmd += ["--threads", str(cfg.threads)]
+    if cfg.layers:
+        cmd += ["--layers", *cfg.layers]
     for s in args.set:
         cmd += ["--set", s]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_CACHE": str(cache)}
@@ -258,7 +272,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the caches and results of the runs")
     args = p.parse_args(argv)
 
-    from bench.cli._args import parse_int_list
     from bench.datasets.synthetic import PRESETS, default_root, generate
 
     methods, missing = available_methods(args.methods)
@@ -272,12 +285,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown category {args.category!r} in {args.dataset}; choose one of {', '.join(preset.categories)}")
         return 2
     modes = [int(x) for x in args.jobs.split(",")]
-    n_jobs = len(methods) * len(parse_int_list(args.shots)) * len(parse_int_list(args.seeds))
     n_full = len(methods) * FULL_GRID_SHOTS * FULL_GRID_SEEDS
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-grid-"))
     work.mkdir(parents=True, exist_ok=True)
 
     data_root = Path(args.data_root) if args.data_root else default_root(preset.name)
+    cfg = RunConfig(methods=methods, dataset=args.dataset, data_root=str(data_root), categories=[args.category],
+                    shots=int_list(args.shots), seeds=int_list(args.seeds), backbone=args.backbone,
+                    weights=args.weights, layers=args.layers, threads=args.threads)  # fmt: skip
+    n_jobs = len(cfg.methods) * len(cfg.shots) * len(cfg.seeds)
     t0 = time.perf_counter()
     generate(data_root, preset.name, categories=[args.category])
     spec = preset.categories[args.category]
@@ -286,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
           f"ready in {time.perf_counter() - t0:.1f} s")  # fmt: skip
     print(f"grid: {n_jobs} jobs per mode ({len(methods)} methods x {args.shots} shots x {args.seeds} seeds); work folder {work}")
 
-    results = [run_mode(args, methods, data_root, work, j) for j in modes]
+    results = [run_mode(args, cfg, work, j) for j in modes]
     report(results, args, methods, n_full)
     summary = {"methods": methods, "dataset": args.dataset, "category": args.category, "shots": args.shots, "seeds": args.seeds,
                "backbone": args.backbone, "weights": args.weights, "cpu_count": os.cpu_count(), "modes": results}  # fmt: skip

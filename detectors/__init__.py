@@ -2,7 +2,8 @@
 
 Importable as ``bench.detectors``. Every module here whose name does not start with ``_`` is imported on first use
 of the registry (:data:`bench.detection.DETECTORS`), so a new file with a ``@register_detector`` class is all it takes
-to add a detector; ``_embed.py`` holds what several share (augmented views, pooled embeddings, the Gaussian score).
+to add a detector. What several share (augmented views, pooled embeddings, the Gaussian score) is library code:
+:mod:`bench.features.embed`.
 """
 
 from __future__ import annotations

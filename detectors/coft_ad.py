@@ -17,7 +17,7 @@ Algorithm (shapes for k shots, V views, M negatives, D = the pooled embedding's 
    default, the paper reportedly a ResNet-18), whole, pooled over space: h = pool(f(x)) (D,) (``pooling`` ``mean`` =
    global average pooling, §A.2 item 1). Only the last ``train_stages`` = 1 stage and the head convolution are
    fine-tuned (Lite0: ``blocks.6`` and ``conv_head``, 1.0 M weights; ResNets: ``layer4``); the frozen
-   prefix's output of every picture is computed once and cached (``detectors/_embed.py``), which is what makes 200
+   prefix's output of every picture is computed once and cached (``bench/features/embed.py``), which is what makes 200
    steps affordable on a CPU. ``train_stages`` = all stages is full fine-tuning. Projection head g: Linear(D, D) →
    ReLU → Linear(D, E), z = g(h)/‖g(h)‖. BatchNorm in eval mode throughout [guess: 2k views give noise
    statistics].
@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.detection.detector import Detector, register_detector
-from bench.detectors._embed import POOLINGS, Embedder, Gaussian, ViewParams, shared_embedder
+from bench.features.embed import POOLINGS, Embedder, Gaussian, ViewParams, shared_embedder
 from bench.seeding import numpy_rng
 
 

@@ -6,7 +6,7 @@ Anomaly Detection" (ICPR 2020), reduced to the few-shot case as the COFT-AD reco
 (docs/tasks.md §A.2 item 5):
 
 1. every shot gives ``views`` pictures: itself and ``views − 1`` mild augmentations (crop of 0.85–1 of the area,
-   ±10° rotation, brightness/contrast ±10 %; ``detectors/_embed.py``), the same pictures in every job;
+   ±10° rotation, brightness/contrast ±10 %; ``bench/features/embed.py``), the same pictures in every job;
 2. each picture is embedded by the run's pretrained backbone, whole (EfficientNet-Lite0: its 1280-channel head),
    and pooled over the spatial grid: h (D,) (``pooling`` ``mean`` = global average pooling);
 3. a Gaussian is fitted to the k·``views`` embeddings: their mean μ and the Ledoit–Wolf shrunk covariance Σ
@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bench.detection.detector import Detector, register_detector
-from bench.detectors._embed import POOLINGS, Embedder, Gaussian, ViewParams, shared_embedder
+from bench.features.embed import POOLINGS, Embedder, Gaussian, ViewParams, shared_embedder
 
 
 @dataclass(frozen=True)

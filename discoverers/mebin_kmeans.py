@@ -7,7 +7,7 @@ discovery").
    masks (``masks="gt"``, registered as ``oracle-mask-kmeans``): with perfect masks, what is left is the
    representation's error; the gap to ``mebin-kmeans`` is the detector's. Under protocol ``ncd`` the oracle is handed
    ``good``: a good image's mask is empty, so every good image gets the same vector (step 3) and one cluster holds
-   them all; its row is reported on the defect images only (``defects_only``, :mod:`bench.discovery.metrics`), marked
+   them all; its row is reported on the defect images only (``defects_only``, :mod:`bench.metrics.discovery`), marked
    and not ranked (:mod:`bench.report.discovery`; docs/tasks.md, "Oracle rows under ncd").
 2. Crops: anomaly-centred square crops of every image (:func:`bench.discovery.crops.set_crops`; at most MEBin's
    estimated count + 1 per image, the whole image when the mask is empty), cut from the source image at full

@@ -8,7 +8,7 @@ discovery", the cheap methods a leaderboard needs).
   largest class's share (the "majority" row of a classification table); NMI and ARI are 0. Reports flag it as a
   collapse (one cluster holds every image) whenever its largest class holds at most half of them: the flag's own check.
 * Under protocol ``ncd`` both are scored on all images and, like every row, on the defect images only
-  (``defects_only``, :mod:`bench.discovery.metrics`): the figure an oracle row is compared on, since ground-truth masks
+  (``defects_only``, :mod:`bench.metrics.discovery`): the figure an oracle row is compared on, since ground-truth masks
   hand it ``good`` (docs/tasks.md, "Oracle rows under ncd").
 
 Neither reads pixels, features or maps.

@@ -394,12 +394,12 @@ class PaperMethod(Method):
         self, model: nn.Module, opt: torch.optim.Optimizer, train: Callable[[PseudoSource], dict[str, Any]]
     ) -> None:
         """Load the cached pretrained model and Adam state for this job's key, or pretrain and cache them."""
-        from bench.paths import cache_dir
+        from bench.paths import make_cache_root
 
         with self.ctx.timer("pretrain"):
             source = PseudoSource(self)
             key = self.pretrain_key(source)
-            path = Path(self.ctx.cache_root or cache_dir()) / "pretrained" / f"{key}.pt"
+            path = make_cache_root(self.ctx.cache_root) / "pretrained" / f"{key}.pt"  # context root, else the process.s
             info: dict[str, Any] | None = None
             if path.exists():
                 init = {k: v.clone() for k, v in model.state_dict().items()}

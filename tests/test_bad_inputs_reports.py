@@ -20,8 +20,8 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from bench.detection.metrics import image_auroc
-from bench.discovery.metrics import discovery_metrics
+from bench.metrics.detection import image_auroc
+from bench.metrics.discovery import discovery_metrics
 from bench.report.stats import prob_improvement, stratified_bootstrap_mean, t_interval
 from bench.report.summary import summary_table
 from bench.results import ResultsStore

@@ -17,8 +17,8 @@ from bench.cli import main
 from bench.datasets import load_dataset
 from bench.detection import DETECTORS, get_detector, make_normal_shots
 from bench.detection.maps import map_to_image, write_maps
-from bench.detection.metrics import auroc_per_type, fast_auroc, image_auroc, mask_frame, pixel_auroc
-from bench.detectors._embed import Gaussian, ViewParams, augment, mahalanobis, view_key
+from bench.metrics.detection import auroc_per_type, fast_auroc, image_auroc, mask_frame, pixel_auroc
+from bench.features.embed import Gaussian, ViewParams, augment, mahalanobis, view_key
 from bench.detectors.coft_ad import contrastive_losses
 from bench.errors import ConfigError, DatasetError
 from bench.images import Preprocess

@@ -16,7 +16,7 @@ from bench.datasets import load_dataset
 from bench.discovery.crops import crop_boxes, merge_boxes, merge_regions, image_crops, rect_gap
 from bench.discovery.maps import Frame
 from bench.discovery.mebin import count_sequence, mebin, stable_interval, threshold_from
-from bench.discovery.metrics import discovery_metrics, hungarian_match
+from bench.metrics.discovery import discovery_metrics, hungarian_match
 from bench.discovery.protocol import discovery_set
 from bench.results import read_rows
 from tests.test_datasets import make_tree

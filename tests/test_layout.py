@@ -70,13 +70,15 @@ def _in(name: str, package: str) -> bool:
 
 
 def test_the_target_layout_is_in_place() -> None:
-    for package in ("bench.cli", "bench.run", "bench.features", "bench.report", "bench.datasets.pseudo", "bench.discovery"):
+    for package in ("bench.cli", "bench.run", "bench.features", "bench.report", "bench.datasets.pseudo",
+                    "bench.discovery", "bench.metrics"):
         assert MODULES.get(package, Path()).name == "__init__.py", f"{package} is not a package"
     expected = {
         "bench.cli": {"main", "_args", "run", "list", "detect", "cache", "pseudo", "perf", "report", "leaderboard", "tsne"},
         "bench.run": {"config", "plan", "job", "workers", "grid"},
-        "bench.features": {"store", "extractor", "backbones", "coreset", "knn", "detect"},
+        "bench.features": {"store", "extractor", "backbones", "coreset", "knn", "detect", "embed"},
         "bench.report": {"load", "tables", "leaderboard", "stats", "plots", "paper", "summary", "document", "render", "html"},
+        "bench.metrics": {"classification", "detection", "discovery"},
     }
     for package, names in expected.items():
         assert {n.rsplit(".", 1)[1] for n in MODULES if n.startswith(package + ".")} >= names, package
@@ -93,6 +95,22 @@ def test_nothing_outside_the_cli_imports_it() -> None:
     assert not bad, f"imports of bench.cli from outside it: {bad}"
 
 
+def test_benchmarks_use_the_library_not_the_cli() -> None:
+    """``benchmarks/`` are scripts beside the package: they drive the library (``bench.run``) or run ``python -m bench``
+    as a user would, and never import ``bench.cli`` (docs/architecture.md)."""
+    bad = []
+    for path in sorted((ROOT / "benchmarks").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:  # ``from bench import cli`` too
+                names = [node.module or "", *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            bad += [(path.name, n) for n in names if _in(n, "bench.cli")]
+    assert not bad, f"imports of bench.cli from benchmarks/: {bad}"
+
+
 def _closure(start: str) -> set[str]:
     seen, todo = set(), [start]
     while todo:
@@ -104,7 +122,8 @@ def _closure(start: str) -> set[str]:
 
 
 def test_reports_never_reach_the_run_or_the_feature_pipeline() -> None:
-    for m in [m for m in MODULES if _in(m, "bench.report")]:
+    """Reports recompute metrics with the run's own functions (``bench.metrics``), so those obey the same rule."""
+    for m in [m for m in MODULES if _in(m, "bench.report") or _in(m, "bench.metrics")]:
         reached = sorted(t for t in _closure(m) if _in(t, "bench.run") or _in(t, "bench.features"))
         assert not reached, f"{m} imports (directly or through other modules) {reached}"
 
@@ -152,6 +171,13 @@ def _calls(name: str, path: Path, callee: str) -> int:
     )  # fmt: skip
 
 
+def test_metrics_are_computed_in_the_metrics_package_only() -> None:
+    """One image AUROC (and every other metric): scikit-learn's metric functions are called in ``bench.metrics``
+    alone, so the run, ``bench detect`` and the reports cannot drift apart (docs/architecture.md)."""
+    where = {m for m, p in MODULES.items() if re.search(r"\bsklearn\.metrics\b|\broc_auc_score\b", p.read_text())}
+    assert where and all(_in(m, "bench.metrics") for m in where), sorted(where)
+
+
 def test_only_the_job_module_assembles_a_task_context() -> None:
     where = {m for m, p in MODULES.items() if _calls(m, p, "TaskContext")}
     assert where == {"bench.run.job"}, where
@@ -185,6 +211,17 @@ def test_one_spelling_of_the_cache_default_and_one_writer_of_the_cache_root() ->
     assert cache_env == {"bench.paths"}, cache_env
 
 
+def test_one_channel_for_the_cache_root() -> None:
+    """The process's cache root is ``bench.paths``'s (docs/architecture.md): only it reads the variable behind it, and
+    only the run and the commands set it, once per process from their configuration (never a plugin or a library
+    module deep down)."""
+    reads_env = re.compile(r"environ\.get\(\s*CACHE_ENV|environ\[\s*CACHE_ENV|getenv\(\s*CACHE_ENV")
+    readers = {m for m, p in MODULES.items() if reads_env.search(p.read_text())}
+    assert readers == {"bench.paths"}, readers
+    setters = {m for m, p in MODULES.items() if _calls(m, p, "set_cache_root")}
+    assert setters and all(_in(m, "bench.run") or _in(m, "bench.cli") for m in setters), sorted(setters)
+
+
 def test_every_public_module_of_datasets_registers_an_adapter() -> None:
     from bench.datasets import DATASETS, import_all
 
@@ -197,7 +234,7 @@ def test_every_public_module_of_datasets_registers_an_adapter() -> None:
 
 
 @pytest.mark.parametrize("package", ["bench.cli", "bench.run", "bench.features", "bench.report", "bench.datasets.pseudo",
-                                     "bench.discovery"])
+                                     "bench.discovery", "bench.metrics"])
 def test_package_faces_are_short_and_say_what_they_export(package: str) -> None:
     source = MODULES[package].read_text()
     tree = ast.parse(source)

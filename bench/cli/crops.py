@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
     from bench.features.backbones import DEFAULT_BACKBONE
     from bench.features.extractor import FeatureConfig
     from bench.features.store import shared_store
-    from bench.paths import cache_root, set_cache_root
+    from bench.paths import set_cache_root
     from bench.run.config import resolve_device
     from bench.run.grid import check_out_outside_data
 
@@ -68,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
         paths = png_map_paths(args.maps, args.category, [ls.class_names[y] for y in ls.labels], ls.paths)
         maps = png_maps(paths, ls.paths, frame, args.maps)
     else:
-        store = shared_store(fcfg, resolve_device(args.device), cache_root(args.cache_dir))
+        store = shared_store(fcfg, resolve_device(args.device))  # over the root set above
         if not store.weights_info.pretrained:
             print("note: RANDOM backbone weights: the maps are a pipeline check, not a detector's.")
         bank = store.bank(samples.train_paths(args.category), seed=args.seed, coreset_ratio=args.coreset_ratio)

@@ -42,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
     from bench.features.backbones import DEFAULT_BACKBONE
     from bench.features.extractor import FeatureConfig
     from bench.features.store import shared_store
-    from bench.paths import cache_root, set_cache_root
+    from bench.paths import set_cache_root
     from bench.report.render import check_output, csv_safe
     from bench.run.config import resolve_device
 
@@ -58,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
         set_cache_root(args.cache_dir)
     # detection needs every category with test images, including single-type ones (toothbrush)
     samples = load_dataset(args.dataset, args.data_root, DatasetOptions(categories=tuple(args.categories) if args.categories else None, min_defect_types=1))
-    store = shared_store(fcfg, device, cache_root(args.cache_dir))
+    store = shared_store(fcfg, device)  # over the root set above
     if not store.weights_info.pretrained:
         print("note: RANDOM backbone weights: AUROCs are a pipeline sanity check, not PatchCore's published figures.")
     df = detect(samples, store, seed=args.seed, coreset_ratio=args.coreset_ratio)

@@ -66,6 +66,7 @@ def tsne_2d(x: np.ndarray, perplexity: float | None, seed: int) -> np.ndarray:
 def main(args: argparse.Namespace) -> int:
     from bench.cli._args import parse_set
     from bench.method import SupportSet, get_method
+    from bench.metrics import episode_metrics
     from bench.report import plots
     from bench.report.render import csv_safe
     from bench.run.config import RunConfig
@@ -106,7 +107,7 @@ def main(args: argparse.Namespace) -> int:
     if after.ndim != 2 or after.shape[0] != len(paths):
         raise BenchError(f"method {args.method!r}: embed() returned shape {after.shape}, expected ({len(paths)}, E)")
     y_pred = np.asarray(method.predict(list(ep.queries))).argmax(axis=1)
-    acc = float((y_pred == np.asarray(ep.query_labels)).mean()) if len(ep.queries) else float("nan")
+    acc = episode_metrics(ep.query_labels, y_pred, ep.class_names)["accuracy"] if len(ep.queries) else float("nan")
     xy_b, xy_a = tsne_2d(before, args.perplexity, args.tsne_seed), tsne_2d(after, args.perplexity, args.tsne_seed)
     out = Path(args.out)
     stem = out / f"tsne-{args.method}-{args.category}-{args.shots}shot-seed{args.seed}"

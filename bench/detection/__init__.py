@@ -5,8 +5,8 @@
     spec = get_detector("patchcore-kshot")                                  # registered in detectors/
 
 Modules: :mod:`~bench.detection.detector` (the contract and the registry), :mod:`~bench.detection.episodes` (the
-k-shot draws, persisted), :mod:`~bench.detection.metrics` (image, per-type and pixel AUROC) and
-:mod:`~bench.detection.maps` (anomaly maps as PNG files for the discovery task). The jobs run in
+k-shot draws, persisted) and :mod:`~bench.detection.maps` (anomaly maps as PNG files for the discovery task). Its
+metrics (image, per-type and pixel AUROC) are in :mod:`bench.metrics.detection`. The jobs run in
 :mod:`bench.run.detection`; the detectors live in ``detectors/`` (installed as ``bench.detectors``).
 """
 
@@ -15,7 +15,7 @@ from bench.detection.detector import (
 )  # fmt: skip
 from bench.detection.episodes import DETECTION_PROTOCOL, NormalShots, make_normal_shots
 from bench.detection.maps import write_maps
-from bench.detection.metrics import auroc_per_type, image_auroc, pixel_auroc
+from bench.metrics.detection import auroc_per_type, image_auroc, pixel_auroc
 
 __all__ = [
     "DETECTION_PROTOCOL", "DETECTION_TASK", "DETECTORS", "Detector", "NormalShots", "auroc_per_type",

@@ -35,7 +35,7 @@ from PIL import Image
 
 from bench.cache import TMP_PREFIX, atomic_write
 from bench.datasets._base import is_hidden_or_system
-from bench.detection.metrics import resize_map
+from bench.metrics.detection import resize_map
 from bench.errors import BenchError, ConfigError, DatasetError, brief
 from bench.images import Preprocess, upright_size
 

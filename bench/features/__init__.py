@@ -10,7 +10,8 @@ docs/method-notes.md §4::
 
 Modules: :mod:`~bench.features.store` (the cache and data flow), :mod:`~bench.features.extractor` (FeatureConfig,
 the network), :mod:`~bench.features.backbones` (timm models and weights), :mod:`~bench.features.coreset`,
-:mod:`~bench.features.knn` (the faiss bank) and :mod:`~bench.features.detect` (PatchCore image AUROC).
+:mod:`~bench.features.knn` (the faiss bank), :mod:`~bench.features.detect` (PatchCore image AUROC) and
+:mod:`~bench.features.embed` (pooled embeddings of augmented views and the Gaussian score the detectors share).
 """
 
 from bench.features.extractor import (

@@ -8,7 +8,7 @@ with random weights on the built-in synthetic data it must still be far above 0.
 
 Deviation from the reference: no anomaly-map smoothing or re-weighting is involved (the reference's image
 score is the max of the raw patch distances as well); scores are Euclidean rather than squared distances,
-which leaves the AUROC unchanged.
+which leaves the AUROC unchanged. The AUROC is the detection task's own (:func:`bench.metrics.detection.image_auroc`).
 
 ``python -m bench detect`` calls :func:`detect` and prints :func:`format_detect`.
 """
@@ -24,18 +24,11 @@ import pandas as pd
 
 from bench.datasets import Samples
 from bench.features.store import FeatureStore
+from bench.metrics.detection import image_auroc
 
 log = logging.getLogger(__name__)
 
 DETECT_COLUMNS = ["category", "n_train", "n_good", "n_defect", "auroc", "bank_size", "seconds", "note"]
-
-
-def auroc(scores_good: np.ndarray, scores_defect: np.ndarray) -> float:
-    """Area under the ROC curve with defective = positive (Mann–Whitney U, ties count ½)."""
-    from sklearn.metrics import roc_auc_score
-
-    y = np.r_[np.zeros(len(scores_good)), np.ones(len(scores_defect))]
-    return float(roc_auc_score(y, np.r_[scores_good, scores_defect]))
 
 
 def detect(
@@ -77,7 +70,8 @@ def detect(
         t0 = time.perf_counter()
         bank = store.bank(train, seed=seed, coreset_ratio=coreset_ratio)
         scores = store.anomaly_scores(good + defect, bank)
-        row.update(auroc=auroc(scores[: len(good)], scores[len(good) :]), bank_size=len(bank),
+        y = np.r_[np.zeros(len(good)), np.ones(len(defect))]  # defective = positive
+        row.update(auroc=image_auroc(y, scores), bank_size=len(bank),
                    seconds=round(time.perf_counter() - t0, 2))
         rows.append(row)
     df = pd.DataFrame(rows, columns=DETECT_COLUMNS)

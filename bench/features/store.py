@@ -52,6 +52,7 @@ from bench.features.extractor import (
 )  # fmt: skip
 from bench.features.knn import MemoryBank, faiss_version
 from bench.images import DECODING
+from bench.paths import cache_root as resolve_cache_root
 
 __all__ = [
     "FEATURE_VERSION", "FeatureConfig", "FeatureStore", "MemoryBank", "PatchCoreExtractor", "build_extractor",
@@ -115,7 +116,7 @@ class FeatureStore:
 
     Args:
         config: the feature configuration.
-        cache_root: cache root (``None`` = ``$BENCH_CACHE`` via :func:`bench.paths.cache_dir`).
+        cache_root: cache root (``None`` = the process's, :func:`bench.paths.cache_root`).
         device: torch device of the backbone.
         batch_size: images per forward pass.
         num_workers: decoding threads (they prepare the next batch while the network runs).
@@ -447,12 +448,15 @@ SHARED_STORES: dict[tuple[str, str, str], FeatureStore] = {}
 def shared_store(
     config: FeatureConfig, device: str | torch.device = "cpu", cache_root: str | Path | None = None
 ) -> FeatureStore:
-    """This process's :class:`FeatureStore` for ``config`` on ``device`` over ``cache_root``, built on first use.
+    """This process's :class:`FeatureStore` for ``config`` on ``device`` over ``cache_root`` (``None``: the process's,
+    :func:`bench.paths.cache_root`), built on first use.
 
     The backbone is loaded once per process and the memory banks it builds stay in memory, so every job of a run
-    (and ``bench detect``) that needs the same features shares them.
+    (and ``bench detect``) that needs the same features shares them. Stores are told apart by the resolved root, so
+    a process whose root changes (in-process commands, one after another) never writes into the previous one.
     """
-    key = (config.key(), str(device), str(cache_root))
+    root = resolve_cache_root(cache_root)
+    key = (config.key(), str(device), str(root))
     if key not in SHARED_STORES:
-        SHARED_STORES[key] = FeatureStore(config, cache_root=cache_root, device=str(device))
+        SHARED_STORES[key] = FeatureStore(config, cache_root=root, device=str(device))
     return SHARED_STORES[key]

@@ -11,7 +11,7 @@ AnomalyNCD's README for the same dataset and protocol beside ours (:func:`publis
 configurations by ACC with a category-stratified bootstrap interval over seeds (:func:`leaderboard_sections`).
 Reference rows (``one-cluster``: the largest class's share; ``random-ids``) are methods of their own.
 
-Every table also shows ``ACC defects`` (the same ACC over the defect images only, :mod:`bench.discovery.metrics`) and
+Every table also shows ``ACC defects`` (the same ACC over the defect images only, :mod:`bench.metrics.discovery`) and
 the largest cluster's share with collapsed runs flagged (:func:`bench.report.load.collapse_flag`). Oracle rows (those
 that read ground-truth masks, ``oracle: true``) are marked ‡ and never ranked: under protocol ``ncd`` a good image's
 mask is empty, so the oracle is handed the whole good class and its all-images ACC, NMI and ARI are inflated by the

@@ -153,7 +153,7 @@ def collapse_flag(share: Any, true_share: Any) -> bool | None:
     classes (a trained head at 13.9 % put 80 % of the queries into a class of 3 images). A model that follows an
     imbalanced set (predicting its 70 % class 75 % of the time) is never flagged, nor one that spreads its errors;
     a single-cluster discovery row is, whenever its largest class holds at most half of the images. The shares come
-    from :func:`bench.metrics.episode_metrics` (``top_pred_*``) and :func:`bench.discovery.metrics.discovery_metrics`
+    from :func:`bench.metrics.episode_metrics` (``top_pred_*``) and :func:`bench.metrics.discovery.discovery_metrics`
     (``top_cluster_*``).
     """
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in (share, true_share)):

@@ -12,7 +12,7 @@ with status ``refused`` and the reason (so tables show it as a missing run, n/N)
 (:attr:`RowCheck.refused`). Failed rows (``error``) pass unchanged: they are failed jobs, counted as such.
 
 The metrics are recomputed with the functions the run itself calls: :func:`bench.metrics.episode_metrics`
-(classification), :func:`bench.discovery.metrics.discovery_metrics` and :func:`bench.detection.metrics.image_auroc`.
+(classification), :func:`bench.metrics.discovery.discovery_metrics` and :func:`bench.metrics.detection.image_auroc`.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def classification_metrics(row: dict[str, Any]) -> dict[str, Any]:
 
 def discovery_row_metrics(row: dict[str, Any]) -> dict[str, Any]:
     """ACC, NMI, ARI and the matched confusion from ``y_true``/``clusters`` (:func:`discovery_metrics`)."""
-    from bench.discovery.metrics import discovery_metrics
+    from bench.metrics.discovery import discovery_metrics
 
     names = class_names(row)
     yt, cl = labels(row, "y_true", len(names)), labels(row, "clusters")
@@ -89,7 +89,7 @@ def discovery_row_metrics(row: dict[str, Any]) -> dict[str, Any]:
 
 def detection_metrics(row: dict[str, Any]) -> dict[str, Any]:
     """Image AUROC from ``y_true`` (1 = defective) and ``scores``."""
-    from bench.detection.metrics import image_auroc
+    from bench.metrics.detection import image_auroc
 
     yt, s = labels(row, "y_true", 2), row.get("scores")
     if not isinstance(s, list) or len(s) != len(yt) or not all(is_number(x) for x in s):

@@ -31,7 +31,7 @@ from bench.datasets import Samples
 from bench.detection.detector import DETECTION_TASK, Detector, get_detector
 from bench.detection.episodes import DETECTION_PROTOCOL, NormalShots
 from bench.detection.maps import write_maps
-from bench.detection.metrics import PIXEL_FRAME, auroc_per_type, image_auroc, pixel_auroc
+from bench.metrics.detection import PIXEL_FRAME, auroc_per_type, image_auroc, pixel_auroc
 from bench.errors import BenchError, DatasetError
 from bench.features.backbones import WeightsInfo
 from bench.method import TaskContext, config_dict, config_hash

@@ -1,12 +1,12 @@
 """The jobs of ``bench run --task discovery``: one per (method, category, seed), each grouping all the category's
-images of the protocol (:mod:`bench.discovery.protocol`) and scored by :mod:`bench.discovery.metrics`.
+images of the protocol (:mod:`bench.discovery.protocol`) and scored by :mod:`bench.metrics.discovery`.
 
 :func:`plan_discovery` makes the jobs (their key: the method configuration, the features, the dataset's content, the
 category, the seed, the protocol, the image set and, for methods that read anomaly maps, where the maps come from);
 :func:`run_discovery_job` runs one and returns its row; :func:`discovery_feature_work` lists the images whose features
 a parallel run extracts first; :func:`discovery_notes` what is printed before the jobs. Rows carry ``task:
 discovery``, ``cluster_accuracy`` (the ok metric), ``nmi``, ``ari``, the matched confusion with class names, the same
-over the defect images only and the largest cluster's share (:mod:`bench.discovery.metrics`), the flags
+over the defect images only and the largest cluster's share (:mod:`bench.metrics.discovery`), the flags
 ``transductive`` and ``k_known``, ``oracle``, the protocol, and ``maps`` (source and normalisation) for methods that
 read maps.
 """
@@ -25,7 +25,7 @@ from bench.compat import release_free_memory
 from bench.datasets import Samples
 from bench.discovery.contract import DiscoverySet, get_discoverer
 from bench.discovery.maps import Frame, MapSet, check_defect_masks, patchcore_maps, png_map_paths, png_maps
-from bench.discovery.metrics import discovery_metrics
+from bench.metrics.discovery import discovery_metrics
 from bench.discovery.protocol import LabelledSet
 from bench.errors import DatasetError
 from bench.features.store import FeatureStore

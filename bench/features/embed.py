@@ -1,7 +1,8 @@
 """What the Gaussian and COFT-AD-style detectors share: augmented views of the shots, pooled backbone embeddings
 (cached), and the Ledoit–Wolf Gaussian with its Mahalanobis score (docs/tasks.md §A.2).
 
-Not a registered detector (the leading underscore keeps it out of the registry).
+Library code, not a detector: it lives beside the PatchCore pipeline, not in the plugin folder ``detectors/``
+(docs/architecture.md), and registers nothing.
 
 * **Views** (:func:`augment`, :func:`view_key`): mild augmentations of a shot, drawn from a generator seeded by the
   image's content and the view index only (never by the run seed), so view j of an image is the same picture in
@@ -45,6 +46,7 @@ from bench.errors import ConfigError
 from bench.features.backbones import create_backbone
 from bench.features.extractor import FeatureConfig
 from bench.images import DECODING, load_rgb
+from bench.paths import cache_root as resolve_cache_root
 from bench.seeding import numpy_rng
 
 log = logging.getLogger(__name__)
@@ -390,8 +392,10 @@ EMBEDDERS: dict[tuple[str, str, str, int, str], Embedder] = {}
 def shared_embedder(
     features: FeatureConfig, device: torch.device | str, cache_root: str | Path | None, train_stages: int, pooling: str
 ) -> Embedder:
-    """This process's :class:`Embedder` for these settings, built on first use."""
-    key = (features.key(), str(device), str(cache_root), int(train_stages), pooling)
+    """This process's :class:`Embedder` for these settings, built on first use (``cache_root`` ``None``: the process's,
+    told apart by the resolved folder as :func:`bench.features.store.shared_store` does)."""
+    root = resolve_cache_root(cache_root)
+    key = (features.key(), str(device), str(root), int(train_stages), pooling)
     if key not in EMBEDDERS:
-        EMBEDDERS[key] = Embedder(features, device, cache_root, train_stages, pooling)
+        EMBEDDERS[key] = Embedder(features, device, root, train_stages, pooling)
     return EMBEDDERS[key]
