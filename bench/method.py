@@ -44,7 +44,7 @@ from bench.results import DEFAULT_TASK
 from bench.seeding import numpy_rng, seed_torch_global, torch_generator
 
 if TYPE_CHECKING:
-    from bench.features import FeatureStore, MemoryBank
+    from bench.features import FeatureConfig, FeatureStore, MemoryBank
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,8 @@ class TaskContext:
         device: torch device for method training.
         cache_root: where methods may cache artefacts (e.g. pretrained classifiers), keyed by content.
         textures: path of a DTD folder for pseudo-defects (``None`` = built-in procedural bank).
+        feature_config: the run's feature configuration (``RunConfig.features``, handed down): a method that runs
+            the backbone itself (``direct``) reads it here without building the PatchCore feature store.
         log: the method may record training curves here (losses per step); they go into the result row.
     """
 
@@ -101,6 +103,7 @@ class TaskContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     cache_root: Path | None = None
     textures: str | None = None
+    feature_config: FeatureConfig | None = None
     log: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 

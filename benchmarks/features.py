@@ -236,8 +236,10 @@ def memory_child(args: argparse.Namespace) -> None:
 
 
 def feature_config(args: argparse.Namespace) -> FeatureConfig:
-    return FeatureConfig(backbone=args.backbone, weights=args.weights, precision=args.precision,
-                         layers=tuple(args.layers) if args.layers else None)  # fmt: skip
+    """The features of these options (:func:`bench.run.config.feature_config`, as every command builds them)."""
+    from bench.run.config import feature_config as build
+
+    return build("synthetic", backbone=args.backbone, weights=args.weights, precision=args.precision, layers=args.layers)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from bench.features.backbones import create_backbone
+from bench.features.extractor import FeatureConfig
 from bench.errors import ConfigError
 from bench.method import Method, SupportSet, register_method
 
@@ -63,19 +64,27 @@ class Direct(Method):
     def feature_needs(cls, config: Any) -> set[str]:
         return set()  # its own pooled backbone features, not the PatchCore pipeline
 
+    @property
+    def _features(self) -> FeatureConfig:
+        """The run's feature configuration, handed down (docs/architecture.md): its backbone, weights and
+        preprocessing, without the PatchCore feature store."""
+        if self.ctx.feature_config is None:
+            raise ConfigError("'direct' needs the run's feature configuration (TaskContext.feature_config)")
+        return self.ctx.feature_config
+
     def _images(self, paths: Sequence[str]) -> torch.Tensor:
-        pre = self.ctx.features.config.preprocess()  # the backbone's own normalisation
+        pre = self._features.preprocess()  # the backbone's own normalisation
         return torch.from_numpy(np.stack([pre(p) for p in paths]))
 
     def _build(self, n_classes: int) -> nn.Module:
-        fc = self.ctx.features.config
+        fc = self._features
         self.ctx.seed_torch("direct-init")
         model, _ = create_backbone(fc.backbone, fc.weights, fc.zero_init_last, num_classes=n_classes)
         return model.to(self.ctx.device)
 
     def _pooled(self, model: nn.Module, paths: Sequence[str]) -> torch.Tensor:
         """(N, F) globally pooled backbone features of the frozen, eval-mode backbone (cached per image)."""
-        fc = self.ctx.features.config
+        fc = self._features
         # With random weights the backbone itself depends on the run seed (it is built after seed_torch), so
         # the seed is part of the identity; pretrained backbones are the same for every seed.
         key = fc.key() + (f"-seed{self.ctx.seed}" if fc.weights == "random" else "")
@@ -94,7 +103,7 @@ class Direct(Method):
         self.model = self._build(support.n_classes)
         head = self.model.get_classifier()
         if not isinstance(head, nn.Linear):
-            raise ConfigError(f"backbone {self.ctx.features.config.backbone} has no linear classifier head for 'direct'")
+            raise ConfigError(f"backbone {self._features.backbone} has no linear classifier head for 'direct'")
         y = torch.tensor(support.labels)
         if cfg.scope == "head":
             with self.ctx.timer("features"):

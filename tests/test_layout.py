@@ -183,6 +183,15 @@ def test_only_the_job_module_assembles_a_task_context() -> None:
     assert where == {"bench.run.job"}, where
 
 
+def test_one_builder_of_the_feature_config_and_one_declaration_of_the_feature_flags() -> None:
+    """``bench.run.config.feature_config`` builds every command's FeatureConfig (defaults and the dataset's image fit
+    in one place); ``bench.cli._args.add_feature_options`` declares the flags of every command that extracts features."""
+    builders = {m for m, p in MODULES.items() if _calls(m, p, "FeatureConfig")}
+    assert builders == {"bench.run.config"}, builders
+    declaring = {m for m, p in MODULES.items() if _in(m, "bench.cli") and "--backbone" in _code_strings(p)}
+    assert declaring == {"bench.cli._args"}, declaring
+
+
 def test_no_private_name_is_imported_across_modules() -> None:
     bad = []
     for m, path in MODULES.items():

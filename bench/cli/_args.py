@@ -1,21 +1,29 @@
-"""What several commands share: the list and option parsers, and the flags of the report commands.
+"""What several commands share: the list and option parsers, the feature flags, ``--config``, and the flags of the
+report commands.
 
 ``parse_int_list`` reads ``--shots``/``--seeds`` (``1-5``, ``1,3,5``, ``1 3 5``, YAML lists); ``parse_set`` reads
 ``--set key=value`` options as YAML scalars; ``command_line`` rebuilds the command that regenerates a document
-(``bench report`` and ``bench leaderboard`` record it). Command modules import this module, never each other.
+(``bench report`` and ``bench leaderboard`` record it). ``add_feature_options`` declares the flags of every command
+that extracts features (``run``, ``detect``, ``maps``, ``show-crops``, ``tsne``) and ``feature_options`` hands them to
+:func:`bench.run.config.feature_config`; ``add_config_option`` and ``apply_config_file`` give those commands
+``--config FILE.yaml`` with ``run``'s rules (flags win over the file; an unknown key is one error line, exit 2).
+Command modules import this module, never each other.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import shlex
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from bench.errors import BenchError, ConfigError, brief, clip
+from bench.paths import CACHE_ENV, DEFAULT_CACHE
 from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED
 
 
@@ -125,3 +133,151 @@ def note_skipped_lines(n: int) -> None:
     if n:
         print(f"skipped {n} unreadable or incomplete line(s) in the results (e.g. a run killed mid-write)",
               file=sys.stderr)  # fmt: skip
+
+
+def add_feature_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """The flags of every command that extracts features, declared once: what changes the patch features
+    (:data:`bench.run.config.FEATURE_OPTIONS`, built by :func:`bench.run.config.feature_config`: their default is
+    ``None``, the library's default stated in the help), the memory bank's coreset ratio, where the work runs and
+    the cache. ``defaults=False`` (``run``, whose :class:`~bench.run.config.RunConfig` has them) leaves
+    ``--coreset-ratio`` and ``--device`` ``None`` too."""
+    from bench.images import FITS
+    from bench.run.config import DEFAULT_CORESET_RATIO, DEFAULT_DEVICE
+
+    p.add_argument("--backbone", help="timm backbone (default tf_efficientnet_lite0, ImageNet weights installed with the harness; the paper: resnet50)")
+    p.add_argument("--weights", help="imagenet (default), random, or a local weights file")
+    p.add_argument("--layers", nargs="+", metavar="NAME", help="backbone stages to aggregate (default: those at strides 8 and 16)")
+    p.add_argument("--zero-init-last", choices=["true", "false"], help="random init only: timm's zero-init of the last BN per block")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="feature extraction precision (bf16 is opt-in)")
+    p.add_argument("--image-fit", choices=FITS,
+                   help="image to square input: crop (resize + centre crop, the paper's), squash (whole image, "
+                   "aspect not kept) or letterbox (whole image, padded); default: the dataset's choice (mtd: squash), "
+                   "else crop")
+    p.add_argument("--coreset-ratio", type=float, default=DEFAULT_CORESET_RATIO if defaults else None,
+                   help=f"share of the PatchCore memory bank kept (default {DEFAULT_CORESET_RATIO})")
+    p.add_argument("--device", default=DEFAULT_DEVICE if defaults else None, help="auto (default), cpu or cuda")
+    p.add_argument("--threads", type=int, help="torch threads in total (split between the workers of a run)")
+    p.add_argument("--cache-dir", help=f"cache folder (default ${CACHE_ENV} or {DEFAULT_CACHE})")
+
+
+def feature_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The values of :func:`add_feature_options`'s feature flags by :func:`bench.run.config.feature_config`'s names
+    (``--zero-init-last true`` → ``True``); ``None`` where not given."""
+    from bench.run.config import FEATURE_OPTIONS
+
+    values = {name: getattr(args, name, None) for name in FEATURE_OPTIONS}
+    if isinstance(values["zero_init_last"], str):
+        values["zero_init_last"] = values["zero_init_last"] == "true"
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigSpec:
+    """What ``--config`` of a command may give: its options (argparse actions, by destination) and their defaults
+    (applied after the file, so that a flag, the file and the default win in that order)."""
+
+    actions: dict[str, argparse.Action]
+    defaults: dict[str, Any]
+
+
+def add_config_option(p: argparse.ArgumentParser) -> None:
+    """``--config FILE.yaml`` for a command other than ``run`` (which reads its file into :class:`RunConfig`): call it
+    last in ``configure``. Every option's default moves behind the file (``apply_config_file``)."""
+    p.add_argument("--config", type=Path, help="YAML file with any of these options (image_fit: squash, "
+                   "layers: [layer2, layer3], ...); flags win over the file")
+    actions = {a.dest: a for a in p._actions if a.dest not in ("help", "config")}  # argparse lists them nowhere else
+    defaults = {dest: a.default for dest, a in actions.items() if a.default is not None}
+    p.set_defaults(**{dest: None for dest in defaults}, _config=ConfigSpec(actions, defaults))
+
+
+def read_config_file(path: Path, known: set[str]) -> dict[str, Any]:
+    """The mapping of options of a YAML config file, each key one of ``known``.
+
+    Raises:
+        ConfigError: no such file, unreadable YAML, not a mapping, or unknown keys (all named in one line with the
+            known ones).
+    """
+    try:
+        found = path.is_file()  # a regular file: reading a FIFO would block
+    except OSError:  # a name too long for the system
+        found = False
+    if not found:
+        raise ConfigError(f"config file not found: {clip(path)}. Pass the path of a YAML file of options to --config.")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot parse config file {path}: {str(exc)[:300]}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path} ({exc.strerror}).") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of options (name: value), got {brief(loaded)}")
+    unknown = sorted(brief(k) for k in loaded if k not in known)
+    if unknown:
+        raise ConfigError(f"unknown option(s) in {path}: {', '.join(unknown[:10])}. Known: {', '.join(sorted(known))}")
+    return dict(loaded)
+
+
+def _file_value(action: argparse.Action, value: Any, path: Path) -> Any:
+    """A config file's value of one option, converted and checked as its flag would be (type, choices, one value or
+    a list)."""
+    flag = action.option_strings[-1] if action.option_strings else action.dest
+    items = value if isinstance(value, list) else [value]
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"{action.dest} {brief(value)} in {path} is not allowed ({flag}): {why}")
+
+    if action.nargs == 0:  # a switch (store_true)
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(value, list) and action.nargs not in ("+", "*"):
+        raise bad("one value, not a list")
+    out = []
+    for v in items:
+        if v is None or isinstance(v, (dict, list)):
+            raise bad("a number or a word")
+        text = str(v).lower() if isinstance(v, bool) else str(v)
+        try:
+            v = action.type(text) if action.type else text
+        except (TypeError, ValueError):
+            raise bad(f"cannot read {brief(text)}") from None
+        if action.choices is not None and v not in action.choices:
+            raise bad(" or ".join(map(str, action.choices)))
+        out.append(v)
+    return out if action.nargs in ("+", "*") else out[0]
+
+
+def apply_config_file(args: argparse.Namespace) -> dict[str, Any]:
+    """Fill ``args`` (of a command configured with :func:`add_config_option`) from its ``--config`` file, then from
+    the defaults: a flag wins over the file, the file over the default (``run``'s rule). The file names options as
+    ``run``'s does (``image_fit``, ``cache_dir``; ``set`` a mapping of method options). Returns the method options:
+    the file's ``set`` with the ``--set`` flags over it (empty for a command without ``--set``).
+
+    Raises:
+        ConfigError: the file's problems (:func:`read_config_file`) and a value its flag would refuse.
+    """
+    spec: ConfigSpec = args._config
+    known = {"set" if dest == "set_" else dest for dest in spec.actions}
+    values = read_config_file(args.config, known) if args.config else {}
+    options = values.pop("set", None) or {}
+    if not (isinstance(options, dict) and all(isinstance(k, str) for k in options)):
+        raise ConfigError(
+            f"'set' in {args.config} must be a mapping of method options (e.g. set: {{lr: 0.001, epochs: 3}}), got {brief(options)}"
+        )
+    for key, value in values.items():
+        if getattr(args, key) is None:
+            setattr(args, key, _file_value(spec.actions[key], value, args.config))
+    for dest, default in spec.defaults.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
+    return {**options, **parse_set(args.set_)} if "set_" in spec.actions else {}
+
+
+def use_threads(threads: int | None) -> None:
+    """``--threads N`` of a command that works in this process: torch's threads (``None``: leave them)."""
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads {threads} is not allowed: at least 1 (default: all cores)")
+        import torch
+
+        torch.set_num_threads(threads)

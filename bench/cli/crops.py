@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.cli._args import add_config_option, add_feature_options, apply_config_file, feature_options, use_threads
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     from bench.discovery.protocol import PROTOCOLS
-    from bench.images import FITS
 
     p.add_argument("--category", required=True)
     p.add_argument("--dataset", default="synthetic")
@@ -24,31 +25,26 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0], help="the set MEBin's range is taken over")
     p.add_argument("--maps", help="folder of 8- or 16-bit PNG maps <maps>/<category>/<type>/<name>.png, as bench maps "
                    "writes them (default: PatchCore)")
-    p.add_argument("--backbone", help="PatchCore backbone (default tf_efficientnet_lite0 with its ImageNet weights)")
-    p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a local weights file")
-    p.add_argument("--image-fit", choices=FITS, help="default: the dataset's choice (mtd: squash), else crop")
-    p.add_argument("--coreset-ratio", type=float, default=0.1)
+    add_feature_options(p)
     p.add_argument("--seed", type=int, default=1, help="drives the coreset of the memory bank")
     p.add_argument("--images", type=int, default=6, help="images (rows) to show, one per class in turn")
-    p.add_argument("--cache-dir")
-    p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, help="picture file, .png or .jpg, or an existing folder (default "
                    "results/crops_<category>.png); never inside the dataset folder")
+    add_config_option(p)
 
 
 def main(args: argparse.Namespace) -> int:
-    from bench.datasets import DatasetOptions, dataset_image_fit, load_dataset
+    from bench.datasets import DatasetOptions, load_dataset
     from bench.discovery.maps import Frame, patchcore_maps, png_map_paths, png_maps
     from bench.discovery.pictures import check_writable, picture_format, save_crops_picture
     from bench.discovery.protocol import discovery_set
     from bench.errors import ConfigError
-    from bench.features.backbones import DEFAULT_BACKBONE
-    from bench.features.extractor import FeatureConfig
     from bench.features.store import shared_store
     from bench.paths import set_cache_root
-    from bench.run.config import resolve_device
+    from bench.run.config import feature_config, resolve_device
     from bench.run.grid import check_out_outside_data
 
+    apply_config_file(args)
     if args.images < 1:
         raise ConfigError(f"--images {args.images} is not allowed: at least 1")
     out = args.out or Path("results") / f"crops_{args.category}.png"
@@ -61,13 +57,13 @@ def main(args: argparse.Namespace) -> int:
     check_out_outside_data(out, samples.root)  # as `run` does: a picture there would be read as a defect image
     check_writable(out)
     ls = discovery_set(samples, args.category, args.protocol)
-    fcfg = FeatureConfig(backbone=args.backbone or DEFAULT_BACKBONE, weights=args.weights,
-                         image_fit=args.image_fit or dataset_image_fit(args.dataset))  # fmt: skip
+    fcfg = feature_config(args.dataset, **feature_options(args))
     frame = Frame(fit=fcfg.image_fit, side=fcfg.crop, resize=fcfg.resize)
     if args.maps:
         paths = png_map_paths(args.maps, args.category, [ls.class_names[y] for y in ls.labels], ls.paths)
         maps = png_maps(paths, ls.paths, frame, args.maps)
     else:
+        use_threads(args.threads)
         store = shared_store(fcfg, resolve_device(args.device))  # over the root set above
         if not store.weights_info.pretrained:
             print("note: RANDOM backbone weights: the maps are a pipeline check, not a detector's.")

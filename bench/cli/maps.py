@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.paths import CACHE_ENV, DEFAULT_CACHE
+from bench.cli._args import add_config_option, add_feature_options, apply_config_file, feature_options, use_threads
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -31,32 +31,29 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=int, default=8, help="k normal shots (default 8)")
     p.add_argument("--seed", type=int, default=1, help="the draw's seed (default 1)")
     p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE", help="detector option (repeatable)")
-    p.add_argument("--backbone", help="timm backbone (default tf_efficientnet_lite0, ImageNet weights installed with the harness)")
-    p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a local weights file")
-    p.add_argument("--layers", nargs="+", metavar="NAME", help="backbone stages to aggregate (default: those at strides 8 and 16)")
-    p.add_argument("--image-fit", choices=["crop", "squash", "letterbox"], help="default: the dataset's choice (mtd: squash)")
+    add_feature_options(p)
     p.add_argument("--exclude-combined", action="store_true", help="drop the 'combined' defect type")
     p.add_argument("--bits", type=int, choices=[8, 16], default=8, help="PNG depth (default 8, uint8 as the reference)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    p.add_argument("--cache-dir", help=f"cache folder (default ${CACHE_ENV} or {DEFAULT_CACHE})")
     p.add_argument("--out", default="maps", help="output folder (default maps/)")
+    add_config_option(p)
 
 
 def main(args: argparse.Namespace) -> int:
-    from bench.cli._args import parse_set
     from bench.detection.detector import DETECTION_TASK
     from bench.detection.maps import check_folder, claim_folder
-    from bench.features.backbones import DEFAULT_BACKBONE
     from bench.run.config import RunConfig
     from bench.run.detection import plan_detection, write_job_maps
     from bench.run.grid import check_out_outside_data, preflight
 
+    method_options = apply_config_file(args)
+    given = {k: v for k, v in feature_options(args).items() if v is not None}  # else RunConfig's defaults
     cfg = RunConfig(
-        task=DETECTION_TASK, methods=[args.method], method_options=parse_set(args.set_), dataset=args.dataset,
-        data_root=args.data_root, categories=args.categories, shots=[args.shots], seeds=[args.seed],
-        backbone=args.backbone or DEFAULT_BACKBONE, weights=args.weights, layers=args.layers, image_fit=args.image_fit,
-        exclude_combined=bool(args.exclude_combined), device=args.device, cache_dir=args.cache_dir, out=args.out,
+        task=DETECTION_TASK, methods=[args.method], method_options=method_options, dataset=args.dataset,
+        data_root=args.data_root, categories=args.categories, shots=[args.shots], seeds=[args.seed], **given,
+        exclude_combined=bool(args.exclude_combined), coreset_ratio=args.coreset_ratio, device=args.device,
+        threads=args.threads, cache_dir=args.cache_dir, out=args.out,
     )  # fmt: skip
+    use_threads(cfg.threads)
     out = Path(args.out)
     check_folder(out)  # before the backbone loads: a file or a foreign folder is refused at once
     samples = preflight(cfg)

@@ -24,12 +24,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from bench.cli._args import parse_int_list, parse_set
-from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, Terminated, brief, brief_list, clip
+from bench.cli._args import add_feature_options, parse_int_list, parse_set, read_config_file
+from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, Terminated, brief, brief_list
 from bench.method import coerce_options
-from bench.paths import CACHE_ENV, DEFAULT_CACHE
 from bench.report.summary import run_summary, write_summary
 from bench.run import Job, RunConfig, execute, failure_groups, failure_lines
 from bench.run.config import MAX_LIST_VALUES
@@ -37,8 +34,6 @@ from bench.run.tasks import TASKS
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from bench.images import FITS
-
     p.add_argument("--config", type=Path, help="YAML file with any of these options")
     p.add_argument("--task", choices=list(TASKS),
                    help="what the methods solve (docs/tasks.md): classification (default; few-shot defect types, accuracy), "
@@ -63,25 +58,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include-good", action="store_true", default=None, help="add test good images as a class (Appendix F)")
     p.add_argument("--exclude-combined", action="store_true", default=None, help="drop the 'combined' defect type")
     p.add_argument("--min-defect-types", type=int, help="skip categories with fewer defect types (default: 2 for classification, 1 for the other tasks)")
-    p.add_argument("--backbone", help="timm backbone (default tf_efficientnet_lite0, ImageNet weights installed with the harness; the paper: resnet50)")
-    p.add_argument("--weights", help="imagenet (default), random, or a local weights file")
-    p.add_argument("--layers", nargs="+", metavar="NAME", help="backbone stages to aggregate (default: those at strides 8 and 16)")
-    p.add_argument("--zero-init-last", choices=["true", "false"], help="random init only: timm's zero-init of the last BN per block")
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="feature extraction precision (bf16 is opt-in)")
-    p.add_argument("--image-fit", choices=FITS,
-                   help="image to square input: crop (resize + centre crop, the paper's), squash (whole image, "
-                   "aspect not kept) or letterbox (whole image, padded); default: the dataset's choice (mtd: squash), "
-                   "else crop")
-    p.add_argument("--coreset-ratio", type=float)
+    add_feature_options(p, defaults=False)
     p.add_argument("--textures", help="DTD folder for pseudo-defects (default: built-in procedural textures)")
-    p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--jobs", type=int, help="worker processes (default 1)")
     p.add_argument("--backend", choices=["loky", "dask"], help="joblib backend for --jobs > 1")
     p.add_argument("--scheduler", help="Dask scheduler address (tcp://HOST:8786) for --backend dask with "
                    "--jobs N ≥ 2 (default: a local cluster)")
-    p.add_argument("--threads", type=int, help="torch threads in total (split between workers)")
     p.add_argument("--out", help="results folder (default results/)")
-    p.add_argument("--cache-dir", help=f"cache folder (default ${CACHE_ENV} or {DEFAULT_CACHE})")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -95,25 +78,8 @@ COPIED_OPTIONS = (
 
 def _load_config_file(path: Path) -> dict[str, Any]:
     """The options of a YAML config file, with the run's names (``method`` → methods, ``set`` → method_options)."""
-    try:
-        found = path.is_file()  # a regular file: reading a FIFO would block
-    except OSError:  # a name too long for the system
-        found = False
-    if not found:
-        raise ConfigError(f"config file not found: {clip(path)}. Pass the path of a YAML file of options to --config.")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot parse config file {path}: {str(exc)[:300]}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path} ({exc.strerror}).") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of options (name: value), got {brief(loaded)}")
     known = {f.name for f in dataclasses.fields(RunConfig)} | {"method", "set"}
-    unknown = sorted(brief(k) for k in loaded if k not in known)
-    if unknown:
-        raise ConfigError(f"unknown option(s) in {path}: {', '.join(unknown[:10])}. Known: {', '.join(sorted(known))}")
-    values = dict(loaded)
+    values = read_config_file(path, known)
     if "method" in values:
         values["methods"] = values.pop("method")
     if "set" in values:

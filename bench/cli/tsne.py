@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError, ConfigError
-from bench.paths import CACHE_ENV, DEFAULT_CACHE
+from bench.cli._args import add_config_option, add_feature_options, apply_config_file, feature_options, use_threads
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -33,14 +33,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="synthetic", help="dataset adapter (default synthetic)")
     p.add_argument("--data-root", help="dataset root folder")
     p.add_argument("--protocol", choices=["paper", "random"], default="paper", help="support selection (default paper)")
-    p.add_argument("--backbone", help="timm backbone (default tf_efficientnet_lite0, ImageNet weights installed with the harness)")
-    p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a local weights file")
-    p.add_argument("--layers", nargs="+", metavar="NAME", help="backbone stages to aggregate (default: those at strides 8 and 16)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    p.add_argument("--cache-dir", help=f"cache folder (default ${CACHE_ENV} or {DEFAULT_CACHE})")
+    add_feature_options(p)
     p.add_argument("--perplexity", type=float, help="t-SNE perplexity (default min(30, (N-1)/3))")
     p.add_argument("--tsne-seed", type=int, default=0, help="t-SNE random state (default 0)")
     p.add_argument("--out", default="tsne", help="output folder (default tsne/)")
+    add_config_option(p)
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -64,7 +61,6 @@ def tsne_2d(x: np.ndarray, perplexity: float | None, seed: int) -> np.ndarray:
 
 
 def main(args: argparse.Namespace) -> int:
-    from bench.cli._args import parse_set
     from bench.method import SupportSet, get_method
     from bench.metrics import episode_metrics
     from bench.report import plots
@@ -74,18 +70,20 @@ def main(args: argparse.Namespace) -> int:
     from bench.run.job import build_method, feature_store, make_context
     from bench.run.plan import plan
 
+    method_options = apply_config_file(args)
     spec = get_method(args.method)
     if not callable(getattr(spec.cls, "embed", None)):
         raise BenchError(
             f"method {args.method!r} exposes no embedding (its class {spec.cls.__name__} has no embed(paths) method), so there "
             "is no 'after' space to show. Use a method that learns an embedding, e.g. --method contrastive."
         )
+    given = {k: v for k, v in feature_options(args).items() if v is not None}  # else RunConfig's defaults
     cfg = RunConfig(
-        methods=[args.method], method_options=parse_set(args.set_), dataset=args.dataset, data_root=args.data_root,
-        categories=[args.category], shots=[args.shots], seeds=[args.seed], protocol=args.protocol,
-        weights=args.weights, layers=args.layers, device=args.device, cache_dir=args.cache_dir,
-        **({"backbone": args.backbone} if args.backbone else {}),  # else RunConfig's default
+        methods=[args.method], method_options=method_options, dataset=args.dataset, data_root=args.data_root,
+        categories=[args.category], shots=[args.shots], seeds=[args.seed], protocol=args.protocol, **given,
+        coreset_ratio=args.coreset_ratio, device=args.device, threads=args.threads, cache_dir=args.cache_dir,
     )  # fmt: skip
+    use_threads(cfg.threads)
     samples = preflight(cfg)
     if args.category not in samples.categories():
         why = samples.skipped.get(args.category)

@@ -1,6 +1,12 @@
 """The run's configuration: :class:`RunConfig`, every option of ``bench run`` checked before any work, and what is
 built from it once: the feature configuration (:attr:`RunConfig.features`), each method's configuration
 (:attr:`RunConfig.method_configs`), the cache root and the torch device.
+
+:func:`feature_config` is the one place a :class:`~bench.features.extractor.FeatureConfig` is built from the feature
+options (``--backbone``, ``--weights``, ``--layers``, ``--zero-init-last``, ``--precision``, ``--image-fit``) and
+their defaults, the dataset's image fit included (MTD: squash): ``bench run`` (through :attr:`RunConfig.features`),
+``maps``, ``tsne``, ``detect`` and ``show-crops`` all build theirs with it, so equal options give equal feature keys
+and one cache (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -23,6 +29,11 @@ from bench.run.tasks import TASKS
 
 if TYPE_CHECKING:
     from bench.features.extractor import FeatureConfig
+
+DEFAULT_CORESET_RATIO = 0.1
+"""The share of the PatchCore memory bank kept (``--coreset-ratio``) by every command (docs/method-notes.md §4)."""
+DEFAULT_DEVICE = "auto"
+"""``--device`` of every command: CUDA when available, else CPU (:func:`resolve_device`)."""
 
 MAX_LIST_VALUES = 1000
 """The most values a list option of a run takes (``--shots``, ``--seeds``, ``--categories``, ``--method``,
@@ -51,9 +62,9 @@ class RunConfig:
     layers: list[str] | None = None  # backbone stages to aggregate; None = the stages at strides 8 and 16
     precision: str = "fp32"
     image_fit: str | None = None  # crop | squash | letterbox; None = the dataset adapter's preference, else crop
-    coreset_ratio: float = 0.1
+    coreset_ratio: float = DEFAULT_CORESET_RATIO
     textures: str | None = None
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     jobs: int = 1
     backend: str = "loky"
     scheduler: str | None = None
@@ -144,13 +155,7 @@ class RunConfig:
     @cached_property
     def features(self) -> FeatureConfig:
         """The feature configuration of the run, built once: the extractor, the job keys and the rows use it."""
-        from bench.features.extractor import FeatureConfig
-
-        return FeatureConfig(
-            backbone=self.backbone, weights=self.weights, zero_init_last=self.zero_init_last, precision=self.precision,
-            image_fit=self.image_fit or dataset_image_fit(self.dataset),
-            layers=tuple(self.layers) if self.layers else None,
-        )
+        return feature_config(self.dataset, **{name: getattr(self, name) for name in FEATURE_OPTIONS})
 
     @cached_property
     def method_configs(self) -> dict[str, Any]:
@@ -171,6 +176,43 @@ class RunConfig:
     def torch_device(self) -> torch.device:
         """``--device`` resolved (:func:`resolve_device`)."""
         return resolve_device(self.device)
+
+
+FEATURE_OPTIONS = ("backbone", "weights", "zero_init_last", "layers", "precision", "image_fit")
+"""The options :func:`feature_config` reads: the fields of :class:`RunConfig` (and the flags of every command that
+extracts features, ``bench.cli._args.add_feature_options``) that change the patch features."""
+
+
+def feature_config(
+    dataset: str = "synthetic",
+    *,
+    backbone: str | None = None,
+    weights: str | None = None,
+    zero_init_last: bool | None = None,
+    layers: Sequence[str] | None = None,
+    precision: str | None = None,
+    image_fit: str | None = None,
+) -> FeatureConfig:
+    """The feature configuration of these options; ``None`` (an option not given) is the harness's default:
+    ``tf_efficientnet_lite0`` with its ImageNet weights, the stages at strides 8 and 16, fp32, and the image fit
+    the dataset adapter declares (``mtd``: squash), else crop (docs/method-notes.md §4.1).
+
+    Raises:
+        ConfigError: a precision or image fit that does not exist (named as its flag).
+    """
+    from bench.features.extractor import FeatureConfig
+    from bench.images import FITS
+
+    if precision is not None and precision not in ("fp32", "bf16"):
+        raise ConfigError(f"--precision {brief(precision)} is not allowed: fp32 or bf16")
+    if image_fit is not None and image_fit not in FITS:
+        raise ConfigError(f"--image-fit {brief(image_fit)} is not allowed: {' or '.join(FITS)}")
+    return FeatureConfig(
+        backbone=DEFAULT_BACKBONE if backbone is None else backbone, weights="imagenet" if weights is None else weights,
+        zero_init_last=zero_init_last, precision="fp32" if precision is None else precision,
+        image_fit=image_fit or dataset_image_fit(dataset),
+        layers=tuple(layers) if layers else None,
+    )  # fmt: skip
 
 
 def check_device(name: str) -> None:

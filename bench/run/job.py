@@ -61,6 +61,7 @@ def make_context(
         device=cfg.torch_device(),
         cache_root=cfg.cache_root(),
         textures=cfg.textures,
+        feature_config=cfg.features,
     )
 
 
