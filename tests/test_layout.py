@@ -267,3 +267,13 @@ def test_graph_sees_lazy_imports() -> None:
         for t in ts:
             deps[t].add(m)
     assert "bench.cli.main" in deps["bench.errors"]
+
+
+def test_every_package_is_in_the_distribution() -> None:
+    """``pyproject.toml`` lists the packages by name (``datasets/`` installs as ``bench.datasets``): a package left off
+    the list works in an editable install and is missing from a built one (``bench.metrics`` was)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {n for n, p in MODULES.items() if p.name == "__init__.py"}
+    assert packages == listed, f"missing from pyproject.toml: {sorted(packages - listed)}; listed, absent: {sorted(listed - packages)}"
