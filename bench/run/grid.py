@@ -31,7 +31,8 @@ from bench.results import ResultsStore, check_results_file
 from bench.run.config import RunConfig
 from bench.run.detection import detection_feature_work, plan_detection, run_detection_job
 from bench.run.discovery import discovery_feature_work, discovery_notes, plan_discovery, run_discovery_job
-from bench.run.job import feature_store, run_job
+from bench.run.classification import run_job
+from bench.run.job import feature_store
 from bench.run.plan import Job, failure_groups, failure_lines, feature_work, group_jobs, plan
 from bench.run.workers import worker_pool, worker_setup
 

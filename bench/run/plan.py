@@ -183,7 +183,7 @@ def feature_work(samples: Samples, jobs: Sequence[Job]) -> list[str]:
     when one builds the memory bank. Parallel runs extract these first, split over the workers, so two workers
     never extract the same cold image (they would otherwise both start on the same category).
     """
-    needs_of = {job.method: get_method(job.method).cls.feature_needs(job.config) for job in jobs}
+    needs_of = {job.method: get_method(job.method).cls.reads(job.config) for job in jobs}
     paths: dict[str, None] = {}
     for job in jobs:
         if job.episode is None:

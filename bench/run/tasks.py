@@ -17,8 +17,7 @@ from bench.discovery.contract import DISCOVERERS
 from bench.discovery.protocol import PROTOCOLS as DISCOVERY_PROTOCOLS
 from bench.discovery.protocol import discovery_set
 from bench.episodes import make_episode
-from bench.errors import ConfigError
-from bench.method import METHODS, MethodSpec, check_options
+from bench.method import METHODS, MethodSpec, check_options, find_spec
 from bench.registry import Registry
 from bench.results import OK_METRICS
 
@@ -56,23 +55,7 @@ class Task:
         Raises:
             ConfigError: a name registered for another task; UnknownNameError: an unknown name (closest ones named).
         """
-        self.registry.import_all()
-        out = []
-        for name in names:
-            if name not in self.registry:
-                for other in TASKS.values():
-                    other.registry.import_all()
-                    if other is not self and name in other.registry:
-                        raise ConfigError(
-                            f"method {name!r} solves the task {other.name!r}, not {self.name!r}: run it with --task "
-                            f"{other.name}, or pick a method of --task {self.name}: {', '.join(self.registry.names())} "
-                            f"({self.list_command})."
-                        )
-            spec = self.registry.get(name).obj
-            if getattr(spec.cls, "task", self.name) != self.name:
-                raise ConfigError(f"method {spec.name!r} solves the task {spec.cls.task!r}, not {self.name!r}.")
-            out.append(spec)
-        return out
+        return [find_spec(self.name, name) for name in names]
 
     def configs(self, names: Sequence[str], options: dict[str, Any] | None) -> dict[str, Any]:
         """Each method's configuration with the ``--set`` options that apply (:func:`bench.method.check_options`)."""

@@ -1,0 +1,66 @@
+"""The classification task in the grid (docs/method-notes.md §2): one job fits the method on the episode's support
+set, predicts its queries and scores the argmax (:func:`bench.metrics.episode_metrics`), inside the one job
+skeleton (:func:`bench.run.job.run_task_job`). Its jobs are planned by :func:`bench.run.plan.plan`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.datasets import Samples
+from bench.episodes import Episode
+from bench.errors import BenchError
+from bench.features.store import FeatureStore
+from bench.method import SupportSet, TaskContext
+from bench.metrics import episode_metrics
+from bench.run.config import RunConfig
+from bench.run.job import JobCore, build_method, run_task_job
+from bench.run.plan import Job
+
+
+class ClassificationCore(JobCore):
+    """A classification job inside the skeleton: fit on the support set, (Q, C) scores, argmax, metrics."""
+
+    def support_rule(self, ep: Episode) -> str:
+        return "first-n by sorted file name" if ep.protocol == "paper_fixed" else "seeded random draw"
+
+    def episode_fields(self, ep: Episode) -> dict[str, Any]:
+        return {"class_names": list(ep.class_names), "n_classes": ep.n_classes, "n_queries": len(ep.queries)}
+
+    def solve(self, cfg: RunConfig, samples: Samples, job: Job, store: FeatureStore, ctx: TaskContext, ep: Episode,
+              row: dict[str, Any]) -> None:
+        method = build_method(job, ctx)
+        support = SupportSet(tuple(ep.support_paths()), tuple(ep.support_labels()), ep.class_names)
+        with ctx.timer("fit"):
+            method.fit(support)
+        with ctx.timer("predict"):
+            scores = np.asarray(method.predict(list(ep.queries)))
+        if scores.shape != (len(ep.queries), ep.n_classes):
+            raise RuntimeError(f"method {job.method} returned scores of shape {scores.shape}, expected {(len(ep.queries), ep.n_classes)}")
+        if not np.isfinite(scores).all():  # argmax of NaN is class 0: a number at chance, not a result
+            n_bad = int((~np.isfinite(scores)).any(axis=1).sum())
+            raise BenchError(
+                f"method {job.method} returned non-finite scores (NaN or inf) for {n_bad} of {len(ep.queries)} "
+                "queries, so the job has no result. A training run that diverged (try a smaller learning rate with "
+                "--set) or damaged weights (--weights) cause this."
+            )
+        y_pred = scores.argmax(axis=1).tolist()
+        row.update(episode_metrics(ep.query_labels, y_pred, ep.class_names))
+        row.update(status="ok", error=None, y_true=list(ep.query_labels), y_pred=y_pred)
+        row["train_log"] = ctx.log
+        row["method_info"] = method.extra_info()
+
+
+CORE = ClassificationCore()
+
+
+def run_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, Any]:
+    """Run one classification job and return its row (status ok or error). Never raises for a job-level failure.
+
+    Raises:
+        BenchError: for problems that would fail every job (weights, a full or read-only disk).
+    """
+    return run_task_job(CORE, cfg, samples, job, out)
