@@ -21,7 +21,7 @@ Adding a detector = one new file in ``detectors/`` (installed as ``bench.detecto
 listed by ``python -m bench list detectors`` and run by ``python -m bench run --task detection --method NAME``. The
 registry entries are :class:`~bench.method.MethodSpec` objects (a class, its variant's defaults, a description),
 so ``--set`` options are checked and coerced by the same code as the classifiers'; the task table
-(:data:`bench.tasks.TASKS`, entry ``detection``) names this registry.
+(:data:`bench.tasks.BUILTIN`, entry ``detection``) names this registry.
 """
 
 from __future__ import annotations

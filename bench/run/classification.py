@@ -1,6 +1,7 @@
 """The classification task in the grid (docs/method-notes.md §2): one job fits the method on the episode's support
 set, predicts its queries and scores the argmax (:func:`bench.metrics.episode_metrics`), inside the one job
-skeleton (:func:`bench.run.job.run_task_job`). Its jobs are planned by :func:`bench.run.plan.plan`.
+skeleton (:func:`bench.run.job.run_task_job`). Its jobs are planned by :func:`bench.run.plan.plan`; :data:`JOBS`
+is the task record's run side.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from typing import Any
 import numpy as np
 
 from bench.datasets import Samples
-from bench.episodes import Episode
+from bench.episodes import Episode, make_episode
 from bench.errors import BenchError
 from bench.features.store import FeatureStore
 from bench.method import SupportSet, TaskContext
 from bench.metrics import episode_metrics
 from bench.run.config import RunConfig
-from bench.run.job import JobCore, build_method, run_task_job
-from bench.run.plan import Job
+from bench.run.job import JobCore, TaskJobs, build_method, run_task_job
+from bench.run.plan import Job, feature_work, plan
 
 
 class ClassificationCore(JobCore):
@@ -64,3 +65,10 @@ def run_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, 
         BenchError: for problems that would fail every job (weights, a full or read-only disk).
     """
     return run_task_job(CORE, cfg, samples, job, out)
+
+
+JOBS = TaskJobs(
+    plan=plan, feature_work=lambda cfg, samples, jobs: feature_work(samples, jobs), run=run_job,
+    episode_at=lambda cfg, samples, cat, k: make_episode(samples, cat, k, cfg.seeds[0], cfg.protocol, cfg.include_good),
+)
+"""The run side of the classification task (:data:`bench.tasks.BUILTIN`)."""

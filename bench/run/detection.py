@@ -27,25 +27,34 @@ import numpy as np
 from bench.cache import hash_memo_dir
 from bench.datasets import Samples
 from bench.detection.detector import DETECTION_TASK, Detector, get_detector
-from bench.detection.episodes import DETECTION_PROTOCOL, NormalShots
+from bench.detection.episodes import DETECTION_PROTOCOL, NormalShots, make_normal_shots
 from bench.detection.maps import write_maps
 from bench.detection.metrics import PIXEL_FRAME, auroc_per_type, image_auroc, pixel_auroc
-from bench.errors import BenchError, DatasetError
+from bench.errors import BenchError, ConfigError, DatasetError, brief
 from bench.features.backbones import WeightsInfo
 from bench.features.store import FeatureStore
 from bench.method import TaskContext, config_dict, config_hash
 from bench.run.config import RunConfig
-from bench.run.job import JobCore, base_row, feature_store, make_context, run_task_job
+from bench.run.job import JobCore, TaskJobs, base_row, feature_store, make_context, run_task_job
 from bench.run.plan import Job, category_content, job_identity
-from bench.run.tasks import TASKS
 
 log = logging.getLogger(__name__)
+
+
+def check_config(cfg: RunConfig) -> None:
+    """The detection task's own checks of a run's options (its record's ``check`` hook, :class:`bench.tasks.Task`).
+
+    Raises:
+        ConfigError: ``--include-good``: detection always scores the test good images.
+    """
+    if cfg.include_good:
+        raise ConfigError(f"--include-good {brief(True)} is not allowed: a classification option: detection always "
+                          "scores the test good images")
 
 
 def plan_detection(cfg: RunConfig, samples: Samples) -> list[Job]:
     """The grid (detector × category × k × seed) as jobs; an impossible draw becomes a failing job."""
     configs = cfg.method_configs
-    task = TASKS[DETECTION_TASK]  # its episode builder: bench.detection.episodes.make_normal_shots
     memo = hash_memo_dir(cfg.cache_dir)
     jobs: list[Job] = []
     for category in samples.categories():
@@ -53,7 +62,7 @@ def plan_detection(cfg: RunConfig, samples: Samples) -> list[Job]:
         for seed in cfg.seeds:
             for shots in cfg.shots:
                 try:
-                    ep: NormalShots | None = task.episode(samples, category, shots, seed)
+                    ep: NormalShots | None = make_normal_shots(samples, category, shots, seed)
                     ehash, err = ep.hash, content_err  # type: ignore[union-attr]
                 except DatasetError as exc:
                     ep, ehash, err = None, "none", str(exc)
@@ -196,3 +205,10 @@ def write_job_maps(cfg: RunConfig, samples: Samples, job: Job, root: Path, bits:
             "support": [ep.rel(p) for p in ep.support], "feature_key": store.key, "dataset": samples.dataset,
             "episode": ep.hash}  # fmt: skip
     return write_maps(root, job.category, list(ep.test), list(ep.test_labels), maps, store.config.preprocess(), bits, meta)
+
+
+JOBS = TaskJobs(
+    plan=plan_detection, feature_work=lambda cfg, samples, jobs: detection_feature_work(samples, jobs),
+    run=run_detection_job, episode_at=lambda cfg, samples, cat, k: make_normal_shots(samples, cat, k, cfg.seeds[0]),
+)
+"""The run side of the detection task (:data:`bench.tasks.BUILTIN`)."""

@@ -22,19 +22,30 @@ import numpy as np
 from bench.cache import file_sha256, hash_memo_dir, stable_hash
 from bench.datasets import Samples
 from bench.discovery.contract import DiscoverySet, get_discoverer
+from bench.discovery.protocol import discovery_set
 from bench.discovery.maps import Frame, MapSet, check_defect_masks, patchcore_maps, png_map_paths, png_maps
 from bench.discovery.metrics import discovery_metrics
-from bench.discovery.protocol import LabelledSet
-from bench.errors import DatasetError
+from bench.discovery.protocol import LabelledSet, discovery_set
+from bench.errors import ConfigError, DatasetError
 from bench.features.store import FeatureStore
 from bench.method import TaskContext, config_dict, config_hash
 from bench.run.config import RunConfig
-from bench.run.job import JobCore, base_row, run_task_job
+from bench.run.job import JobCore, TaskJobs, base_row, run_task_job
 from bench.run.plan import RUNNER_VERSION, Job, category_content
-from bench.run.tasks import TASKS
 
 log = logging.getLogger(__name__)
 TASK = "discovery"
+
+
+def check_config(cfg: RunConfig) -> None:
+    """The discovery task's own checks of a run's options (its record's ``check`` hook, :class:`bench.tasks.Task`).
+
+    Raises:
+        ConfigError: ``--include-good`` or ``--exclude-combined``: the protocol decides.
+    """
+    if cfg.include_good or cfg.exclude_combined:
+        raise ConfigError("--include-good and --exclude-combined do not apply to --task discovery: its protocol "
+                          "decides (--protocol ncd: combined removed, good kept; defects-only: good removed too).")
 
 
 def maps_identity(cfg: RunConfig, ls: LabelledSet, memo: Path) -> tuple[Any, str | None]:
@@ -69,16 +80,15 @@ def no_normals_error(method: str, category: str, reads: set[str]) -> str:
 
 def plan_discovery(cfg: RunConfig, samples: Samples) -> list[Job]:
     """One job per (category, seed, method); a category that cannot be grouped becomes failing jobs."""
-    task = TASKS[TASK]
     configs = cfg.method_configs
-    specs = task.specs(cfg.methods)
+    specs = [get_discoverer(name) for name in cfg.methods]
     memo = hash_memo_dir(cfg.cache_dir)
     jobs: list[Job] = []
     for category in samples.categories():
         has_normals = bool(samples.train_paths(category))
         content, err = category_content(samples, category, memo)
         try:
-            ls: LabelledSet | None = task.episode(samples, category, cfg.protocol)
+            ls: LabelledSet | None = discovery_set(samples, category, cfg.protocol)
             set_hash = ls.hash
         except DatasetError as exc:
             ls, set_hash, err = None, "none", err or str(exc)
@@ -213,3 +223,7 @@ def run_discovery_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> 
         BenchError: for problems that would fail every job (a full or read-only disk).
     """
     return run_task_job(CORE, cfg, samples, job, out)
+
+
+JOBS = TaskJobs(plan=plan_discovery, feature_work=discovery_feature_work, run=run_discovery_job, notes=discovery_notes)
+"""The run side of the discovery task (:data:`bench.tasks.BUILTIN`)."""

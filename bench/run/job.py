@@ -14,9 +14,10 @@ import errno
 import logging
 import time
 import traceback
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bench.compat import release_free_memory
 from bench.datasets import Samples
@@ -29,6 +30,7 @@ from bench.results import DEFAULT_TASK
 from bench.run.config import RunConfig
 from bench.run.envinfo import environment
 from bench.run.plan import Job
+from bench.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -239,3 +241,21 @@ def run_task_job(core: JobCore, cfg: RunConfig, samples: Samples, job: Job, out:
     record_costs(row, store, stats_before, ctx, t0)
     release_free_memory()  # the heap's free pages are returned once the job's model is gone
     return row
+
+
+@dataclass(frozen=True)
+class TaskJobs:
+    """The run side of a task (its record's ``jobs`` hook, :class:`bench.tasks.Task`): how its jobs are planned,
+    listed for the feature stage, run (through :func:`run_task_job`) and announced."""
+
+    plan: Callable[[RunConfig, Samples], list[Job]]
+    feature_work: Callable[[RunConfig, Samples, list[Job]], list[str]]
+    run: Callable[[RunConfig, Samples, Job, Path], dict]
+    notes: Callable[[RunConfig], list[str]] = lambda cfg: []
+    episode_at: Callable[[RunConfig, Samples, str, int], object] | None = None
+    """The episode of (category, shots) at the run's first seed, for the shots check; ``None``: no shots."""
+
+
+def task_jobs(task: str) -> TaskJobs:
+    """The run side of ``task`` (:data:`bench.tasks.Task.jobs`, resolved here: only the run imports it)."""
+    return get_task(task).hook("jobs")
