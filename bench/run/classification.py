@@ -12,18 +12,21 @@ from typing import Any
 import numpy as np
 
 from bench.datasets import Samples
-from bench.episodes import Episode, make_episode
+from bench.episodes import Episode, make_episode, protocol_id
 from bench.errors import BenchError
 from bench.features.store import FeatureStore
 from bench.method import SupportSet, TaskContext
 from bench.metrics import episode_metrics
 from bench.run.config import RunConfig
-from bench.run.job import JobCore, TaskJobs, build_method, run_task_job
+from bench.run.job import JobCore, TaskJobs, base_row, build_method, run_task_job
 from bench.run.plan import Job, feature_work, plan
 
 
 class ClassificationCore(JobCore):
     """A classification job inside the skeleton: fit on the support set, (Q, C) scores, argmax, metrics."""
+
+    def row(self, cfg: RunConfig, samples: Samples, job: Job, store: FeatureStore) -> dict[str, Any]:
+        return {**base_row(cfg, samples, job, store), "protocol": protocol_id(cfg.protocol)}  # paper -> paper_fixed
 
     def support_rule(self, ep: Episode) -> str:
         return "first-n by sorted file name" if ep.protocol == "paper_fixed" else "seeded random draw"

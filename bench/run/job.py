@@ -21,12 +21,10 @@ from typing import Any, Callable
 
 from bench.compat import release_free_memory
 from bench.datasets import Samples
-from bench.episodes import protocol_id
 from bench.errors import BenchError
 from bench.features.store import FeatureStore, shared_store
 from bench.images import DECODING
 from bench.method import Method, TaskContext, config_hash, get_method
-from bench.results import DEFAULT_TASK
 from bench.run.config import RunConfig
 from bench.run.envinfo import environment
 from bench.run.plan import Job
@@ -92,7 +90,7 @@ def base_row(cfg: RunConfig, samples: Samples, job: Job, store: Any) -> dict[str
         "category": job.category,
         "shots": job.shots,
         "seed": job.seed,
-        "protocol": protocol_id(cfg.protocol) if job.task == DEFAULT_TASK else cfg.protocol,
+        "protocol": cfg.protocol,  # as the user named it (classification's core records its id)
         "class_set": {
             "combined": "excluded" if cfg.exclude_combined else "kept",
             "good": "included" if cfg.include_good else "excluded",
