@@ -71,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
     from bench.run.config import RunConfig
     from bench.run.grid import preflight
     from bench.run.job import build_method, feature_store, make_context
-    from bench.run.plan import plan
+    from bench.run.classification import plan
 
     spec = get_method(args.method)
     if not callable(getattr(spec.cls, "embed", None)):

@@ -1,25 +1,86 @@
 """The classification task in the grid (docs/method-notes.md §2): one job fits the method on the episode's support
 set, predicts its queries and scores the argmax (:func:`bench.metrics.episode_metrics`), inside the one job
-skeleton (:func:`bench.run.job.run_task_job`). Its jobs are planned by :func:`bench.run.plan.plan`; :data:`JOBS`
-is the task record's run side.
+skeleton (:func:`bench.run.job.run_task_job`). Its jobs are planned by :func:`plan` (the grid method × category ×
+shots × seed; a job's key: :func:`bench.run.plan.job_identity`); :data:`JOBS` is the task record's run side.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from bench.cache import hash_memo_dir
 from bench.datasets import Samples
 from bench.episodes import Episode, make_episode, protocol_id
-from bench.errors import BenchError
+from bench.errors import BenchError, DatasetError
 from bench.features.store import FeatureStore
-from bench.method import SupportSet, TaskContext
+from bench.method import SupportSet, TaskContext, config_dict, config_hash, get_method
 from bench.metrics import episode_metrics
 from bench.run.config import RunConfig
 from bench.run.job import JobCore, TaskJobs, base_row, build_method, run_task_job
-from bench.run.plan import Job, feature_work, plan
+from bench.run.plan import Job, category_content, job_identity
+
+
+def plan(cfg: RunConfig, samples: Samples) -> list[Job]:
+    """Expand the grid into jobs (episodes are built here; impossible episodes become failing jobs)."""
+    configs = cfg.method_configs
+    specs = [get_method(m) for m in cfg.methods]
+    memo = hash_memo_dir(cfg.cache_dir)
+    jobs: list[Job] = []
+    for category in samples.categories():
+        has_normals = bool(samples.train_paths(category))
+        content, content_err = category_content(samples, category, memo)
+        for seed in cfg.seeds:
+            for shots in cfg.shots:
+                try:
+                    episode: Episode | None = make_episode(samples, category, shots, seed, cfg.protocol, cfg.include_good)
+                    ehash, err = episode.hash, content_err
+                except DatasetError as exc:
+                    episode, ehash, err = None, "none", str(exc)
+                for spec in specs:
+                    config = configs[spec.name]
+                    mcfg = config_dict(config)
+                    ident = job_identity(cfg, samples, spec.name, mcfg, category, shots, seed, ehash, content, cfg.task)
+                    why = "" if has_normals or err else spec.cls.normal_images_needed(config)
+                    job_err = err or (no_normals_error(samples, category, spec.name, why) if why else None)
+                    jobs.append(Job(
+                        method=spec.name, method_config=mcfg, category=category, shots=shots, seed=seed,
+                        key=config_hash(ident), episode=episode, error=job_err, dataset_content=content, config=config,
+                        task=cfg.task,
+                    ))  # fmt: skip
+    return jobs
+
+
+def no_normals_error(samples: Samples, category: str, method: str, why: str) -> str:
+    """The error of a job whose method needs normal training images that the category does not have."""
+    return (  # the same text for every category, so the run's failure summary says it once per method
+        f"method {method!r} needs normal (defect-free) training images for {why}, but the category has none (its "
+        f"train/good is empty or missing; dataset {samples.dataset!r} at {samples.root}). Add defect-free images to "
+        "the category's train/good folder, or choose a method that needs none (e.g. protonet, knn, logreg, direct, "
+        "contrastive-raw)."
+    )
+
+
+def feature_work(samples: Samples, jobs: Sequence[Job]) -> list[str]:
+    """The images whose PatchCore features the jobs will read, each once, grouped by category.
+
+    Episode images (support and queries) for methods that read patch features; the category's normal images too
+    when one builds the memory bank. Parallel runs extract these first, split over the workers, so two workers
+    never extract the same cold image (they would otherwise both start on the same category).
+    """
+    needs_of = {job.method: get_method(job.method).cls.reads(job.config) for job in jobs}
+    paths: dict[str, None] = {}
+    for job in jobs:
+        if job.episode is None:
+            continue
+        needs = needs_of[job.method]
+        if "bank" in needs:
+            paths.update(dict.fromkeys(samples.train_paths(job.category)))
+        if "patch" in needs:
+            paths.update(dict.fromkeys([*job.episode.support_paths(), *job.episode.queries]))
+    return list(paths)
 
 
 class ClassificationCore(JobCore):

@@ -153,7 +153,7 @@ class RunConfig:
     @cached_property
     def method_configs(self) -> dict[str, Any]:
         """Each method's configuration (its variant's defaults with the ``--set`` options that apply), by registered
-        name, built once; :func:`bench.run.plan.plan` gives each job its own.
+        name, built once; each task's planner gives each job its own.
 
         Raises:
             UnknownNameError: an unknown method name (with the closest registered ones of the run's task).

@@ -1,5 +1,5 @@
 """Grid runner: check everything first (:func:`preflight`), expand (method × category × shots × seed) into jobs
-(:func:`bench.run.plan.plan`), run what is not finished, store one row per job (:func:`execute`).
+(each task's planner, :class:`bench.run.job.TaskJobs`), run what is not finished, store one row per job (:func:`execute`).
 
 One loop serves a serial and a parallel run: groups of jobs (one category and seed) go through
 :meth:`~bench.run.workers.WorkerPool.map_unordered`, in this process one job at a time or spread over ``--jobs``
