@@ -360,10 +360,6 @@ def register_spec(
     registry.add(name, spec, description=desc)
 
 
-add_spec = register_spec
-"""The old name of :func:`register_spec`."""
-
-
 def find_spec(task: str, name: str) -> MethodSpec:
     """The registered method ``name`` of ``task`` (every module of its plugin folder is imported first): the one
     lookup of every kind, with the one wrong-task hint.

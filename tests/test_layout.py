@@ -227,14 +227,14 @@ def test_a_toy_fourth_task_runs_end_to_end(tmp_path: Path, tiny_root: Path, caps
     """Adding a task = one package + one line (docs/architecture.md, "The task seam"): ``tests/toytask/`` (its
     contract, one method, one metric, one report section) registers its record and runs through ``bench run``,
     ``bench report`` and ``bench leaderboard`` with no edit of ``bench/``."""
-    import tests.toytask as toy
     from bench.results import read_rows
-    from bench.tasks import unregister_task
+    from bench.tasks import tasks, unregister_task
     from tests.helpers import cli
 
-    out = tmp_path / "out"
+    out, plugin = tmp_path / "out", ("--plugin", "tests.toytask")  # the package registers its task on import
+    assert "toy" not in tasks()
     try:
-        code, stdout, err = cli(capsys, "run", "--task", "toy", "--method", "by-name", "--dataset", "folder",
+        code, stdout, err = cli(capsys, *plugin, "run", "--task", "toy", "--method", "by-name", "--dataset", "folder",
                                 "--data-root", str(tiny_root), "--seeds", "1,2", "--out", str(out), "--cache-dir",
                                 str(tmp_path / "cache"), "--backbone", "resnet18", "--weights", "random", "--no-progress")
         assert code == 0, err
@@ -242,17 +242,17 @@ def test_a_toy_fourth_task_runs_end_to_end(tmp_path: Path, tiny_root: Path, caps
         assert rows and {r["task"] for r in rows} == {"toy"} and {r["status"] for r in rows} == {"ok"}
         assert all(r["toy_accuracy"] == 1.0 for r in rows)  # by-name reads the folder names: always right
         assert "### toy" in (out / "summary.md").read_text()
-        code, _, err = cli(capsys, "report", str(out), "--out", str(tmp_path / "report"), "--no-plots")
+        code, _, err = cli(capsys, *plugin, "report", str(out), "--out", str(tmp_path / "report"), "--no-plots")
         assert code == 0, err
         assert "Toy task: accuracy" in (tmp_path / "report" / "report.md").read_text()
         board = tmp_path / "board.md"
-        code, _, err = cli(capsys, "leaderboard", str(out), "--out", str(board), "--no-plots")
+        code, _, err = cli(capsys, *plugin, "leaderboard", str(out), "--out", str(board), "--no-plots")
         assert code == 0, err
         assert "Toy task: ranking" in board.read_text()
-        code, stdout, _ = cli(capsys, "list", "toys")
+        code, stdout, _ = cli(capsys, *plugin, "list", "toys")
         assert code == 0 and "by-name" in stdout
     finally:
-        unregister_task(toy.NAME)
+        unregister_task("toy")
 
 
 TASK_NAMES = ("classification", "detection", "discovery")
