@@ -139,16 +139,38 @@ class TaskContext:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
 
 
-class Method(abc.ABC):
-    """Base class of every few-shot defect-type classifier."""
+class MethodBase(abc.ABC):
+    """What every method kind has in common (the shared contract; docs/architecture.md, "the task seam"): a dataclass
+    ``Config``, the task it solves, construction with ``(config, ctx)``, :meth:`reads` (what of the shared pipeline
+    a configuration reads) and :meth:`extra_info`. A task's kind adds what it does (classification:
+    :class:`Method`; detection: :class:`bench.detection.Detector`; discovery: :class:`bench.discovery.Discoverer`) and
+    is registered through :func:`register_spec`, the one registration path with the same checks for every kind."""
 
     Config: ClassVar[type]
-    task: ClassVar[str] = DEFAULT_TASK  # what it solves (bench.results.OK_METRICS); a run mixes no tasks
-    name: str = ""  # set per instance by the registry (variants share the class)
+    task: ClassVar[str]  # what it solves (bench.results.OK_METRICS); a run mixes no tasks
+    name: str = ""  # set per instance by the runner (variants share the class)
 
     def __init__(self, config: Any, ctx: TaskContext) -> None:
         self.config = config
         self.ctx = ctx
+
+    def extra_info(self) -> dict[str, Any]:
+        """Anything method-specific to store in the result row (kept small)."""
+        return {}
+
+    @classmethod
+    def reads(cls, config: Any) -> set[str]:
+        """What this configuration reads of the shared pipeline besides the pixels: any of ``"patch"`` (PatchCore
+        patch features of the job's images), ``"bank"`` (the category's memory bank, i.e. features of its normal
+        images), and per task more (discovery: ``"maps"``, ``"gt_masks"``). Parallel runs extract these once, split
+        over the workers, before the jobs start; a method with its own backbone returns ``set()``."""
+        return set()
+
+
+class Method(MethodBase):
+    """Base class of every few-shot defect-type classifier (the classification task's kind)."""
+
+    task: ClassVar[str] = DEFAULT_TASK
 
     @abc.abstractmethod
     def fit(self, support: SupportSet) -> None:
@@ -158,18 +180,10 @@ class Method(abc.ABC):
     def predict(self, query_paths: Sequence[str]) -> np.ndarray:
         """Return class scores of shape (Q, C); higher = more likely."""
 
-    def extra_info(self) -> dict[str, Any]:
-        """Anything method-specific to store in the result row (kept small)."""
-        return {}
-
     @classmethod
-    def feature_needs(cls, config: Any) -> set[str]:
-        """What of the shared PatchCore pipeline this configuration reads: ``"patch"`` (patch features of the
-        episode images) and/or ``"bank"`` (the category's memory bank, i.e. features of its normal images).
-
-        Parallel runs extract these once, split over the workers, before the jobs start. The default reads the
-        ``features`` option (``"residual"`` needs the bank); a method with its own backbone returns ``set()``.
-        """
+    def reads(cls, config: Any) -> set[str]:
+        """``{"patch"}``, and ``"bank"`` for residual features (the ``features`` option); see
+        :meth:`MethodBase.reads`."""
         return {"patch", "bank"} if getattr(config, "features", "raw") == "residual" else {"patch"}
 
     @classmethod
@@ -178,9 +192,9 @@ class Method(abc.ABC):
 
         The runner asks before the first job: on a category without normal images (datasets with defect
         classes only) the jobs of a method that needs them fail at once with this reason, the others run.
-        The default: the memory bank, when :meth:`feature_needs` says so.
+        The default: the memory bank, when :meth:`reads` says so.
         """
-        return "the PatchCore memory bank (residual features)" if "bank" in cls.feature_needs(config) else ""
+        return "the PatchCore memory bank (residual features)" if "bank" in cls.reads(config) else ""
 
 
 @dataclass(frozen=True)
@@ -188,7 +202,7 @@ class MethodSpec:
     """A registry entry: a class plus the default config of this named variant."""
 
     name: str
-    cls: type[Method]
+    cls: type[MethodBase]  # a Method, Detector or Discoverer: the registry's kind
     overrides: dict[str, Any]
     description: str
     tags: tuple[str, ...]
@@ -296,7 +310,20 @@ def coerce_options(config_cls: type, values: dict[str, Any]) -> dict[str, Any]:
     return {k: (_coerce(k, v, hints[k]) if k in fields and k in hints else v) for k, v in values.items()}
 
 
-METHODS: Registry[MethodSpec] = Registry("method", package="bench.methods")
+KINDS: dict[str, tuple[Registry, str]] = {}
+"""Every method registry by task: (registry, how a user lists it), filled by :func:`method_registry`. The
+wrong-task hint (:func:`find_spec`) and the one-name-one-task check of :func:`register_spec` read it."""
+
+
+def method_registry(kind: str, package: str, task: str, list_command: str) -> Registry:
+    """A task's method registry (``kind``: what its entries are called; ``package``: the plugin folder whose modules
+    register there), known to :data:`KINDS`."""
+    registry: Registry = Registry(kind, package=package)
+    KINDS[task] = (registry, list_command)
+    return registry
+
+
+METHODS: Registry[MethodSpec] = method_registry("method", "bench.methods", DEFAULT_TASK, "python -m bench list methods")
 
 
 def register_method(
@@ -308,34 +335,61 @@ def register_method(
     """Class decorator: register ``cls`` (with config ``overrides``) under ``name``. Stack it for variants."""
 
     def deco(cls: type[Method]) -> type[Method]:
-        add_spec(METHODS, MethodSpec, Method, "register_method", cls, name, description, overrides, tags)
+        register_spec(METHODS, MethodSpec, Method, "register_method", cls, name, description, overrides, tags)
         return cls
 
     return deco
 
 
-def add_spec(
+def register_spec(
     registry: Registry, spec_cls: type[MethodSpec], base: type, decorator: str, cls: type, name: str,
     description: str, overrides: dict[str, Any] | None, tags: Sequence[str],
 ) -> None:
-    """What every ``@register_*`` decorator of a task does (methods, ``bench.detection``'s detectors,
-    ``bench.discovery``'s discoverers): check that ``cls`` is a ``base`` subclass with a dataclass ``Config``, build
-    its ``spec_cls`` (the description defaults to the docstring's first line), build its config once so that wrong
-    ``overrides`` fail at import time, and add it to ``registry`` under ``name``."""
-    if not (isinstance(cls, type) and issubclass(cls, base)):
+    """What every ``@register_*`` decorator of a task does, the same checks for every kind (methods,
+    ``bench.detection``'s detectors, ``bench.discovery``'s discoverers, a plugin task's): ``cls`` is a ``base``
+    subclass (a :class:`MethodBase`) with a dataclass ``Config``; ``name`` is not taken by another task's method
+    (one name, one task: ``--method`` never needs the task to be found); the description defaults to the docstring's
+    first line; the config is built once so that wrong ``overrides`` fail at import time."""
+    if not (isinstance(cls, type) and issubclass(cls, base) and issubclass(cls, MethodBase)):
         raise TypeError(f"@{decorator}({name!r}) must decorate a {base.__name__} subclass, got {cls!r}")
     if not dataclasses.is_dataclass(getattr(cls, "Config", None)):
         raise TypeError(f"{cls.__name__}.Config must be a dataclass")
+    for task, (other, _) in KINDS.items():
+        if other is not registry and name in other:
+            raise ValueError(f"{registry.kind} {name!r}: the name is taken by a {other.kind} (task {task!r})")
     desc = description or (cls.__doc__ or "").strip().splitlines()[0]
     spec = spec_cls(name=name, cls=cls, overrides=dict(overrides or {}), description=desc, tags=tuple(tags))
     spec.make_config()  # fail at import time if the overrides are wrong
     registry.add(name, spec, description=desc)
 
 
+def find_spec(task: str, name: str) -> MethodSpec:
+    """The registered method ``name`` of ``task`` (every module of its plugin folder is imported first): the one
+    lookup of every kind, with the one wrong-task hint.
+
+    Raises:
+        ConfigError: ``name`` is another task's method (the message names that task and this task's methods).
+        UnknownNameError: an unknown name, with the closest registered ones.
+    """
+    registry, list_command = KINDS[task]
+    registry.import_all()
+    if name not in registry:
+        for other, (other_registry, _) in KINDS.items():
+            other_registry.import_all()
+            if other != task and name in other_registry:
+                raise ConfigError(
+                    f"method {name!r} solves the task {other!r}, not {task!r}: run it with --task {other}, or pick a "
+                    f"method of --task {task}: {', '.join(registry.names())} ({list_command})."
+                )
+    spec = registry.get(name).obj
+    if getattr(spec.cls, "task", task) != task:
+        raise ConfigError(f"method {spec.name!r} solves the task {spec.cls.task!r}, not {task!r}.")
+    return spec
+
+
 def get_method(name: str) -> MethodSpec:
     """The registered method ``name`` (every module of ``bench.methods`` is imported first)."""
-    METHODS.import_all()
-    return METHODS.get(name).obj
+    return find_spec(DEFAULT_TASK, name)
 
 
 def check_options(specs: Sequence[MethodSpec], options: dict[str, Any] | None) -> dict[str, Any]:

@@ -49,11 +49,12 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, MutableMapping
 
 import numpy as np
 
 from bench.errors import BenchError
+from bench.tasks import tasks
 
 log = logging.getLogger(__name__)
 SCHEMA = 1
@@ -239,8 +240,35 @@ REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "key": str, "status": str, "method": str, "category": str, "shots": int, "seed": int,
 }  # fmt: skip
 """Fields every row has, with their JSON types; a line without them is skipped like a corrupt one."""
-OK_METRICS = {"classification": "accuracy", "detection": "image_auroc", "discovery": "cluster_accuracy"}
-"""The tasks the harness knows, each with the number an ``ok`` row of that task must carry (finite, in [0, 1])."""
+class _OkMetrics(MutableMapping[str, str]):
+    """Task → metric, read from the task records (:func:`bench.tasks.tasks`; a registered plugin task included); a
+    name set here (a test's task without a record) is added on top."""
+
+    def __init__(self) -> None:
+        self._extra: dict[str, str] = {}
+
+    def _all(self) -> dict[str, str]:
+        return {**{name: t.metric for name, t in tasks().items()}, **self._extra}
+
+    def __getitem__(self, task: str) -> str:
+        return self._all()[task]
+
+    def __setitem__(self, task: str, metric: str) -> None:
+        self._extra[task] = metric
+
+    def __delitem__(self, task: str) -> None:
+        del self._extra[task]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+OK_METRICS: MutableMapping[str, str] = _OkMetrics()
+"""The tasks the harness knows, each with the number an ``ok`` row of that task must carry (finite, in [0, 1]): the
+``metric`` of each task record (:class:`bench.tasks.Task`)."""
 DEFAULT_TASK = "classification"
 """The task of a row without a ``task`` field: rows written before tasks existed are defect-type classification."""
 

@@ -47,7 +47,7 @@ class PatchCoreKShot(Detector):
     has_maps = True
 
     @classmethod
-    def feature_needs(cls, config: Any) -> set[str]:
+    def reads(cls, config: Any) -> set[str]:
         return {"patch"}
 
     def fit(self, normal_paths: Sequence[str]) -> None:

@@ -61,7 +61,7 @@ class Direct(Method):
     Config = DirectConfig
 
     @classmethod
-    def feature_needs(cls, config: Any) -> set[str]:
+    def reads(cls, config: Any) -> set[str]:
         return set()  # its own pooled backbone features, not the PatchCore pipeline
 
     @property

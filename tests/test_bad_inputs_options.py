@@ -163,9 +163,9 @@ def test_plugin_name_is_quoted_in_short(capsys) -> None:  # noqa: ANN001
 @pytest.mark.parametrize("stop, status, word", [(KeyboardInterrupt, 130, "interrupted"), (Terminated, 143, "terminated")])
 def test_summary_is_written_when_a_run_is_stopped(capsys, monkeypatch, tiny_root, out, cache, prior, stop, status, word) -> None:  # noqa: ANN001
     """Ctrl-C (SIGTERM the same) after the first new job: summary.md holds the rows finished so far."""
-    import bench.run.grid as grid
+    import bench.run.classification as classification
 
-    task = grid.TASK_JOBS["classification"]
+    task = classification.JOBS
     done: list[str] = []
 
     def run_then_stop(cfg, samples, job, out_dir):  # noqa: ANN001, ANN202
@@ -174,7 +174,7 @@ def test_summary_is_written_when_a_run_is_stopped(capsys, monkeypatch, tiny_root
         done.append(job.category)
         return task.run(cfg, samples, job, out_dir)
 
-    monkeypatch.setitem(grid.TASK_JOBS, "classification", dataclasses.replace(task, run=run_then_stop))
+    monkeypatch.setattr(classification, "JOBS", dataclasses.replace(task, run=run_then_stop))
     code, _, err = run(capsys, tiny_root, out, cache, "--shots", "3", "--seeds", "1")
     assert code == status and word in err and f"their table: {out / 'summary.md'}" in err, err
     summary = (out / "summary.md").read_text(encoding="utf-8")

@@ -85,7 +85,7 @@ def test_the_target_layout_is_in_place() -> None:
     top = {n.split(".")[1] for n in MODULES if n.count(".") == 1
            and not n.startswith(("bench.datasets", "bench.methods", "bench.detectors", "bench.discoverers"))}  # fmt: skip
     assert top <= {"__main__", "method", "episodes", "results", "metrics", "registry", "cache", "images", "seeding", "paths", "errors",
-                   "compat", "cli", "run", "features", "report", "datasets", "methods", "detection", "detectors",
+                   "compat", "cli", "run", "features", "report", "datasets", "methods", "detection", "detectors", "tasks", "classification",
                    "discovery", "discoverers"}, sorted(top)  # fmt: skip
 
 
@@ -277,3 +277,99 @@ def test_every_package_is_in_the_distribution() -> None:
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     packages = {n for n, p in MODULES.items() if p.name == "__init__.py"}
     assert packages == listed, f"missing from pyproject.toml: {sorted(packages - listed)}; listed, absent: {sorted(listed - packages)}"
+
+
+def test_a_toy_fourth_task_runs_end_to_end(tmp_path: Path, tiny_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Adding a task = one package + one line (docs/architecture.md, "The task seam"): ``tests/toytask/`` (its
+    contract, one method, one metric, one report section) registers its record and runs through ``bench run``,
+    ``bench report`` and ``bench leaderboard`` with no edit of ``bench/``."""
+    from bench.results import read_rows
+    from bench.tasks import tasks, unregister_task
+    from tests.helpers import cli
+
+    out, plugin = tmp_path / "out", ("--plugin", "tests.toytask")  # the package registers its task on import
+    assert "toy" not in tasks()
+    try:
+        code, stdout, err = cli(capsys, *plugin, "run", "--task", "toy", "--method", "by-name", "--dataset", "folder",
+                                "--data-root", str(tiny_root), "--seeds", "1,2", "--out", str(out), "--cache-dir",
+                                str(tmp_path / "cache"), "--backbone", "resnet18", "--weights", "random", "--no-progress")
+        assert code == 0, err
+        rows = read_rows([out]).rows
+        assert rows and {r["task"] for r in rows} == {"toy"} and {r["status"] for r in rows} == {"ok"}
+        assert all(r["toy_accuracy"] == 1.0 for r in rows)  # by-name reads the folder names: always right
+        assert "### toy" in (out / "summary.md").read_text()
+        code, _, err = cli(capsys, *plugin, "report", str(out), "--out", str(tmp_path / "report"), "--no-plots")
+        assert code == 0, err
+        assert "Toy task: accuracy" in (tmp_path / "report" / "report.md").read_text()
+        board = tmp_path / "board.md"
+        code, _, err = cli(capsys, *plugin, "leaderboard", str(out), "--out", str(board), "--no-plots")
+        assert code == 0, err
+        assert "Toy task: ranking" in board.read_text()
+        code, stdout, _ = cli(capsys, *plugin, "list", "toys")
+        assert code == 0 and "by-name" in stdout
+    finally:
+        unregister_task("toy")
+
+
+TASK_NAMES = ("classification", "detection", "discovery")
+NAMED_NOT_AS_A_TASK = {("bench.cli.perf", "detection"): "a benchmark script's name (benchmarks/detection.py)"}
+
+
+def _branch_literals(path: Path) -> list[tuple[int, str]]:
+    """The task names a module spells as a string literal in a comparison, a subscript or a dict key: a branch on a
+    task, or a table keyed by it."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Compare):
+            parts = [node.left, *node.comparators]
+        elif isinstance(node, ast.Subscript):
+            parts = [node.slice]
+        elif isinstance(node, ast.Dict):
+            parts = [k for k in node.keys if k is not None]
+        else:
+            continue
+        found += [(p.lineno, p.value) for p in parts if isinstance(p, ast.Constant) and p.value in TASK_NAMES]
+    return found
+
+
+def test_no_module_outside_a_task_branches_on_its_name() -> None:
+    """The grid, the reports, the summary and the CLI loop over the task records (bench.tasks) and never branch on a
+    task's name: only the task's own modules (a module path naming it: ``bench.detection.*``, ``bench.run.detection``,
+    ``bench.report.detection``) and the records spell it in a comparison, a subscript or a dict key."""
+    bad = [f"{m}:{line} {name!r}" for m, path in MODULES.items() if m != "bench.tasks"
+           for line, name in _branch_literals(path)
+           if name not in m.split(".") and (m, name) not in NAMED_NOT_AS_A_TASK]  # fmt: skip
+    assert not bad, f"branches on a task's name outside its modules: {bad}"
+
+
+def test_the_task_records_keep_the_report_out_of_the_run() -> None:
+    """A record is data and dotted references (bench.tasks): the module imports nothing of the harness, and its
+    report-side hooks (report, leaderboard, summary, rows) name modules that never reach ``run/`` or ``features/``."""
+    from bench.tasks import BUILTIN
+
+    assert not GRAPH["bench.tasks"]
+    for task in BUILTIN:
+        for field in ("report", "leaderboard", "summary", "rows"):
+            module = getattr(task, field).partition(":")[0]
+            assert _in(module, "bench.report"), f"{task.name}.{field} = {getattr(task, field)}: not a report module"
+            reached = sorted(t for t in _closure(module) | {module} if _in(t, "bench.run") or _in(t, "bench.features"))
+            assert not reached, f"{task.name}.{field}: {module} reaches {reached}"
+            assert task.hook(field) is not None
+        for field in ("registry", "episode", "jobs", "check"):
+            assert not getattr(task, field) or task.hook(field) is not None, f"{task.name}.{field}"
+
+
+def test_the_task_records_match_their_packages() -> None:
+    """What a record spells as data (its protocols, its registry's task) is what its package says."""
+    from bench.detection.episodes import DETECTION_PROTOCOL
+    from bench.discovery.protocol import PROTOCOLS
+    from bench.episodes import PROTOCOLS as CLASSIFICATION_PROTOCOLS
+    from bench.method import KINDS
+    from bench.tasks import get_task
+
+    assert get_task("detection").protocols == (DETECTION_PROTOCOL,)
+    assert get_task("discovery").protocols == tuple(PROTOCOLS)
+    assert set(get_task("classification").protocols) <= set(CLASSIFICATION_PROTOCOLS)
+    for name, (registry, list_command) in KINDS.items():
+        if name in TASK_NAMES:
+            assert get_task(name).hook("registry") is registry and get_task(name).list_command == list_command

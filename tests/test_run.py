@@ -106,3 +106,26 @@ def test_parallel_run_extracts_each_image_once_before_the_jobs(tmp_path: Path) -
     code, serial = _run(tmp_path, *common, out="ser")
     key = lambda r: (r["method"], r["seed"])  # noqa: E731
     assert [(key(r), r["y_pred"]) for r in sorted(rows, key=key)] == [(key(r), r["y_pred"]) for r in sorted(serial, key=key)]
+
+
+def test_every_task_keeps_the_episode_a_concurrent_run_saved(tmp_path) -> None:  # noqa: ANN001
+    """The same-file race guard of the one job skeleton (bench.run.job.save_episode): a run that loses the rename of
+    an episode another run saved at the same time goes on with that file (discovery jobs used to fail here)."""
+    import errno
+
+    from bench.run.job import save_episode
+
+    class Lost:
+        hash = "abc"
+
+        def save(self, folder: Path) -> Path:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "abc.json").write_text("{}")  # the other run's file
+            raise OSError(errno.EACCES, "the rename lost the race")
+
+    class Failed(Lost):
+        def save(self, folder: Path) -> Path:
+            raise OSError(errno.EACCES, "denied")
+
+    assert save_episode(Lost(), None, tmp_path) == tmp_path / "episodes" / "abc.json"  # type: ignore[arg-type]
+    assert "cannot write the episode file" in str(save_episode(Failed(), None, tmp_path / "x"))  # type: ignore[arg-type]

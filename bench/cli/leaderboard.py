@@ -10,8 +10,9 @@ For each dataset × protocol × class-set group and each shot count: configurati
 bootstrap over seeds, the coverage (finished (category, seed) runs of the expected grid), P(> next) (the
 probability of beating the next-ranked configuration on a random paired run), backbone and weights, and
 chance / majority-class reference rows. A configuration with missing categories, seeds or failed jobs is
-marked † and listed after the ranked ones, never ranked as if complete. Detection rows get their own rankings per k
-(image AUROC, ranked within one kind of extra data; :mod:`bench.report.detection`).
+marked † and listed after the ranked ones, never ranked as if complete. Every task's rows get their own rankings
+(:func:`bench.report.build_leaderboard` loops over the task records): detection's per k (image AUROC, ranked within one
+kind of extra data), discovery's by ACC.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import argparse
 from pathlib import Path
 
 from bench.cli._args import add_document_options, check_boot, command_line, note_skipped_lines
-from bench.report.detection import add_detection, leaderboard_sections
 from bench.report.leaderboard import build_leaderboard
 from bench.report.load import load_results
 from bench.report.render import FORMATS, check_output, write_document
@@ -51,7 +51,6 @@ def main(args: argparse.Namespace) -> int:
         check_output(plots_dir, folder=True)
     res = load_results(args.results)
     doc = build_leaderboard(res, args.boot, args.boot_seed, plots_dir, command_line("leaderboard", args, FLAGS))
-    add_detection(doc, leaderboard_sections(res, args.boot, args.boot_seed, plots_dir), "Leaderboard: few-shot anomaly detection")
     written: list[Path] = []
     for f, target in targets.items():
         written += write_document(doc, f, target)

@@ -17,28 +17,21 @@ import argparse
 
 from tabulate import tabulate
 
-
-LISTED_TASKS = {
-    "methods": ("classification", "method"),
-    "detectors": ("detection", "detector (--task detection)"),
-    "discoverers": ("discovery", "discoverer (--task discovery)"),
-}
-"""``bench list WHAT`` for each task's methods: the task (bench.run.tasks.TASKS) and the name column's header."""
+from bench.tasks import tasks
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["methods", "detectors", "discoverers", "datasets", "backbones"],
+    p.add_argument("what", choices=[*(t.list_name for t in tasks().values()), "datasets", "backbones"],
                    help="what to list (detectors: the methods of --task detection; discoverers: of --task discovery)")
     p.add_argument("pattern", nargs="?", help="wildcard on the names, e.g. 'contrastive*' (quote it in the shell)")
     p.add_argument("--filter", default="*resnet*", help="wildcard for backbones (timm names)")
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.what in LISTED_TASKS:
-        from bench.run.tasks import TASKS
-
-        task, header = LISTED_TASKS[args.what]
-        registry = TASKS[task].registry
+    listed = {t.list_name: t for t in tasks().values()}  # each task's methods (bench.tasks.Task.list_name)
+    if args.what in listed:
+        task = listed[args.what]
+        header, registry = task.list_header, task.hook("registry")
         registry.import_all()
         rows = [(e.name, e.obj.cls.__name__, ", ".join(f"{k}={v}" for k, v in e.obj.overrides.items()) or "-", e.description)
                 for e in registry.entries(args.pattern)]  # fmt: skip

@@ -85,6 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     tolerant_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in COMMANDS), None)
+    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    early.add_argument("--plugin", action="append", default=[])
+    try:  # before the parser is built: a plugin's task (bench.tasks.register_task) is a --task and `list` choice
+        import_plugins(early.parse_known_args(argv)[0].plugin)
+    except (BenchError, UnknownNameError) as exc:
+        print(f"error: {clip(exc, MAX_MESSAGE)}", file=sys.stderr)
+        return 2
     parser = build_parser(only=command)
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)

@@ -12,9 +12,9 @@ Per configuration: categories × shots (mean ± sample std over seeds, an averag
 categories (classes, queries, chance, majority); an ablation table (configurations × shots averaged over
 categories, rows named as the paper names them); paired P(A > B); per-class recall and confusion matrices
 for a chosen category. Configurations that differ in anything but category, shots and seed are separate
-lines labelled by what differs; incomplete grids show (n/N) and a †. CSV files hold the tidy numbers. Detection rows
-(``--task detection``) get their own sections: image AUROC per configuration × k, pixel AUROC, AUROC per defect type
-(:mod:`bench.report.detection`), never mixed with accuracy.
+lines labelled by what differs; incomplete grids show (n/N) and a †. CSV files hold the tidy numbers. Every task's
+rows get their own sections (:func:`bench.report.build_report` loops over the task records), never mixed: detection's
+image AUROC per configuration × k, pixel AUROC, AUROC per defect type; discovery's ACC, NMI, ARI.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pathlib import Path
 
 from bench.cli._args import add_document_options, check_boot, command_line, note_skipped_lines
 from bench.errors import BenchError
-from bench.report.detection import add_detection, report_sections
 from bench.report.load import load_results
 from bench.report.render import FORMATS, check_output, to_markdown, write_document
 from bench.report.tables import build_report
@@ -43,7 +42,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_document_options(p)
 
 
-DETECTION_TITLE = "Few-shot anomaly detection: report"
 FLAGS = {"format": "--format", "out": "--out", "compare": "--compare", "category": "--category", "detail_shots": "--detail-shots",
          "no_plots": "--no-plots", "boot": "--boot", "boot_seed": "--boot-seed"}  # fmt: skip
 
@@ -64,13 +62,11 @@ def main(args: argparse.Namespace) -> int:
     compare = args.compare is not None
     if args.out == "-":
         doc = build_report(res, compare, args.category, args.detail_shots, args.boot, args.boot_seed, None, cmd)
-        add_detection(doc, report_sections(res, compare, args.boot, args.boot_seed, None, args.category), DETECTION_TITLE)
         sys.stdout.write(to_markdown(doc))
     else:
         out = Path(args.out)
         plots_dir = None if args.no_plots else out / "plots"
         doc = build_report(res, compare, args.category, args.detail_shots, args.boot, args.boot_seed, plots_dir, cmd)
-        add_detection(doc, report_sections(res, compare, args.boot, args.boot_seed, plots_dir, args.category), DETECTION_TITLE)
         written: list[Path] = []
         for fmt_ in formats:
             target = out / "csv" if fmt_ == "csv" else out / f"report{'.tex' if fmt_ == 'latex' else '.' + fmt_}"

@@ -30,12 +30,13 @@ from bench.method import coerce_options
 from bench.report.summary import run_summary, write_summary
 from bench.run import Job, RunConfig, execute, failure_groups, failure_lines
 from bench.run.config import MAX_LIST_VALUES
-from bench.run.tasks import TASKS
+from bench.results import DEFAULT_TASK
+from bench.tasks import tasks
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML file with any of these options")
-    p.add_argument("--task", choices=list(TASKS),
+    p.add_argument("--task", choices=list(tasks()),
                    help="what the methods solve (docs/tasks.md): classification (default; few-shot defect types, accuracy), "
                    "detection (k normal shots, image AUROC; the methods are detectors: bench list detectors) or discovery "
                    "(group unlabelled images into K types; bench list discoverers)")
@@ -49,7 +50,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    f"{MAX_LIST_VALUES:,} values, each no more than the images of a defect type less one")
     p.add_argument("--seeds", nargs="+",
                    help=f"e.g. 1-5 (default), 1,3 or 1 3; integers ≥ 0, at most {MAX_LIST_VALUES:,} values")
-    p.add_argument("--protocol", choices=[name for task in TASKS.values() for name in task.protocols],
+    p.add_argument("--protocol", choices=[name for task in tasks().values() for name in task.protocols],
                    help="classification: support selection, first-n (paper, default) or seeded random; detection: "
                    "kshot_normals (its only one); discovery: ncd (default, AnomalyNCD's: combined removed, good kept as "
                    "a class) or defects-only")
@@ -105,9 +106,10 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         values["methods"] = [values["methods"]]
     if args.shots is not None:
         values["shots"] = args.shots
-    if values.get("task") == "discovery" and "shots" in values:
-        raise ConfigError("--shots does not apply to --task discovery: every image of the protocol's set is grouped, "
-                          "without labelled shots. Drop --shots (seeds still apply).")
+    no_shots = tasks().get(str(values.get("task") or DEFAULT_TASK))
+    if no_shots is not None and no_shots.no_shots and "shots" in values:
+        raise ConfigError(f"--shots does not apply to --task {no_shots.name}: {no_shots.no_shots}. Drop --shots (seeds "
+                          "still apply).")
     if args.seeds is not None:
         values["seeds"] = args.seeds
     for k in ("shots", "seeds"):

@@ -68,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
     from bench.run.config import RunConfig
     from bench.run.grid import preflight
     from bench.run.job import build_method, feature_store, make_context
-    from bench.run.plan import plan
+    from bench.run.classification import plan
 
     method_options = apply_config_file(args)
     spec = get_method(args.method)

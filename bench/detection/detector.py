@@ -21,7 +21,7 @@ Adding a detector = one new file in ``detectors/`` (installed as ``bench.detecto
 listed by ``python -m bench list detectors`` and run by ``python -m bench run --task detection --method NAME``. The
 registry entries are :class:`~bench.method.MethodSpec` objects (a class, its variant's defaults, a description),
 so ``--set`` options are checked and coerced by the same code as the classifiers'; the task table
-(:data:`bench.run.tasks.TASKS`, entry ``detection``) names this registry.
+(:data:`bench.tasks.BUILTIN`, entry ``detection``) names this registry.
 """
 
 from __future__ import annotations
@@ -31,25 +31,19 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
-from bench.errors import ConfigError
-from bench.method import METHODS, MethodSpec, TaskContext, add_spec
+from bench.method import MethodBase, MethodSpec, find_spec, method_registry, register_spec
 from bench.registry import Registry, UnknownNameError
 
 DETECTION_TASK = "detection"
 """The task name of detection rows and jobs (:data:`bench.results.OK_METRICS`: ``image_auroc``)."""
 
 
-class Detector(abc.ABC):
-    """Base class of every few-shot anomaly detector (docs/tasks.md §A: k normal shots, image AUROC)."""
+class Detector(MethodBase):
+    """Base class of every few-shot anomaly detector (docs/tasks.md §A: k normal shots, image AUROC); the shared
+    contract (``Config``, ``(config, ctx)``, :meth:`reads`, :meth:`extra_info`) is :class:`bench.method.MethodBase`."""
 
-    Config: ClassVar[type]
     task: ClassVar[str] = DETECTION_TASK
     has_maps: ClassVar[bool] = False  # whether :meth:`anomaly_maps` gives patch-level maps
-    name: str = ""  # set per instance by the runner (variants share the class)
-
-    def __init__(self, config: Any, ctx: TaskContext) -> None:
-        self.config = config
-        self.ctx = ctx
 
     @abc.abstractmethod
     def fit(self, normal_paths: Sequence[str]) -> None:
@@ -63,23 +57,20 @@ class Detector(abc.ABC):
         """Patch anomaly maps of shape (N, h, w) on the network's input frame, higher = more anomalous."""
         raise NotImplementedError(f"detector {self.name or type(self).__name__} gives no anomaly maps")
 
-    def extra_info(self) -> dict[str, Any]:
-        """Anything detector-specific to store in the result row (kept small)."""
-        return {}
-
     @classmethod
     def uses_synthetic_negatives(cls, config: Any) -> bool:
         """Whether this configuration sees generated anomalies (pseudo defects) while fitting; every row says it."""
         return False
 
     @classmethod
-    def feature_needs(cls, config: Any) -> set[str]:
+    def reads(cls, config: Any) -> set[str]:
         """``{"patch"}`` when the configuration reads the feature store's patch features of the shots and the test
         images (a parallel run extracts them first, split over the workers); ``set()`` otherwise."""
         return set()
 
 
-DETECTORS: Registry[MethodSpec] = Registry("detector", package="bench.detectors")
+DETECTORS: Registry[MethodSpec] = method_registry("detector", "bench.detectors", DETECTION_TASK,
+                                                  "python -m bench list detectors")
 
 
 def register_detector(
@@ -88,30 +79,20 @@ def register_detector(
     """Class decorator: register ``cls`` (with config ``overrides``) under ``name``. Stack it for variants."""
 
     def deco(cls: type[Detector]) -> type[Detector]:
-        if name in METHODS:
-            raise ValueError(f"detector {name!r}: the name is taken by a classification method")
-        add_spec(DETECTORS, MethodSpec, Detector, "register_detector", cls, name, description, overrides, tags)
+        register_spec(DETECTORS, MethodSpec, Detector, "register_detector", cls, name, description, overrides, tags)
         return cls
 
     return deco
 
 
 def get_detector(name: str) -> MethodSpec:
-    """The registered detector ``name`` (every module of ``bench.detectors`` is imported first).
+    """The registered detector ``name`` (every module of ``bench.detectors`` is imported first;
+    :func:`bench.method.find_spec`: another task's method is a :class:`~bench.errors.ConfigError` naming its task).
 
     Raises:
-        ConfigError: ``name`` is a classification method (the message says to drop ``--task detection``).
-        UnknownNameError: an unknown name, with the closest registered detectors.
+        ConfigError: ``name`` is another task's method; UnknownNameError: an unknown name, with the closest ones.
     """
-    DETECTORS.import_all()
-    if name not in DETECTORS:
-        METHODS.import_all()
-        if name in METHODS:
-            raise ConfigError(
-                f"method {name!r} solves the task 'classification', not 'detection'. Detectors: "
-                f"{', '.join(DETECTORS.names())} (python -m bench list detectors); or leave out --task detection."
-            )
-    return DETECTORS.get(name).obj
+    return find_spec(DETECTION_TASK, name)
 
 
 __all__ = [

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 import numpy as np
 
 from bench.errors import DatasetError
-from bench.method import MethodSpec, TaskContext, add_spec
+from bench.method import MethodBase, MethodSpec, find_spec, method_registry, register_spec
 from bench.registry import Registry
 
 if TYPE_CHECKING:
@@ -97,24 +97,15 @@ class DiscoverySet:
         return np.stack([load_mask(m, p, self.frame) for p, m in zip(self.paths, self.mask_paths)])
 
 
-class Discoverer(abc.ABC):
-    """Base class of every anomaly class discovery method (see the module docstring for the contract)."""
+class Discoverer(MethodBase):
+    """Base class of every anomaly class discovery method (see the module docstring for the contract; what every
+    kind shares is :class:`bench.method.MethodBase`)."""
 
-    Config: ClassVar[type]
     task: ClassVar[str] = TASK
-    name: str = ""  # set per instance by the runner (variants share the class)
-
-    def __init__(self, config: Any, ctx: TaskContext) -> None:
-        self.config = config
-        self.ctx = ctx
 
     @abc.abstractmethod
     def fit_predict(self, data: DiscoverySet) -> np.ndarray:
         """Group ``data``: (N,) integer cluster ids in [0, data.k)."""
-
-    def extra_info(self) -> dict[str, Any]:
-        """Anything method-specific for the result row (kept small)."""
-        return {}
 
     @classmethod
     def reads(cls, config: Any) -> set[str]:
@@ -136,7 +127,8 @@ class DiscovererSpec(MethodSpec):
     handling is :class:`bench.method.MethodSpec`'s: ``--set key=value`` and ``--set name.key=value``)."""
 
 
-DISCOVERERS: Registry[DiscovererSpec] = Registry("discoverer", package="bench.discoverers")
+DISCOVERERS: Registry[DiscovererSpec] = method_registry("discoverer", "bench.discoverers", TASK,
+                                                        "python -m bench list discoverers")
 
 
 def register_discoverer(
@@ -145,7 +137,7 @@ def register_discoverer(
     """Class decorator: register ``cls`` (with config ``overrides``) under ``name``. Stack it for variants."""
 
     def deco(cls: type[Discoverer]) -> type[Discoverer]:
-        add_spec(DISCOVERERS, DiscovererSpec, Discoverer, "register_discoverer", cls, name, description, overrides, tags)
+        register_spec(DISCOVERERS, DiscovererSpec, Discoverer, "register_discoverer", cls, name, description, overrides, tags)
         return cls
 
     return deco
@@ -153,5 +145,4 @@ def register_discoverer(
 
 def get_discoverer(name: str) -> DiscovererSpec:
     """The registered discovery method ``name`` (every module of ``bench.discoverers`` is imported first)."""
-    DISCOVERERS.import_all()
-    return DISCOVERERS.get(name).obj
+    return find_spec(TASK, name)  # type: ignore[return-value]

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.report.document import Document, Section, Table, slug
+from bench.report.document import ReportOptions, Section, Table, slug
 from bench.report.load import Results, group_label, weights_desc
 from bench.report.render import md_text
 from bench.report.stats import MIN_DRAWS, NA, RULE, prob_improvement
@@ -257,6 +257,11 @@ def report_sections(
     return out
 
 
+def sections(res: Results, opts: ReportOptions) -> list[Section]:
+    """The task record's ``report`` hook (:class:`bench.tasks.Task`): :func:`report_sections`."""
+    return report_sections(res, opts.compare, opts.n_boot, opts.boot_seed, opts.plots_dir, opts.categories)
+
+
 def leaderboard_sections(res: Results, n_boot: int, boot_seed: int, plots_dir: Path | None) -> list[Section]:
     """The detection part of ``bench leaderboard``: per group, one ranking per k and the AUROC-vs-k plot."""
     out = []
@@ -269,14 +274,6 @@ def leaderboard_sections(res: Results, n_boot: int, boot_seed: int, plots_dir: P
             sec.figures.append(auroc_plot(res, group, n_boot, boot_seed, plots_dir, False, prefix="lb-det"))
         out.append(sec)
     return out
-
-
-def add_detection(doc: Document, sections: list[Section], title: str) -> Document:
-    """Append the detection sections to a document; a document with nothing else gets the detection ``title``."""
-    if sections and not any(s.tables for s in doc.sections if not s.title.startswith("Configurations")):
-        doc.title = title
-    doc.sections.extend(sections)
-    return doc
 
 
 def summary_blocks(res: Results) -> list[str]:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.report.document import Section, Table, slug
+from bench.report.document import ReportOptions, Section, Table, slug
 from bench.report.load import COLLAPSE_RULE, Results, share_cell, weights_desc
 from bench.report.render import md_text
 from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, RULE, bounds, stratified_bootstrap_mean
@@ -337,8 +337,15 @@ def ranking_table(res: Results, group: str, n_boot: int, boot_seed: int) -> Tabl
                  "(one-cluster = the largest class's share, random-ids) are not ranked", notes)  # fmt: skip
 
 
-def leaderboard_sections(res: Results, n_boot: int = DEFAULT_BOOT, boot_seed: int = DEFAULT_BOOT_SEED) -> list[Section]:
-    """The leaderboard's discovery part: per group, the ranking (and the published numbers for reference)."""
+def report_sections(res: Results, opts: ReportOptions) -> list[Section]:
+    """The task record's ``report`` hook (:class:`bench.tasks.Task`): :func:`discovery_sections`."""
+    return discovery_sections(res, opts.compare, opts.categories, opts.n_boot, opts.boot_seed, opts.plots_dir)
+
+
+def leaderboard_sections(res: Results, n_boot: int = DEFAULT_BOOT, boot_seed: int = DEFAULT_BOOT_SEED,
+                         plots_dir: Path | None = None) -> list[Section]:
+    """The leaderboard's discovery part (the task record's ``leaderboard`` hook): per group, the ranking (and the
+    published numbers for reference); no plots."""
     out = []
     for group in res.groups(TASK):
         cats, seeds, _ = res.grid(group)

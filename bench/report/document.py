@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED
+
 
 @dataclass
 class Table:
@@ -80,3 +82,17 @@ def slug(text: str) -> str:
     if len(s) > 80:  # keep names short but distinct
         s = s[:71].rstrip("-") + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
     return s
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What ``bench report`` asks of every task's sections (a task record's ``report`` hook, :class:`bench.tasks.Task`):
+    the published numbers beside ours (``compare``), the categories of the per-class tables (default: the first), the
+    shot count of the detail tables (default: the largest), the bootstrap and where plots go (``None``: none)."""
+
+    compare: bool = False
+    categories: list[str] | None = None
+    detail_shots: int | None = None
+    n_boot: int = DEFAULT_BOOT
+    boot_seed: int = DEFAULT_BOOT_SEED
+    plots_dir: Path | None = None

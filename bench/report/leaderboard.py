@@ -28,6 +28,7 @@ from bench.report.tables import (
     BARS, at_shots, averages, band_caption, cells, fmt, interval_text, prob_text, reference_rows,
 )  # fmt: skip
 from bench.results import DEFAULT_TASK
+from bench.tasks import tasks
 
 UNIT = ("95% CI: category-stratified bootstrap over seeds, {n_boot:,} resamples; a unit = one (category, seed) run; "
         "accuracy % = unweighted mean over categories of the per-category means over seeds; " + RULE + ", n/a otherwise")  # fmt: skip
@@ -114,12 +115,22 @@ def _coverage(r: pd.Series) -> str:
 
 
 def build_leaderboard(res: Results, n_boot: int, boot_seed: int, plots_dir: Path | None, command: str | None) -> Document:
-    """The leaderboard document: per group, one ranked table per shot count, plus plots."""
-    from bench.report import plots
-    from bench.report.discovery import TASK as DISCOVERY, leaderboard_sections
-
+    """The leaderboard document: every task's rankings (its record's ``leaderboard`` hook, :class:`bench.tasks.Task`),
+    in the order of :func:`bench.tasks.tasks`."""
     subject = " · ".join(part[0].lower() + part[1:] for part in res.subject().split(" · "))
-    doc = Document(f"Leaderboard: {subject}", res.intro(shown=(DISCOVERY, "detection")), command=command)  # detection: cli add_detection
+    own = tuple(t for t in tasks() if t != DEFAULT_TASK)  # the tasks with sections of their own beside classification
+    doc = Document(f"Leaderboard: {subject}", res.intro(shown=own), command=command)
+    for task in tasks().values():
+        doc.sections += task.hook("leaderboard")(res, n_boot, boot_seed, plots_dir)
+    return doc
+
+
+def classification_sections(res: Results, n_boot: int, boot_seed: int, plots_dir: Path | None) -> list[Section]:
+    """The classification task's part of the leaderboard (its record's ``leaderboard`` hook): per group, one ranked
+    table per shot count, plus plots."""
+    from bench.report import plots
+
+    out: list[Section] = []
     for group in res.groups(DEFAULT_TASK):
         cats, seeds, shots = res.grid(group)
         text = [f"Expected grid: {len(cats)} categories ({', '.join(cats)}) × {len(seeds)} seeds {seeds}; shots {shots}.",
@@ -139,6 +150,5 @@ def build_leaderboard(res: Results, n_boot: int, boot_seed: int, plots_dir: Path
                                                    pd.DataFrame({k: v.ci_high_pct - v.mean_pct for k, v in cs.items()}),
                                                    plots_dir / slug(f"lb-categories-{s}shot-{group}"), f"Per-category accuracy, {s}-shot ({group})",
                                                    f"mean over seeds; {BARS}"))  # fmt: skip
-        doc.sections.append(sec)
-    doc.sections += leaderboard_sections(res, n_boot, boot_seed)
-    return doc
+        out.append(sec)
+    return out

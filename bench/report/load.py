@@ -29,6 +29,7 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.report.rows import REFUSED, check_rows
 from bench.results import DEFAULT_TASK, OK_METRICS, latest_ok, read_rows, row_task
+from bench.tasks import tasks
 from bench.seeding import stable_int
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ def collapse_flag(share: Any, true_share: Any) -> bool | None:
 def top_share(row: dict[str, Any]) -> tuple[Any, Any]:
     """A row's largest prediction share and that class's true share (classification ``top_pred_*``, discovery
     ``top_cluster_*``); ``None`` for rows written before they were recorded."""
-    kind = "top_cluster" if row_task(row) == "discovery" else "top_pred"
+    kind = "top_cluster" if "top_cluster_share" in row else "top_pred"  # discovery rows name clusters
     return row.get(f"{kind}_share"), row.get(f"{kind}_true_share")
 
 
@@ -180,12 +181,6 @@ def share_cell(runs: pd.DataFrame) -> str:
     return text if len(known) == len(runs) else f"{text} ({len(known)} of {len(runs)} runs)"
 
 
-TASK_TITLES = {
-    "classification": "Few-shot defect-type classification",
-    "detection": "Few-shot anomaly detection",
-    "discovery": "Anomaly class discovery",
-}
-"""Each task's name in a document title."""
 
 @dataclass
 class Results:
@@ -226,7 +221,8 @@ class Results:
     def subject(self) -> str:
         """What these results are about, for a document's title: the names of the tasks they hold
         (``Few-shot anomaly detection · Anomaly class discovery``), classification's when there are none."""
-        return " · ".join(TASK_TITLES.get(t, t) for t in self.tasks()) or TASK_TITLES[DEFAULT_TASK]
+        titles = {name: t.title for name, t in tasks().items()}  # the task records' (bench.tasks.Task.title)
+        return " · ".join(titles.get(t, t) for t in self.tasks()) or titles[DEFAULT_TASK]
 
     def grid(self, group: str) -> tuple[list[str], list[int], list[int]]:
         """Expected categories, seeds and shots of a group (union over all its rows, failed ones included)."""

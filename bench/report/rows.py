@@ -1,7 +1,7 @@
 """Which result rows a report may use: one rule for every task, applied once by :func:`bench.report.load.load_results`
 (so by ``bench report``, ``bench leaderboard`` and the ``summary.md`` of ``bench run`` alike).
 
-A finished (``ok``) row is usable when every metric its task's tables read (:data:`TASK_METRICS`) is a finite number
+A finished (``ok``) row is usable when every metric its task's tables read (its :class:`RowRule`) is a finite number
 in its range. Where the row stores the predictions those metrics come from (classification ``y_true``/``y_pred``,
 discovery ``y_true``/``clusters``, detection ``y_true``/``scores``; :mod:`bench.results`), the metrics are recomputed
 from them: a stored number that disagrees with the row's own predictions (a hand-edited ``accuracy``, an ``"ari":
@@ -24,20 +24,10 @@ from typing import Any, Callable
 import numpy as np
 
 from bench.results import row_task
+from bench.tasks import tasks
 
 REFUSED = "refused"
 """The status a report gives an ``ok`` row it cannot use (never written to a results file)."""
-TASK_METRICS: dict[str, dict[str, tuple[float, float]]] = {
-    "classification": {"accuracy": (0.0, 1.0)},
-    "detection": {"image_auroc": (0.0, 1.0)},
-    "discovery": {"cluster_accuracy": (0.0, 1.0), "nmi": (0.0, 1.0), "ari": (-1.0, 1.0)},
-}
-"""Per task, the metrics its tables read from an ``ok`` row, with their ranges."""
-TOLERANCE = {"classification": 1e-9, "discovery": 1e-9, "detection": 1e-3}
-"""How far a stored metric may be from the one recomputed from the stored predictions. Detection scores are stored
-rounded to 6 significant digits (``bench.run.detection``), which can tie two scores and move the AUROC by a pair."""
-
-
 def is_number(v: Any) -> bool:
     """A JSON number (``true`` is not one, though Python's bool is an int)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -99,12 +89,34 @@ def detection_metrics(row: dict[str, Any]) -> dict[str, Any]:
     return {"image_auroc": image_auroc(yt, s)}
 
 
-RECOMPUTE: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], dict[str, Any]]]] = {
-    "classification": (("y_true", "y_pred"), classification_metrics),
-    "discovery": (("y_true", "clusters"), discovery_row_metrics),
-    "detection": (("y_true", "scores"), detection_metrics),
-}
-"""Per task: the stored predictions, and the function that recomputes the row's metrics from them."""
+@dataclass(frozen=True)
+class RowRule:
+    """How a report checks an ``ok`` row of one task (its record's ``rows`` hook, :class:`bench.tasks.Task`).
+
+    Attributes:
+        metrics: the metrics its tables read from the row, with their ranges.
+        tolerance: how far a stored metric may be from the one recomputed from the stored predictions.
+        stored: the stored predictions; ``recompute``: the function that recomputes the row's metrics from them.
+    """
+
+    metrics: dict[str, tuple[float, float]]
+    tolerance: float
+    stored: tuple[str, ...]
+    recompute: Callable[[dict[str, Any]], dict[str, Any]]
+
+
+CLASSIFICATION = RowRule({"accuracy": (0.0, 1.0)}, 1e-9, ("y_true", "y_pred"), classification_metrics)
+DISCOVERY = RowRule({"cluster_accuracy": (0.0, 1.0), "nmi": (0.0, 1.0), "ari": (-1.0, 1.0)}, 1e-9,
+                    ("y_true", "clusters"), discovery_row_metrics)
+DETECTION = RowRule({"image_auroc": (0.0, 1.0)}, 1e-3, ("y_true", "scores"), detection_metrics)
+"""Detection scores are stored rounded to 6 significant digits (``bench.run.detection``), which can tie two scores and
+move the AUROC by a pair: its tolerance is wider."""
+
+
+def row_rule(task: str) -> RowRule | None:
+    """The rule of ``task``'s rows (``None``: a task without one; its rows are used as they are)."""
+    record = tasks().get(task)
+    return record.hook("rows") if record is not None else None
 
 
 def describe(row: dict[str, Any]) -> str:
@@ -117,26 +129,26 @@ def number(v: Any) -> str:
     return f"{v:.4g}" if is_number(v) else "null" if v is None else "not a number"
 
 
-def bad_metric(row: dict[str, Any], task: str) -> str:
-    """The first metric of ``task`` that ``row`` lacks or holds out of range, as a phrase ("" when all are fine)."""
-    for m, (lo, hi) in TASK_METRICS[task].items():
+def bad_metric(row: dict[str, Any], rule: RowRule) -> str:
+    """The first metric of ``rule`` that ``row`` lacks or holds out of range, as a phrase ("" when all are fine)."""
+    for m, (lo, hi) in rule.metrics.items():
         v = row.get(m)
         if not is_number(v) or not math.isfinite(v) or not lo <= v <= hi:
             return f"{m} is {number(v)}" + (f" (expected [{lo:g}, {hi:g}])" if is_number(v) else "")
     return ""
 
 
-def disagreement(row: dict[str, Any], fresh: dict[str, Any], task: str) -> str:
+def disagreement(row: dict[str, Any], fresh: dict[str, Any], rule: RowRule) -> str:
     """How the stored metrics differ from ``fresh`` (recomputed), as a phrase ("" when they agree)."""
-    tol = TOLERANCE[task]
-    for m in TASK_METRICS[task]:
+    tol = rule.tolerance
+    for m in rule.metrics:
         v, w = row.get(m), fresh.get(m)
         if not isinstance(w, float) or not math.isfinite(w):
             continue
         if not is_number(v) or not math.isfinite(v) or abs(v - w) > tol:
-            return f"{m} {number(v)} stored, {w:.4g} from its {' and '.join(RECOMPUTE[task][0])}"
+            return f"{m} {number(v)} stored, {w:.4g} from its {' and '.join(rule.stored)}"
     if "confusion" in fresh and row.get("confusion") is not None and row.get("confusion") != fresh["confusion"]:
-        return f"its confusion matrix does not match its {' and '.join(RECOMPUTE[task][0])}"
+        return f"its confusion matrix does not match its {' and '.join(rule.stored)}"
     return ""
 
 
@@ -146,21 +158,21 @@ def check_row(row: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
     The row to use is ``row`` itself when it is fine, a copy with the recomputed metrics when its stored ones disagree
     with its predictions (or are missing), and a copy with status :data:`REFUSED` and the reason as its ``error``.
     """
-    task = row_task(row)
-    if row.get("status") != "ok" or task not in TASK_METRICS:
+    rule = row_rule(row_task(row)) if row.get("status") == "ok" else None
+    if rule is None:
         return row, "", ""
-    stored, recompute = RECOMPUTE[task]
+    stored, recompute = rule.stored, rule.recompute
     if all(row.get(k) is not None for k in stored):
         try:
             fresh = recompute(row)
         except Malformed as exc:
             return {**row, "status": REFUSED, "error": f"{exc}: its metrics cannot be checked"}, "", str(exc)
-        why = disagreement(row, fresh, task)
+        why = disagreement(row, fresh, rule)
         if why:
             row = {**row, **fresh}
     else:
         why = ""
-    bad = bad_metric(row, task)
+    bad = bad_metric(row, rule)
     if bad:
         missing = [k for k in stored if row.get(k) is None]
         reason = f"{bad} and the row stores no {' or '.join(missing)} to recompute it from" if missing else bad

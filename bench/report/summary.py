@@ -1,7 +1,8 @@
 """The compact table printed at the end of ``bench run`` and written to ``summary.md``.
 
-Detection and discovery rows get blocks of their own (:func:`bench.report.detection.summary_blocks`: image AUROC;
-:func:`bench.report.discovery.summary_blocks`: categories × ACC, NMI, ARI).
+Every task's rows get blocks of their own (its record's ``summary`` hook, :class:`bench.tasks.Task`; detection:
+:func:`bench.report.detection.summary_blocks`, image AUROC; discovery: :func:`bench.report.discovery.summary_blocks`,
+categories × ACC, NMI, ARI; classification: :func:`classification_blocks`, accuracy).
 One block per configuration, as ``bench report`` tells configurations apart (:func:`bench.report.load_results`:
 method, its options, backbone and weights, features, dataset, protocol, class set, harness version): two
 runs into one folder that differ in a ``--set`` option or in the dataset are two blocks, never one cell with
@@ -21,10 +22,10 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench.errors import BenchError
-from bench.report import detection, discovery
-from bench.report.load import load_results, weights_desc
+from bench.report.load import Results, load_results, weights_desc
 from bench.report.render import md_text
 from bench.results import DEFAULT_TASK
+from bench.tasks import tasks
 
 
 def cell(values: pd.Series) -> str:
@@ -36,17 +37,22 @@ def cell(values: pd.Series) -> str:
 
 
 def summary_table(results_file: Path) -> str:
-    """Markdown: one block per configuration (grouped as ``bench report`` does), categories × shots."""
+    """Markdown: every task's blocks (its record's ``summary`` hook, :class:`bench.tasks.Task`; each task's metric in
+    its own blocks, never mixed), in the order of :func:`bench.tasks.tasks`."""
     try:
         res = load_results([results_file])
     except BenchError:
         return "no finished jobs"
+    blocks = [b for task in tasks().values() for b in task.hook("summary")(res)]
+    return "\n\n".join(blocks) if blocks else "no finished jobs"
+
+
+def classification_blocks(res: Results) -> list[str]:
+    """The classification task's blocks (its record's ``summary`` hook): one per configuration (grouped as ``bench
+    report`` does), categories × shots, accuracy %."""
     ok = res.ok()
-    # detection rows (image AUROC) and discovery rows (ACC, NMI, ARI): their own blocks, never in the accuracy ones
-    blocks = detection.summary_blocks(res) + discovery.summary_blocks(res)
-    if ok.empty and not blocks:
-        return "no finished jobs"
     ok = ok[ok.task == DEFAULT_TASK]
+    blocks = []
     for (group, label), sub in ok.groupby(["group", "label"], sort=True):
         f = res.configs[sub.config.iloc[0]]
         by_cell = sub.groupby(["category", "shots"]).accuracy
@@ -61,7 +67,7 @@ def summary_table(results_file: Path) -> str:
             + "\n\naccuracy %, mean ± sample std over seeds (number of seeds; no ± for one seed); mean row = "
             "unweighted mean over categories"
         )
-    return "\n\n".join(blocks)
+    return blocks
 
 
 def run_summary(out: Path) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report import paper
-from bench.report.document import Document, Section, Table, slug
+from bench.report.document import Document, ReportOptions, Section, Table, slug
 from bench.report.load import COLLAPSE_RULE, Results, group_label, share_cell, weights_desc
 from bench.report.rows import REFUSED
 from bench.report.stats import (
@@ -28,6 +28,7 @@ from bench.report.stats import (
 )  # fmt: skip
 from bench.results import DEFAULT_TASK
 from bench.seeding import numpy_rng
+from bench.tasks import tasks
 
 
 def config_grid(res: Results, cid: str, metric: str = "accuracy") -> tuple[list[str], list[int], list[int], pd.DataFrame]:
@@ -351,18 +352,32 @@ def build_report(
     plots_dir: Path | None = None,
     command: str | None = None,
 ) -> Document:
-    """The full report document (tables, and plots when ``plots_dir`` is given)."""
-    from bench.report import plots
-    from bench.report.discovery import TASK as DISCOVERY, discovery_sections
-
-    doc = Document(f"{res.subject()}: report", res.intro(shown=(DISCOVERY, "detection")), command=command)  # detection: cli add_detection
+    """The full report document of every task's rows (tables, and plots when ``plots_dir`` is given): the
+    configurations, then each task's sections (its record's ``report`` hook, :class:`bench.tasks.Task`), in the order
+    of :func:`bench.tasks.tasks`."""
+    own = tuple(t for t in tasks() if t != DEFAULT_TASK)  # the tasks with sections of their own beside classification
+    doc = Document(f"{res.subject()}: report", res.intro(shown=own), command=command)
     doc.sections.append(Section("Configurations", tables=[configs_table(res)]))
+    opts = ReportOptions(compare, categories, detail_shots, n_boot, boot_seed, plots_dir)
+    for task in tasks().values():
+        doc.sections += task.hook("report")(res, opts)
+    return doc
+
+
+def classification_sections(res: Results, opts: ReportOptions) -> list[Section]:
+    """The classification task's sections of the report (its record's ``report`` hook): per group the categories,
+    per configuration, the ablation (with plots) and per class."""
+    from bench.report import plots
+
+    compare, categories, detail_shots = opts.compare, opts.categories, opts.detail_shots
+    n_boot, boot_seed, plots_dir = opts.n_boot, opts.boot_seed, opts.plots_dir
+    out: list[Section] = []
     for group in res.groups(DEFAULT_TASK):
         cats, seeds, shots = res.grid(group)
         ids = res.config_ids(group)
         detail = detail_shots if detail_shots in shots else max(shots)
         head = [f"Expected grid: {len(cats)} categories × {len(seeds)} seeds {seeds} × shots {shots}."]
-        doc.sections.append(Section(f"{group}: categories", head, [category_table(res, group)]))
+        out.append(Section(f"{group}: categories", head, [category_table(res, group)]))
         tables = []
         for cid in ids:
             tables.append(method_table(res, cid, n_boot, boot_seed))
@@ -375,7 +390,7 @@ def build_report(
             text.append(f"--compare paper: the paper reports no numbers for dataset {dataset!r} (only {', '.join(paper.PAPER_DATASETS)}).")
         elif compare and not any(paper.paper_table_name(res.configs[c]["method"], dataset) for c in ids):
             text.append(f"--compare paper: the paper reports none of these methods on {dataset!r}.")
-        doc.sections.append(Section(f"{group}: per configuration", text, tables))
+        out.append(Section(f"{group}: per configuration", text, tables))
         abl = Section(f"{group}: ablation", tables=[ablation_table(res, group, n_boot, boot_seed, compare)])
         pt = paired_table(res, group)
         if pt is not None:
@@ -394,7 +409,7 @@ def build_report(
             abl.figures.append(plots.category_bars(means, errs, plots_dir / slug(f"categories-{detail}shot-{group}"),
                                                    f"Per-category accuracy, {detail}-shot ({group})",
                                                    f"mean over seeds; {BARS}; {group}"))  # fmt: skip
-        doc.sections.append(abl)
+        out.append(abl)
         for cat in [c for c in (categories or cats[:1]) if c in cats]:
             sec = Section(f"{group}: per class, {cat}")
             for cid in ids:
@@ -407,6 +422,5 @@ def build_report(
                     if plots_dir is not None:
                         sec.figures.append(plots.confusion_heatmap(cm[1], cm[2], plots_dir / slug(cm[0].key), cm[0].title,
                                                                    cm[0].title + " (row-normalised; numbers = counts summed over seeds)"))  # fmt: skip
-            doc.sections.append(sec)
-    doc.sections += discovery_sections(res, compare, categories, n_boot, boot_seed, plots_dir)
-    return doc
+            out.append(sec)
+    return out

@@ -11,8 +11,9 @@ the loop). The row's metrics are :mod:`bench.metrics`, its environment record :m
 
 from bench.run.config import RunConfig, resolve_device
 from bench.run.grid import RunReport, execute, preflight
-from bench.run.job import build_method, make_context, run_job
-from bench.run.plan import Job, failure_groups, failure_lines, plan
+from bench.run.classification import plan, run_job
+from bench.run.job import build_method, make_context
+from bench.run.plan import Job, failure_groups, failure_lines
 
 __all__ = [
     "Job", "RunConfig", "RunReport", "build_method", "execute", "failure_groups", "failure_lines", "make_context",

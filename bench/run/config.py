@@ -25,7 +25,8 @@ from bench.errors import BenchError, ConfigError, brief, brief_list
 from bench.features.backbones import DEFAULT_BACKBONE
 from bench.paths import cache_root
 from bench.results import DEFAULT_TASK
-from bench.run.tasks import TASKS
+from bench.method import check_options, find_spec
+from bench.tasks import tasks
 
 if TYPE_CHECKING:
     from bench.features.extractor import FeatureConfig
@@ -72,7 +73,7 @@ class RunConfig:
     cache_dir: str | None = None
     threads: int | None = None
     plugins: list[str] = field(default_factory=list)  # modules imported first, here and in every worker
-    task: str = DEFAULT_TASK  # what the jobs solve (bench.run.tasks.TASKS); every method of the run must solve it
+    task: str = DEFAULT_TASK  # what the jobs solve (bench.tasks.tasks); every method of the run must solve it
     maps: str | None = None  # discovery: a folder of PNG anomaly maps (<maps>/<category>/<type>/<name>.png); None = PatchCore
 
     def __post_init__(self) -> None:
@@ -83,9 +84,9 @@ class RunConfig:
         def bad(option: str, value: Any, expected: str) -> ConfigError:
             return ConfigError(f"{option} {brief(value)} is not allowed: {expected}")
 
-        if self.task not in TASKS:
-            raise bad("--task", self.task, " or ".join(TASKS))
-        task = TASKS[self.task]
+        if self.task not in tasks():
+            raise bad("--task", self.task, " or ".join(tasks()))
+        task = tasks()[self.task]
         if self.protocol is None:
             self.protocol = task.protocols[0]
         if self.min_defect_types is None:
@@ -132,14 +133,11 @@ class RunConfig:
             )
         if self.threads is not None and self.threads < 1:
             raise bad("--threads", self.threads, "at least 1 (default: all cores)")
-        if self.task == "discovery":
-            if self.include_good or self.exclude_combined:
-                raise ConfigError("--include-good and --exclude-combined do not apply to --task discovery: its protocol "
-                                  "decides (--protocol ncd: combined removed, good kept; defects-only: good removed too).")
-        elif self.maps is not None:
-            raise bad("--maps", self.maps, "anomaly maps are read by --task discovery only")
-        if self.task == "detection" and self.include_good:
-            raise bad("--include-good", True, "a classification option: detection always scores the test good images")
+        if (check := task.hook("check")) is not None:  # the task's own checks (bench.tasks.Task.check)
+            check(self)
+        if self.maps is not None and "maps" not in task.options:
+            readers = " or ".join(name for name, t in tasks().items() if "maps" in t.options)
+            raise bad("--maps", self.maps, f"anomaly maps are read by --task {readers} only")
         if self.maps is not None and not Path(self.maps).expanduser().is_dir():
             raise bad("--maps", self.maps, "a folder of PNG anomaly maps, <maps>/<category>/<type>/<image name>.png")
 
@@ -160,14 +158,14 @@ class RunConfig:
     @cached_property
     def method_configs(self) -> dict[str, Any]:
         """Each method's configuration (its variant's defaults with the ``--set`` options that apply), by registered
-        name, built once; :func:`bench.run.plan.plan` gives each job its own.
+        name, built once; each task's planner gives each job its own.
 
         Raises:
             UnknownNameError: an unknown method name (with the closest registered ones of the run's task).
             ConfigError: an option that applies to no method of the run, a value a method refuses, or a method that
                 solves another task (a detector without ``--task detection``, a classifier with it).
         """
-        return TASKS[self.task].configs(self.methods, self.method_options)
+        return check_options([find_spec(self.task, name) for name in self.methods], self.method_options)
 
     def cache_root(self) -> Path:
         """The run's cache root (``--cache-dir``, else ``$BENCH_CACHE``, else the default), absolute."""

@@ -19,35 +19,42 @@ in test-set order, 6 significant digits, and the 0/1 labels, for paired statisti
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.cache import hash_memo_dir
-from bench.compat import release_free_memory
 from bench.datasets import Samples
 from bench.detection.detector import DETECTION_TASK, Detector, get_detector
-from bench.detection.episodes import DETECTION_PROTOCOL, NormalShots
+from bench.detection.episodes import DETECTION_PROTOCOL, NormalShots, make_normal_shots
 from bench.detection.maps import write_maps
-from bench.metrics.detection import PIXEL_FRAME, auroc_per_type, image_auroc, pixel_auroc
-from bench.errors import BenchError, DatasetError
+from bench.errors import BenchError, ConfigError, DatasetError, brief
 from bench.features.backbones import WeightsInfo
+from bench.features.store import FeatureStore
+from bench.metrics.detection import PIXEL_FRAME, auroc_per_type, image_auroc, pixel_auroc
 from bench.method import TaskContext, config_dict, config_hash
 from bench.run.config import RunConfig
-from bench.run.envinfo import environment
-from bench.run.job import FATAL_ERRNOS, base_row, fatal_disk_error, feature_store, make_context, record_costs, record_failure
+from bench.run.job import JobCore, TaskJobs, base_row, feature_store, make_context, run_task_job
 from bench.run.plan import Job, category_content, job_identity
-from bench.run.tasks import TASKS
 
 log = logging.getLogger(__name__)
+
+
+def check_config(cfg: RunConfig) -> None:
+    """The detection task's own checks of a run's options (its record's ``check`` hook, :class:`bench.tasks.Task`).
+
+    Raises:
+        ConfigError: ``--include-good``: detection always scores the test good images.
+    """
+    if cfg.include_good:
+        raise ConfigError(f"--include-good {brief(True)} is not allowed: a classification option: detection always "
+                          "scores the test good images")
 
 
 def plan_detection(cfg: RunConfig, samples: Samples) -> list[Job]:
     """The grid (detector × category × k × seed) as jobs; an impossible draw becomes a failing job."""
     configs = cfg.method_configs
-    task = TASKS[DETECTION_TASK]  # its episode builder: bench.detection.episodes.make_normal_shots
     memo = hash_memo_dir(cfg.cache_dir)
     jobs: list[Job] = []
     for category in samples.categories():
@@ -55,7 +62,7 @@ def plan_detection(cfg: RunConfig, samples: Samples) -> list[Job]:
         for seed in cfg.seeds:
             for shots in cfg.shots:
                 try:
-                    ep: NormalShots | None = task.episode(samples, category, shots, seed)
+                    ep: NormalShots | None = make_normal_shots(samples, category, shots, seed)
                     ehash, err = ep.hash, content_err  # type: ignore[union-attr]
                 except DatasetError as exc:
                     ep, ehash, err = None, "none", str(exc)
@@ -77,7 +84,7 @@ def detection_feature_work(samples: Samples, jobs: list[Job]) -> list[str]:
     the feature store), each once: a parallel run extracts them first, split over the workers."""
     paths: dict[str, None] = {}
     for job in jobs:
-        if job.episode is None or "patch" not in get_detector(job.method).cls.feature_needs(job.config):
+        if job.episode is None or "patch" not in get_detector(job.method).cls.reads(job.config):
             continue
         paths.update(dict.fromkeys([*job.episode.support_paths(), *job.episode.queries]))
     return list(paths)
@@ -115,39 +122,27 @@ def detection_row(cfg: RunConfig, samples: Samples, job: Job, store: Any) -> dic
     return row
 
 
-def run_detection_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, Any]:
-    """Run one detection job and return its row (status ok or error). Never raises for a job-level failure.
+class DetectionCore(JobCore):
+    """A detection job inside the skeleton (:func:`bench.run.job.run_task_job`): fit on the k shots, maps and image
+    scores of every test image, image / per-type / pixel AUROC."""
 
-    Raises:
-        BenchError: for problems that would fail every job (a full or read-only disk).
-    """
-    t0 = time.perf_counter()
-    store = feature_store(cfg)
-    row = detection_row(cfg, samples, job, store)
-    row["env"] = environment(str(cfg.torch_device()))
-    ep: NormalShots | None = job.episode  # type: ignore[assignment]
-    if job.error or ep is None:
-        row.update(status="error", error=job.error or "no episode")
-        return row
-    try:
-        episode_file = ep.save(out / "episodes")
-    except OSError as exc:
-        episode_file = out / "episodes" / f"{ep.hash}.json"
-        if not episode_file.is_file():
-            if exc.errno in FATAL_ERRNOS:
-                raise fatal_disk_error(exc, cfg, out) from None
-            row.update(status="error", error=f"cannot write the episode file {episode_file} ({exc.strerror or exc})")
-            return row
-    labels = list(ep.test_labels)
-    row["episode"] = {"hash": ep.hash, "file": str(episode_file.relative_to(out)),
-                      "support_rule": "seeded random draw of k train/good images"}  # fmt: skip
-    row["support"] = [ep.rel(p) for p in ep.support]
-    row.update(n_test=len(ep.test), n_test_good=labels.count("good"), n_test_defect=len(labels) - labels.count("good"),
-               defect_types=sorted(set(labels) - {"good"}))  # fmt: skip
-    stats_before = {k: dict(v) for k, v in store.stats.items()}
-    ctx = make_context(cfg, samples, job, store, train_paths=list(ep.support))
-    det: Any = None
-    try:
+    def row(self, cfg: RunConfig, samples: Samples, job: Job, store: FeatureStore) -> dict[str, Any]:
+        return detection_row(cfg, samples, job, store)
+
+    def support_rule(self, ep: NormalShots) -> str:
+        return "seeded random draw of k train/good images"
+
+    def episode_fields(self, ep: NormalShots) -> dict[str, Any]:
+        labels = list(ep.test_labels)
+        return {"support": [ep.rel(p) for p in ep.support], "n_test": len(ep.test), "n_test_good": labels.count("good"),
+                "n_test_defect": len(labels) - labels.count("good"), "defect_types": sorted(set(labels) - {"good"})}  # fmt: skip
+
+    def train_paths(self, ep: NormalShots) -> list[str]:
+        return list(ep.support)
+
+    def solve(self, cfg: RunConfig, samples: Samples, job: Job, store: FeatureStore, ctx: TaskContext,
+              ep: NormalShots, row: dict[str, Any]) -> None:
+        labels = list(ep.test_labels)
         det = build_detector(job, ctx)
         with ctx.timer("fit"):
             det.fit(list(ep.support))
@@ -175,12 +170,18 @@ def run_detection_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> 
                    status="ok", error=None, y_true=ep.y, scores=[float(f"{s:.6g}") for s in scores])  # fmt: skip
         row["train_log"] = ctx.log
         row["method_info"] = det.extra_info()
-    except Exception as exc:  # noqa: BLE001 - a failed job is a row, not a crash of the grid
-        record_failure(row, exc, cfg, out)
-    record_costs(row, store, stats_before, ctx, t0)
-    det = None
-    release_free_memory()
-    return row
+
+
+CORE = DetectionCore()
+
+
+def run_detection_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, Any]:
+    """Run one detection job and return its row (status ok or error). Never raises for a job-level failure.
+
+    Raises:
+        BenchError: for problems that would fail every job (a full or read-only disk).
+    """
+    return run_task_job(CORE, cfg, samples, job, out)
 
 
 def write_job_maps(cfg: RunConfig, samples: Samples, job: Job, root: Path, bits: int = 8) -> list[Path]:
@@ -204,3 +205,10 @@ def write_job_maps(cfg: RunConfig, samples: Samples, job: Job, root: Path, bits:
             "support": [ep.rel(p) for p in ep.support], "feature_key": store.key, "dataset": samples.dataset,
             "episode": ep.hash}  # fmt: skip
     return write_maps(root, job.category, list(ep.test), list(ep.test_labels), maps, store.config.preprocess(), bits, meta)
+
+
+JOBS = TaskJobs(
+    plan=plan_detection, feature_work=lambda cfg, samples, jobs: detection_feature_work(samples, jobs),
+    run=run_detection_job, episode_at=lambda cfg, samples, cat, k: make_normal_shots(samples, cat, k, cfg.seeds[0]),
+)
+"""The run side of the detection task (:data:`bench.tasks.BUILTIN`)."""

@@ -14,30 +14,37 @@ read maps.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from bench.cache import file_sha256, hash_memo_dir, stable_hash
-from bench.compat import release_free_memory
 from bench.datasets import Samples
 from bench.discovery.contract import DiscoverySet, get_discoverer
 from bench.discovery.maps import Frame, MapSet, check_defect_masks, patchcore_maps, png_map_paths, png_maps
-from bench.metrics.discovery import discovery_metrics
-from bench.discovery.protocol import LabelledSet
-from bench.errors import DatasetError
+from bench.discovery.protocol import LabelledSet, discovery_set
+from bench.errors import ConfigError, DatasetError
 from bench.features.store import FeatureStore
+from bench.metrics.discovery import discovery_metrics
 from bench.method import TaskContext, config_dict, config_hash
 from bench.run.config import RunConfig
-from bench.run.envinfo import environment
-from bench.run.job import FATAL_ERRNOS, base_row, fatal_disk_error, feature_store, make_context, record_costs, record_failure
+from bench.run.job import JobCore, TaskJobs, base_row, run_task_job
 from bench.run.plan import RUNNER_VERSION, Job, category_content
-from bench.run.tasks import TASKS
 
 log = logging.getLogger(__name__)
 TASK = "discovery"
+
+
+def check_config(cfg: RunConfig) -> None:
+    """The discovery task's own checks of a run's options (its record's ``check`` hook, :class:`bench.tasks.Task`).
+
+    Raises:
+        ConfigError: ``--include-good`` or ``--exclude-combined``: the protocol decides.
+    """
+    if cfg.include_good or cfg.exclude_combined:
+        raise ConfigError("--include-good and --exclude-combined do not apply to --task discovery: its protocol "
+                          "decides (--protocol ncd: combined removed, good kept; defects-only: good removed too).")
 
 
 def maps_identity(cfg: RunConfig, ls: LabelledSet, memo: Path) -> tuple[Any, str | None]:
@@ -72,16 +79,15 @@ def no_normals_error(method: str, category: str, reads: set[str]) -> str:
 
 def plan_discovery(cfg: RunConfig, samples: Samples) -> list[Job]:
     """One job per (category, seed, method); a category that cannot be grouped becomes failing jobs."""
-    task = TASKS[TASK]
     configs = cfg.method_configs
-    specs = task.specs(cfg.methods)
+    specs = [get_discoverer(name) for name in cfg.methods]
     memo = hash_memo_dir(cfg.cache_dir)
     jobs: list[Job] = []
     for category in samples.categories():
         has_normals = bool(samples.train_paths(category))
         content, err = category_content(samples, category, memo)
         try:
-            ls: LabelledSet | None = task.episode(samples, category, cfg.protocol)
+            ls: LabelledSet | None = discovery_set(samples, category, cfg.protocol)
             set_hash = ls.hash
         except DatasetError as exc:
             ls, set_hash, err = None, "none", err or str(exc)
@@ -158,43 +164,37 @@ def map_source(cfg: RunConfig, store: FeatureStore, ctx: TaskContext, ls: Labell
     return make
 
 
-def run_discovery_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, Any]:
-    """Run one discovery job and return its row (status ok or error); never raises for a job-level failure.
+class DiscoveryCore(JobCore):
+    """A discovery job inside the skeleton (:func:`bench.run.job.run_task_job`): the method groups every image of the
+    set into K clusters, scored by :func:`bench.metrics.discovery.discovery_metrics`."""
 
-    Raises:
-        BenchError: for problems that would fail every job (a full or read-only disk).
-    """
-    t0 = time.perf_counter()
-    store = feature_store(cfg)
-    row = base_row(cfg, samples, job, store)
-    row.pop("textures", None)
-    ls: LabelledSet | None = job.episode  # type: ignore[assignment]
-    row.update(transductive=True, k_known=True, env=environment(str(cfg.torch_device())),
-               class_set={"combined": "excluded", "good": "included" if cfg.protocol == "ncd" else "excluded",
-                          "min_defect_types": cfg.min_defect_types})  # fmt: skip
-    if job.error or ls is None:
-        row.update(status="error", error=job.error or "no image set")
+    missing = "no image set"
+
+    def row(self, cfg: RunConfig, samples: Samples, job: Job, store: FeatureStore) -> dict[str, Any]:
+        row = base_row(cfg, samples, job, store)
+        row.pop("textures", None)
+        row.update(transductive=True, k_known=True,
+                   class_set={"combined": "excluded", "good": "included" if cfg.protocol == "ncd" else "excluded",
+                              "min_defect_types": cfg.min_defect_types})  # fmt: skip
         return row
-    try:
-        set_file = ls.save(out / "episodes")
-    except OSError as exc:
-        if exc.errno in FATAL_ERRNOS:
-            raise fatal_disk_error(exc, cfg, out) from None
-        row.update(status="error", error=f"cannot write the set file ({exc.strerror or exc})")
-        return row
-    row["episode"] = {"hash": ls.hash, "file": str(set_file.relative_to(out)), "support_rule": "none: every image of the set, unlabelled"}
-    row.update(class_names=list(ls.class_names), n_classes=ls.k, n_images=len(ls.paths), n_queries=len(ls.paths))
-    stats_before = {k: dict(v) for k, v in store.stats.items()}
-    ctx = make_context(cfg, samples, job, store)
-    spec = get_discoverer(job.method)
-    reads = spec.cls.reads(job.config)
-    frame = Frame(fit=cfg.features.image_fit, side=store.config.crop, resize=store.config.resize)
-    data = DiscoverySet(dataset=samples.dataset, category=job.category, paths=ls.paths, k=ls.k, frame=frame,
-                        mask_paths=ls.mask_paths if "gt_masks" in reads else (), includes_good="good" in ls.class_names,
-                        map_source=map_source(cfg, store, ctx, ls, frame))  # fmt: skip
-    row.update(reads=sorted(reads), oracle="gt_masks" in reads)
-    method: Any = None
-    try:
+
+    def support_rule(self, ep: LabelledSet) -> str:
+        return "none: every image of the set, unlabelled"
+
+    def episode_fields(self, ep: LabelledSet) -> dict[str, Any]:
+        return {"class_names": list(ep.class_names), "n_classes": ep.k, "n_images": len(ep.paths),
+                "n_queries": len(ep.paths)}  # fmt: skip
+
+    def solve(self, cfg: RunConfig, samples: Samples, job: Job, store: FeatureStore, ctx: TaskContext,
+              ep: LabelledSet, row: dict[str, Any]) -> None:
+        ls = ep
+        spec = get_discoverer(job.method)
+        reads = spec.cls.reads(job.config)
+        frame = Frame(fit=cfg.features.image_fit, side=store.config.crop, resize=store.config.resize)
+        data = DiscoverySet(dataset=samples.dataset, category=job.category, paths=ls.paths, k=ls.k, frame=frame,
+                            mask_paths=ls.mask_paths if "gt_masks" in reads else (), includes_good="good" in ls.class_names,
+                            map_source=map_source(cfg, store, ctx, ls, frame))  # fmt: skip
+        row.update(reads=sorted(reads), oracle="gt_masks" in reads)
         if "gt_masks" in reads:  # the runner holds the labels: it checks what only labels can tell (check_defect_masks)
             check_defect_masks(ls.paths, ls.mask_paths, [ls.class_names[y] for y in ls.labels])
         method = spec.cls(job.config, ctx)
@@ -210,9 +210,19 @@ def run_discovery_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> 
         row.update(status="ok", error=None, y_true=list(ls.labels), clusters=clusters.tolist(),
                    maps=data.maps().info if "maps" in reads else None, train_log=ctx.log,
                    method_info=method.extra_info())  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 - a failed job is a row, not a crash of the grid
-        record_failure(row, exc, cfg, out)
-    record_costs(row, store, stats_before, ctx, t0)
-    method = None
-    release_free_memory()
-    return row
+
+
+CORE = DiscoveryCore()
+
+
+def run_discovery_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, Any]:
+    """Run one discovery job and return its row (status ok or error); never raises for a job-level failure.
+
+    Raises:
+        BenchError: for problems that would fail every job (a full or read-only disk).
+    """
+    return run_task_job(CORE, cfg, samples, job, out)
+
+
+JOBS = TaskJobs(plan=plan_discovery, feature_work=discovery_feature_work, run=run_discovery_job, notes=discovery_notes)
+"""The run side of the discovery task (:data:`bench.tasks.BUILTIN`)."""

@@ -1,5 +1,5 @@
 """Grid runner: check everything first (:func:`preflight`), expand (method × category × shots × seed) into jobs
-(:func:`bench.run.plan.plan`), run what is not finished, store one row per job (:func:`execute`).
+(each task's planner, :class:`bench.run.job.TaskJobs`), run what is not finished, store one row per job (:func:`execute`).
 
 One loop serves a serial and a parallel run: groups of jobs (one category and seed) go through
 :meth:`~bench.run.workers.WorkerPool.map_unordered`, in this process one job at a time or spread over ``--jobs``
@@ -17,49 +17,19 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from bench.cache import hash_memo_dir
 from bench.datasets import Samples, check_image_files, describe_ignored, load_dataset
-from bench.detection.episodes import make_normal_shots
-from bench.episodes import make_episode
 from bench.errors import BenchError, ConfigError, DatasetError, WeightsError, brief_list, clip
 from bench.paths import set_cache_root
 from bench.results import ResultsStore, check_results_file
 from bench.run.config import RunConfig
-from bench.run.detection import detection_feature_work, plan_detection, run_detection_job
-from bench.run.discovery import discovery_feature_work, discovery_notes, plan_discovery, run_discovery_job
-from bench.run.job import feature_store, run_job
-from bench.run.plan import Job, failure_groups, failure_lines, feature_work, group_jobs, plan
+from bench.run.job import feature_store, task_jobs
+from bench.run.plan import Job, failure_groups, failure_lines, group_jobs
 from bench.run.workers import worker_pool, worker_setup
-
-
-@dataclass(frozen=True)
-class TaskJobs:
-    """How the jobs of a task are planned, listed for the feature stage, run and announced (:data:`TASK_JOBS`)."""
-
-    plan: Callable[[RunConfig, Samples], list[Job]]
-    feature_work: Callable[[RunConfig, Samples, list[Job]], list[str]]
-    run: Callable[[RunConfig, Samples, Job, Path], dict]
-    notes: Callable[[RunConfig], list[str]]
-    episode_at: Callable[[RunConfig, Samples, str, int], object] | None = None
-    """The episode of (category, shots) at the run's first seed, for :func:`check_shots`; ``None``: no shots."""
-
-
-TASK_JOBS: dict[str, TaskJobs] = {
-    "classification": TaskJobs(
-        plan, lambda cfg, samples, jobs: feature_work(samples, jobs), run_job, lambda cfg: [],
-        lambda cfg, samples, cat, k: make_episode(samples, cat, k, cfg.seeds[0], cfg.protocol, cfg.include_good),
-    ),
-    "detection": TaskJobs(
-        plan_detection, lambda cfg, samples, jobs: detection_feature_work(samples, jobs), run_detection_job,
-        lambda cfg: [], lambda cfg, samples, cat, k: make_normal_shots(samples, cat, k, cfg.seeds[0]),
-    ),
-    "discovery": TaskJobs(plan_discovery, discovery_feature_work, run_discovery_job, discovery_notes),
-}
-"""Per task (:data:`bench.run.tasks.TASKS`): its planner, feature list, job runner, notes and episode builder."""
 
 
 def run_group(
@@ -79,7 +49,7 @@ def run_group(
         if store.is_finished(job.key):
             yield job.key, "skipped", None
             continue
-        row = TASK_JOBS[job.task].run(cfg, samples, job, out)
+        row = task_jobs(job.task).run(cfg, samples, job, out)
         store.append_new(row)
         yield job.key, row["status"], row.get("error")
 
@@ -132,7 +102,7 @@ def largest_shots(cfg: RunConfig, samples: Samples, category: str) -> tuple[int,
     Bisection: an episode that fits k shots fits fewer (k + 1 images per class for classification, k normal images
     for detection), so a few episodes per category answer, whatever the list.
     """
-    build = TASK_JOBS[cfg.task].episode_at
+    build = task_jobs(cfg.task).episode_at
     assert build is not None
 
     def why_not(k: int) -> str:
@@ -165,7 +135,7 @@ def check_shots(cfg: RunConfig, samples: Samples) -> None:
     Raises:
         ConfigError: naming the shot counts, the largest one any category supports and why the next one fails there.
     """
-    if TASK_JOBS[cfg.task].episode_at is None:
+    if task_jobs(cfg.task).episode_at is None:
         return
     fits = {c: largest_shots(cfg, samples, c) for c in samples.categories()}
     if not any(k for k, _ in fits.values()):
@@ -243,9 +213,9 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
         source = "--image-fit" if cfg.image_fit else f"the default of dataset {cfg.dataset!r}"
         print(f"note: images are fitted to {fcfg.crop}x{fcfg.crop} by {fcfg.image_fit!r} ({source}; --image-fit crop "
               "for the paper's resize + centre crop); every row records features.image_fit.")
-    for line in TASK_JOBS[cfg.task].notes(cfg):
+    for line in task_jobs(cfg.task).notes(cfg):
         print(line)
-    jobs = TASK_JOBS[cfg.task].plan(cfg, samples)
+    jobs = task_jobs(cfg.task).plan(cfg, samples)
     results = ResultsStore(out / "results.jsonl")
     done = results.finished_keys()
     todo = [j for j in jobs if j.key not in done]
@@ -266,7 +236,7 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
     # started elsewhere, or reused from an earlier run, has its own $BENCH_CACHE). Keys do not change.
     wcfg = dataclasses.replace(cfg, data_root=str(samples.root), cache_dir=str(cfg.cache_root()))
     with worker_pool(n_workers, cfg.backend, cfg.scheduler, cfg.threads, results.path) as pool:
-        paths = TASK_JOBS[cfg.task].feature_work(cfg, samples, todo) if pool.parallel else []
+        paths = task_jobs(cfg.task).feature_work(cfg, samples, todo) if pool.parallel else []
         if paths:  # the feature stage, split over the workers (cached images cost a file check)
             chunks = [c.tolist() for c in np.array_split(np.array(paths, dtype=object), pool.workers) if len(c)]
             bar = tqdm(total=len(paths), desc="features", unit="img", disable=not progress)

@@ -1,6 +1,7 @@
 """One job: its :class:`~bench.method.TaskContext` and method (:func:`make_context`, :func:`build_method`: the only
-place either is assembled; ``bench run`` and ``bench tsne`` both call them), and :func:`run_job`, which fits the
-method on the support set, predicts the queries and returns the job's result row.
+place either is assembled; ``bench run`` and ``bench tsne`` both call them), and the one job skeleton of every task
+(:func:`run_task_job`), which runs a task's :class:`JobCore` (classification: :mod:`bench.run.classification`,
+detection: :mod:`bench.run.detection`, discovery: :mod:`bench.run.discovery`) and returns the job's result row.
 
 A failed job becomes a row with its error, never a crash of the grid; only problems that would fail every job (the
 weights, a full or read-only disk) stop the run.
@@ -8,28 +9,26 @@ weights, a full or read-only disk) stop the run.
 
 from __future__ import annotations
 
+import abc
 import errno
 import logging
 import time
 import traceback
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import Any, Callable
 
 from bench.compat import release_free_memory
 from bench.datasets import Samples
-from bench.episodes import protocol_id
 from bench.errors import BenchError
 from bench.features.store import FeatureStore, shared_store
 from bench.images import DECODING
-from bench.method import Method, SupportSet, TaskContext, config_hash, get_method
-from bench.results import DEFAULT_TASK
+from bench.method import Method, TaskContext, config_hash, get_method
 from bench.run.config import RunConfig
 from bench.run.envinfo import environment
-from bench.metrics import episode_metrics
 from bench.run.plan import Job
+from bench.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ def base_row(cfg: RunConfig, samples: Samples, job: Job, store: Any) -> dict[str
         "category": job.category,
         "shots": job.shots,
         "seed": job.seed,
-        "protocol": protocol_id(cfg.protocol) if job.task == DEFAULT_TASK else cfg.protocol,
+        "protocol": cfg.protocol,  # as the user named it (classification's core records its id)
         "class_set": {
             "combined": "excluded" if cfg.exclude_combined else "kept",
             "good": "included" if cfg.include_good else "excluded",
@@ -155,62 +154,107 @@ def record_costs(row: dict[str, Any], store: FeatureStore, stats_before: dict, c
     row["timing"] = {**{k: round(v, 4) for k, v in ctx.timings.items()}, "total": round(time.perf_counter() - t0, 4)}
 
 
-def run_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, Any]:
-    """Run one job and return its row (status ok or error). Never raises for a job-level failure.
+class JobCore(abc.ABC):
+    """What one task's job does inside the one job skeleton (:func:`run_task_job`): the fields of its row that do
+    not depend on the outcome, what its saved episode adds, whose normal images the context gives, and the work
+    itself (fit, predict or score or group, metrics), which fills the row and sets ``status: ok``.
+
+    The skeleton does the rest the same way for every task (docs/architecture.md, "the task seam"): the feature
+    store, the environment, the planned error of a job that cannot run, saving the episode with the same-file race
+    guard, the :class:`TaskContext`, a failure as a row (:func:`record_failure`), the costs and the memory release.
+    """
+
+    missing = "no episode"
+    """The error of a job planned without an episode (and without an error of its own)."""
+
+    def row(self, cfg: RunConfig, samples: Samples, job: Job, store: FeatureStore) -> dict[str, Any]:
+        """The fields of the job's row that do not depend on its outcome (default: :func:`base_row`)."""
+        return base_row(cfg, samples, job, store)
+
+    @abc.abstractmethod
+    def support_rule(self, ep: Any) -> str:
+        """The ``support_rule`` of the row's ``episode`` field: how the labelled images were chosen."""
+
+    def episode_fields(self, ep: Any) -> dict[str, Any]:
+        """The fields of the row that the saved episode gives (class names, counts)."""
+        return {}
+
+    def train_paths(self, ep: Any) -> list[str] | None:
+        """The normal images the context gives (``None``: the category's, :func:`make_context`)."""
+        return None
+
+    @abc.abstractmethod
+    def solve(self, cfg: RunConfig, samples: Samples, job: Job, store: FeatureStore, ctx: TaskContext, ep: Any,
+              row: dict[str, Any]) -> None:
+        """Build the job's method, run it on ``ep`` and write its outcome into ``row`` (``status: ok``); any
+        exception becomes the row's error (:func:`record_failure`)."""
+
+
+def save_episode(ep: Any, cfg: RunConfig, out: Path) -> Path | str:
+    """Save ``ep`` under ``out/episodes`` and return its file, or the error of a job whose episode cannot be written.
+
+    A run saving the same episode at the same time may win the rename: the file is there, so the job goes on
+    (the same-file race guard, for every task).
+
+    Raises:
+        BenchError: a full, over-quota or read-only disk (:data:`FATAL_ERRNOS`).
+    """
+    try:
+        return ep.save(out / "episodes")
+    except OSError as exc:
+        episode_file = out / "episodes" / f"{ep.hash}.json"
+        if episode_file.is_file():
+            return episode_file
+        if exc.errno in FATAL_ERRNOS:
+            raise fatal_disk_error(exc, cfg, out) from None
+        return f"cannot write the episode file {episode_file} ({exc.strerror or exc})"
+
+
+def run_task_job(core: JobCore, cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, Any]:
+    """Run one job of any task through its ``core`` and return its row (status ok or error). Never raises for a
+    job-level failure.
 
     Raises:
         BenchError: for problems that would fail every job (weights, a full or read-only disk).
     """
     t0 = time.perf_counter()
     store = feature_store(cfg)  # weights problems are fatal for the whole run (raised in preflight already)
-    row = base_row(cfg, samples, job, store)
+    row = core.row(cfg, samples, job, store)
     row["env"] = environment(str(cfg.torch_device()))
-    if job.error or job.episode is None:
-        row.update(status="error", error=job.error or "no episode")
-        return row
     ep = job.episode
-    try:
-        episode_file = ep.save(out / "episodes")
-    except OSError as exc:
-        episode_file = out / "episodes" / f"{ep.hash}.json"
-        if not episode_file.is_file():  # (a run saving the same episode at the same time may win the rename)
-            if exc.errno in FATAL_ERRNOS:
-                raise fatal_disk_error(exc, cfg, out) from None
-            row.update(status="error", error=f"cannot write the episode file {episode_file} ({exc.strerror or exc})")
-            return row
-    row["episode"] = {
-        "hash": ep.hash,
-        "file": str(episode_file.relative_to(out)),
-        "support_rule": "first-n by sorted file name" if ep.protocol == "paper_fixed" else "seeded random draw",
-    }
-    row.update(class_names=list(ep.class_names), n_classes=ep.n_classes, n_queries=len(ep.queries))
+    if job.error or ep is None:
+        row.update(status="error", error=job.error or core.missing)
+        return row
+    episode_file = save_episode(ep, cfg, out)
+    if isinstance(episode_file, str):
+        row.update(status="error", error=episode_file)
+        return row
+    row["episode"] = {"hash": ep.hash, "file": str(episode_file.relative_to(out)), "support_rule": core.support_rule(ep)}
+    row.update(core.episode_fields(ep))
     stats_before = {k: dict(v) for k, v in store.stats.items()}
-    ctx = make_context(cfg, samples, job, store)
-    method: Any = None
+    ctx = make_context(cfg, samples, job, store, core.train_paths(ep))
     try:
-        method = build_method(job, ctx)
-        support = SupportSet(tuple(ep.support_paths()), tuple(ep.support_labels()), ep.class_names)
-        with ctx.timer("fit"):
-            method.fit(support)
-        with ctx.timer("predict"):
-            scores = np.asarray(method.predict(list(ep.queries)))
-        if scores.shape != (len(ep.queries), ep.n_classes):
-            raise RuntimeError(f"method {job.method} returned scores of shape {scores.shape}, expected {(len(ep.queries), ep.n_classes)}")
-        if not np.isfinite(scores).all():  # argmax of NaN is class 0: a number at chance, not a result
-            n_bad = int((~np.isfinite(scores)).any(axis=1).sum())
-            raise BenchError(
-                f"method {job.method} returned non-finite scores (NaN or inf) for {n_bad} of {len(ep.queries)} "
-                "queries, so the job has no result. A training run that diverged (try a smaller learning rate with "
-                "--set) or damaged weights (--weights) cause this."
-            )
-        y_pred = scores.argmax(axis=1).tolist()
-        row.update(episode_metrics(ep.query_labels, y_pred, ep.class_names))
-        row.update(status="ok", error=None, y_true=list(ep.query_labels), y_pred=y_pred)
-        row["train_log"] = ctx.log
-        row["method_info"] = method.extra_info()
+        core.solve(cfg, samples, job, store, ctx, ep, row)  # its method and tensors go when it returns
     except Exception as exc:  # noqa: BLE001 - a failed job is a row, not a crash of the grid
         record_failure(row, exc, cfg, out)
     record_costs(row, store, stats_before, ctx, t0)
-    method = None  # the job's model, optimiser state and tensors go before the heap's free pages are returned
-    release_free_memory()
+    release_free_memory()  # the heap's free pages are returned once the job's model is gone
     return row
+
+
+@dataclass(frozen=True)
+class TaskJobs:
+    """The run side of a task (its record's ``jobs`` hook, :class:`bench.tasks.Task`): how its jobs are planned,
+    listed for the feature stage, run (through :func:`run_task_job`) and announced."""
+
+    plan: Callable[[RunConfig, Samples], list[Job]]
+    feature_work: Callable[[RunConfig, Samples, list[Job]], list[str]]
+    run: Callable[[RunConfig, Samples, Job, Path], dict]
+    notes: Callable[[RunConfig], list[str]] = lambda cfg: []
+    episode_at: Callable[[RunConfig, Samples, str, int], object] | None = None
+    """The episode of (category, shots) at the run's first seed, for the shots check; ``None``: no shots."""
+
+
+def task_jobs(task: str) -> TaskJobs:
+    """The run side of ``task`` (:data:`bench.tasks.Task.jobs`, resolved here: only the run imports it)."""
+    return get_task(task).hook("jobs")

@@ -1,4 +1,5 @@
-"""Planning: the grid (method × category × shots × seed) of a :class:`~bench.run.config.RunConfig` as jobs.
+"""Planning, what every task shares: the :class:`Job`, its identity, the content hash of a category, the groups of
+jobs and the failure summary (each task's planner: classification's :func:`bench.run.classification.plan`).
 
 One job = (method config, feature config, dataset, category, shots, seed, protocol, class-set switches). Its key is
 a hash of all of that plus the episode hash and the content of the category's images (names and bytes,
@@ -14,11 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench.cache import hash_memo_dir
 from bench.datasets import Samples
-from bench.episodes import Episode, make_episode, protocol_id
+from bench.episodes import Persisted, protocol_id
 from bench.errors import DatasetError
-from bench.method import config_dict, config_hash, get_method
 from bench.results import DEFAULT_TASK
 from bench.run.config import RunConfig
 
@@ -30,14 +29,15 @@ class Job:
     """One cell of the grid: a method configuration on one few-shot episode.
 
     A job is planned once (:func:`plan`), in the main process, and run once, there or in a worker process
-    (:func:`bench.run.job.run_job`); its result is one row of the results file, found again by :attr:`key` (resume).
+    (:func:`bench.run.job.run_task_job`); its result is one row of the results file, found again by :attr:`key` (resume).
 
     Attributes:
         method: the registered method name (a variant, e.g. ``contrastive-residual``).
         method_config: :attr:`config` as a JSON-able dict (part of the key, stored in the row).
         category, shots, seed: where the job runs: n = ``shots`` support images per class, run seed ``seed``.
         key: hash of :func:`job_identity`: everything that defines the job.
-        episode: the support/query split (:class:`~bench.episodes.Episode`); ``None`` when it cannot be built.
+        episode: the images of the job (classification: the support/query split, :class:`~bench.episodes.Episode`;
+            each task its own :class:`~bench.episodes.Persisted`); ``None`` when it cannot be built.
         error: why the job cannot start (too few images for the shots, no normal images for a method that needs
             them); the job then becomes an error row without running.
         dataset_content: hash of the names and bytes of the category's images.
@@ -52,7 +52,7 @@ class Job:
     shots: int
     seed: int
     key: str
-    episode: Episode | None
+    episode: Persisted | None
     error: str | None = None
     dataset_content: str = ""
     config: Any = None
@@ -102,46 +102,6 @@ def category_content(samples: Samples, category: str, memo: Path | None) -> tupl
         return "unreadable", str(exc)
 
 
-def plan(cfg: RunConfig, samples: Samples) -> list[Job]:
-    """Expand the grid into jobs (episodes are built here; impossible episodes become failing jobs)."""
-    configs = cfg.method_configs
-    specs = [get_method(m) for m in cfg.methods]
-    memo = hash_memo_dir(cfg.cache_dir)
-    jobs: list[Job] = []
-    for category in samples.categories():
-        has_normals = bool(samples.train_paths(category))
-        content, content_err = category_content(samples, category, memo)
-        for seed in cfg.seeds:
-            for shots in cfg.shots:
-                try:
-                    episode: Episode | None = make_episode(samples, category, shots, seed, cfg.protocol, cfg.include_good)
-                    ehash, err = episode.hash, content_err
-                except DatasetError as exc:
-                    episode, ehash, err = None, "none", str(exc)
-                for spec in specs:
-                    config = configs[spec.name]
-                    mcfg = config_dict(config)
-                    ident = job_identity(cfg, samples, spec.name, mcfg, category, shots, seed, ehash, content, cfg.task)
-                    why = "" if has_normals or err else spec.cls.normal_images_needed(config)
-                    job_err = err or (no_normals_error(samples, category, spec.name, why) if why else None)
-                    jobs.append(Job(
-                        method=spec.name, method_config=mcfg, category=category, shots=shots, seed=seed,
-                        key=config_hash(ident), episode=episode, error=job_err, dataset_content=content, config=config,
-                        task=cfg.task,
-                    ))  # fmt: skip
-    return jobs
-
-
-def no_normals_error(samples: Samples, category: str, method: str, why: str) -> str:
-    """The error of a job whose method needs normal training images that the category does not have."""
-    return (  # the same text for every category, so the run's failure summary says it once per method
-        f"method {method!r} needs normal (defect-free) training images for {why}, but the category has none (its "
-        f"train/good is empty or missing; dataset {samples.dataset!r} at {samples.root}). Add defect-free images to "
-        "the category's train/good folder, or choose a method that needs none (e.g. protonet, knn, logreg, direct, "
-        "contrastive-raw)."
-    )
-
-
 def failure_groups(failed: Sequence[tuple[Job, str]]) -> dict[str, list[Job]]:
     """Failed (or doomed) jobs by their error text, in order of first appearance.
 
@@ -174,23 +134,3 @@ def group_jobs(jobs: Sequence[Job]) -> list[list[Job]]:
     for j in jobs:
         groups.setdefault((j.category, j.seed), []).append(j)
     return list(groups.values())
-
-
-def feature_work(samples: Samples, jobs: Sequence[Job]) -> list[str]:
-    """The images whose PatchCore features the jobs will read, each once, grouped by category.
-
-    Episode images (support and queries) for methods that read patch features; the category's normal images too
-    when one builds the memory bank. Parallel runs extract these first, split over the workers, so two workers
-    never extract the same cold image (they would otherwise both start on the same category).
-    """
-    needs_of = {job.method: get_method(job.method).cls.feature_needs(job.config) for job in jobs}
-    paths: dict[str, None] = {}
-    for job in jobs:
-        if job.episode is None:
-            continue
-        needs = needs_of[job.method]
-        if "bank" in needs:
-            paths.update(dict.fromkeys(samples.train_paths(job.category)))
-        if "patch" in needs:
-            paths.update(dict.fromkeys([*job.episode.support_paths(), *job.episode.queries]))
-    return list(paths)
