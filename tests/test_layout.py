@@ -86,7 +86,7 @@ def test_the_target_layout_is_in_place() -> None:
            and not n.startswith(("bench.datasets", "bench.methods", "bench.detectors", "bench.discoverers"))}  # fmt: skip
     assert top <= {"__main__", "method", "episodes", "results", "metrics", "registry", "cache", "images", "seeding", "paths", "errors",
                    "compat", "cli", "run", "features", "report", "datasets", "methods", "detection", "detectors", "tasks", "classification",
-                   "discovery", "discoverers"}, sorted(top)  # fmt: skip
+                   "discovery", "discoverers", "regions"}, sorted(top)  # fmt: skip
 
 
 def test_nothing_outside_the_cli_imports_it() -> None:
