@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import operator
-import os
 import threading
 import time
 from collections.abc import Sequence as SequenceABC
@@ -419,12 +419,22 @@ class PaperMethod(Method):
                 t0 = time.perf_counter()
                 info = train(source)
                 info["seconds"] = round(time.perf_counter() - t0, 3)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "info": info}, tmp)
-                os.replace(tmp, path)
+                save_checkpoint(path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "info": info})
                 info = {**info, "from_cache": False}
         self.ctx.log["pretrain"] = {**info, "cache_key": key}
+
+
+def save_checkpoint(path: Path, blob: dict[str, Any]) -> None:
+    """``torch.save(blob)`` to ``path``, whole or not at all, serialised in memory and written by the cache's writer
+    (:func:`bench.cache.atomic_write`): on a full disk torch's own file writer raised a RuntimeError ("file write
+    failed") that failed each job, and it hides a Python file object's OSError the same way; the cache's writer
+    gives the OS's ``ENOSPC`` naming the entry, which the run turns into its disk-full stop. Costs one copy of the
+    checkpoint in memory."""
+    from bench.cache import atomic_write
+
+    buffer = io.BytesIO()
+    torch.save(blob, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def describe_config(config: PaperConfig) -> dict[str, Any]:

@@ -229,3 +229,27 @@ def test_cache_that_cannot_be_created_or_cleared(capsys, monkeypatch, tmp_path, 
     monkeypatch.undo()
     assert code == 2 and "is read-only" in err and "make it writable" in err and "free space" not in err
     assert all(p.exists() for p in entries)
+
+
+def test_pretrained_checkpoint_on_a_full_disk_is_the_disk_full_error(monkeypatch, tmp_path) -> None:  # noqa: ANN001
+    """Pretraining checkpoints are serialised in memory and written by the cache's writer (``save_checkpoint``): on a
+    full disk torch.save's own writer raised a RuntimeError ("file write failed"), which failed each job instead of
+    reaching the run's disk-full stop, and it swallows a Python file object's OSError too (the control below); the
+    cache's writer gives the OS's ENOSPC naming the entry and leaves no partial file. With room, it loads back."""
+    import torch
+
+    from bench.cache import atomic_write
+    from bench.methods._pretrain import save_checkpoint as save
+
+    blob = {"model": {"w": torch.arange(100_000, dtype=torch.float32)}, "info": {"episodes": 3}}
+    path = tmp_path / "pretrain" / "ab" / "abcdef.pt"
+    save(path, blob)
+    assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], blob["model"]["w"])
+    monkeypatch.setattr(bench.cache, "os", _OsWithAFullDisk(free=50_000))
+    with pytest.raises(RuntimeError):  # control: torch writing into the file object hides the errno
+        atomic_write(tmp_path / "pretrain" / "ef" / "ef0123.pt", lambda f: torch.save(blob, f))
+    full = tmp_path / "pretrain" / "cd" / "cdef01.pt"
+    with pytest.raises(OSError) as caught:
+        save(full, blob)
+    assert caught.value.errno == errno.ENOSPC and str(full) in str(caught.value)
+    assert not full.exists() and [p.name for p in full.parent.iterdir()] == []
