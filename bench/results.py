@@ -226,14 +226,21 @@ def check_results_file(path: str | Path, fix: str = "Move it away, or choose ano
         return
     except OSError as exc:
         raise BenchError(f"cannot use the results file {p} ({exc.strerror}). {fix}") from None
+    kind = not_a_regular_file(mode)
+    if kind:
+        raise BenchError(f"the results file {p} is {kind}: rows are stored in a regular file (JSON lines). {fix}")
+
+
+def not_a_regular_file(mode: int) -> str:
+    """What a path with this ``st_mode`` is, in words, when it is not a regular file ("a folder", "a FIFO (named
+    pipe)", "a device", "a socket"); "" for a regular file. The run's and the report's checks of a results path."""
     if stat.S_ISREG(mode):
-        return
-    kind = (
+        return ""
+    return (
         "a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
         else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
         else "not a regular file"
     )  # fmt: skip
-    raise BenchError(f"the results file {p} is {kind}: rows are stored in a regular file (JSON lines). {fix}")
 
 
 REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import stat
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.report.rows import REFUSED, check_rows
-from bench.results import DEFAULT_TASK, OK_METRICS, latest_ok, read_rows, row_task
+from bench.results import DEFAULT_TASK, OK_METRICS, latest_ok, not_a_regular_file, read_rows, row_task
 from bench.tasks import tasks
 from bench.seeding import stable_int
 
@@ -306,8 +305,8 @@ def results_file(path: str | Path) -> Path:
         raise BenchError(f"results file not found: {p}. {fix}") from None
     except OSError as exc:
         raise BenchError(f"cannot read the results file {p} ({exc.strerror}). {fix}") from None
-    if not stat.S_ISREG(mode):
-        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "not a regular file"
+    kind = not_a_regular_file(mode)
+    if kind:
         raise BenchError(f"{p} is {kind}, not a results file. {fix}")
     return p
 
