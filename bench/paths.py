@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 from bench.errors import ConfigError
@@ -139,3 +140,17 @@ def shared_data_dir() -> Path | None:
         if c.is_dir():
             return c
     return None
+
+
+def probe_writable(folder: Path) -> None:
+    """Make ``folder`` (with its parents) and write and remove an empty probe file in it: an output place that is
+    read-only, blocked by a file or not creatable fails here, before anything is computed for it. The probe's name is
+    unique (runs and pictures may share a folder) and starts with ``.write-test-``.
+
+    Raises:
+        OSError: the folder cannot be made or written (the caller words the message and the fix).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    probe.write_text("")
+    probe.unlink()

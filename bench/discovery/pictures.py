@@ -8,18 +8,17 @@ shows a few of its images, one per class first.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from bench.cache import TMP_PREFIX, atomic_write
+from bench.cache import atomic_write
 from bench.discovery.contract import DiscoverySet
 from bench.discovery.crops import CropImages, image_crops
 from bench.discovery.maps import Frame, MapSet, frame_image, load_mask
 from bench.discovery.mebin import mebin
 from bench.discovery.protocol import LabelledSet
 from bench.errors import BenchError, ConfigError
+from bench.paths import probe_writable
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -105,11 +104,8 @@ def check_writable(out: Path) -> None:
     Raises:
         BenchError: the folder cannot be made or written.
     """
-    probe = out.parent / f"{TMP_PREFIX}probe.{os.getpid()}.{uuid.uuid4().hex[:8]}"  # unique: pictures may share a folder
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(out.parent)
     except OSError as exc:
         raise BenchError(f"cannot write the picture {out} ({exc.strerror or exc}). Choose another --out.") from None
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from pathlib import Path
 from urllib.parse import quote
 
@@ -24,6 +23,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench.errors import BenchError
+from bench.paths import probe_writable
 from bench.report.document import Document, Table, slug
 
 FORMATS = ("md", "csv", "latex", "html")
@@ -195,10 +195,7 @@ def check_output(path: Path, option: str = "--out", folder: bool = False) -> Non
         raise BenchError(f"{option} {path} is a folder; give a file name with {option} (e.g. {path / 'out.csv'}).")
     where = path if folder else path.parent
     try:
-        where.mkdir(parents=True, exist_ok=True)
-        probe = where / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        probe.write_text("")
-        probe.unlink()
+        probe_writable(where)
         if not folder and path.exists() and not os.access(path, os.W_OK):
             raise PermissionError(13, "Permission denied", str(path))
     except OSError as exc:

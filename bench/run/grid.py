@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -24,7 +22,7 @@ import numpy as np
 from bench.cache import hash_memo_dir
 from bench.datasets import Samples, check_image_files, describe_ignored, load_dataset
 from bench.errors import BenchError, ConfigError, DatasetError, WeightsError, brief_list, clip
-from bench.paths import set_cache_root
+from bench.paths import probe_writable, set_cache_root
 from bench.results import ResultsStore, check_results_file
 from bench.run.config import RunConfig
 from bench.run.job import feature_store, task_jobs
@@ -188,10 +186,7 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
     if cfg.data_root:  # before the folder is made (checked again with the root the dataset resolved)
         check_out_outside_data(out, cfg.data_root)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # unique: runs may share the folder
-        probe.write_text("")
-        probe.unlink()
+        probe_writable(out)
     except OSError as exc:
         raise BenchError(
             f"cannot write to the output folder {clip(out)} ({exc.strerror}). Choose another with --out."
