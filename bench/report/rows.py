@@ -11,7 +11,7 @@ that lacks a metric and the predictions to recompute it from, is refused: it kee
 with status ``refused`` and the reason (so tables show it as a missing run, n/N), and is counted
 (:attr:`RowCheck.refused`). Failed rows (``error``) pass unchanged: they are failed jobs, counted as such.
 
-The metrics are recomputed with the functions the run itself calls: :func:`bench.metrics.episode_metrics`
+The metrics are recomputed with the functions the run itself calls: :func:`bench.metrics.classification.count_metrics`
 (classification), :func:`bench.metrics.discovery.discovery_metrics` and :func:`bench.metrics.detection.image_auroc`.
 """
 
@@ -56,14 +56,15 @@ def class_names(row: dict[str, Any]) -> list[str]:
 
 
 def classification_metrics(row: dict[str, Any]) -> dict[str, Any]:
-    """:func:`bench.metrics.episode_metrics` of the row's ``y_true``/``y_pred``, with the counts the tables read."""
-    from bench.metrics import episode_metrics
+    """:func:`bench.metrics.classification.count_metrics` of the row's ``y_true``/``y_pred`` (what the tables read;
+    the run wrote them with :func:`~bench.metrics.classification.episode_metrics`), with the counts."""
+    from bench.metrics.classification import count_metrics
 
     names = class_names(row)
     yt, yp = labels(row, "y_true", len(names)), labels(row, "y_pred", len(names))
     if len(yt) != len(yp):
         raise Malformed(f"y_true has {len(yt)} labels and y_pred {len(yp)}")
-    return {**episode_metrics(yt, yp, names), "n_classes": len(names), "n_queries": len(yt)}
+    return {**count_metrics(yt, yp, names), "n_classes": len(names), "n_queries": len(yt)}
 
 
 def discovery_row_metrics(row: dict[str, Any]) -> dict[str, Any]:
