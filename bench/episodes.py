@@ -22,7 +22,11 @@ from bench.datasets import Samples
 from bench.errors import DatasetError
 from bench.seeding import numpy_rng
 
-PROTOCOLS = {"paper": "paper_fixed", "paper_fixed": "paper_fixed", "random": "random_episodes", "random_episodes": "random_episodes"}
+PROTOCOLS = {"paper": "paper_fixed", "paper_fixed": "paper_fixed", "random": "random_episodes", "random_episodes": "random_episodes",
+             "mvtec-fs": "mvtec_fs", "mvtec_fs": "mvtec_fs", "good-or-defect": "good_or_defect",
+             "good_or_defect": "good_or_defect"}
+"""``--protocol`` names → the ids rows carry. ``mvtec-fs`` and ``good-or-defect`` are built by
+:mod:`bench.classification.region_episodes` (the field's protocols, ``../shared/docs/field-protocols.md``)."""
 EPISODE_VERSION = 1
 
 
@@ -30,7 +34,8 @@ def protocol_id(name: str) -> str:
     try:
         return PROTOCOLS[name]
     except KeyError:
-        raise DatasetError(f"unknown protocol {name!r}: use 'paper' (fixed first-n support) or 'random'.") from None
+        raise DatasetError(f"unknown protocol {name!r}: use 'paper' (fixed first-n support), 'random', 'mvtec-fs' or "
+                           "'good-or-defect'.") from None
 
 
 class Persisted:

@@ -55,11 +55,16 @@ class SupportSet:
         paths: (C·n,) image paths, grouped by class.
         labels: (C·n,) class indices.
         class_names: the C class names.
+        regions: (C·n,) the defect region of each support item (:class:`bench.classification.region_episodes.Region`: its image and
+            mask), given under a region unit (``--unit region``, ``--protocol mvtec-fs``, the defect shots of
+            ``good-or-defect``); ``None`` under the image unit. Only methods that take masks read it
+            (:attr:`Method.takes_masks`); the others see the images.
     """
 
     paths: tuple[str, ...]
     labels: tuple[int, ...]
     class_names: tuple[str, ...]
+    regions: tuple[Any, ...] | None = None
 
     @property
     def n_classes(self) -> int:
@@ -180,6 +185,14 @@ class Method(MethodBase):
     def predict(self, query_paths: Sequence[str]) -> np.ndarray:
         """Return class scores of shape (Q, C); higher = more likely."""
 
+    takes_masks: ClassVar[bool] = False
+    """Whether the method reads the regions' masks (:class:`RegionMethod`): its rows' localisation is the run's
+    (``gt`` or ``estimated``); a method that does not take them sees whole images (localisation ``none``)."""
+
+    def predict_regions(self, query_paths: Sequence[str], regions: Sequence[Any]) -> np.ndarray:
+        """Class scores (Q, C) of the queries' regions; a method that does not take masks scores the images."""
+        return self.predict(query_paths)
+
     @classmethod
     def reads(cls, config: Any) -> set[str]:
         """``{"patch"}``, and ``"bank"`` for residual features (the ``features`` option); see
@@ -195,6 +208,24 @@ class Method(MethodBase):
         The default: the memory bank, when :meth:`reads` says so.
         """
         return "the PatchCore memory bank (residual features)" if "bank" in cls.reads(config) else ""
+
+
+class RegionMethod(Method):
+    """A classifier of defect *regions*: given each item's mask (``../shared/docs/field-protocols.md`` §3). It fits
+    on a support set with :attr:`SupportSet.regions` and scores regions (:meth:`predict_regions`); it needs a region
+    unit (``--unit region``, ``--protocol mvtec-fs`` or ``good-or-defect``), and the run refuses it otherwise."""
+
+    takes_masks: ClassVar[bool] = True
+
+    def predict(self, query_paths: Sequence[str]) -> np.ndarray:
+        raise ConfigError(
+            f"method {self.name!r} classifies defect regions and needs their masks: run it with --unit region, "
+            "--protocol mvtec-fs or --protocol good-or-defect"
+        )
+
+    @abc.abstractmethod
+    def predict_regions(self, query_paths: Sequence[str], regions: Sequence[Any]) -> np.ndarray:
+        """Class scores (Q, C) of the query regions (each a :class:`bench.classification.region_episodes.Region`)."""
 
 
 @dataclass(frozen=True)

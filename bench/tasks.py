@@ -78,10 +78,11 @@ class Task:
 
 
 BUILTIN: tuple[Task, ...] = (
-    Task("classification", "Few-shot defect-type classification", "accuracy", ("paper", "random"), 2, "methods",
+    Task("classification", "Few-shot defect-type classification", "accuracy", ("paper", "random", "mvtec-fs", "good-or-defect"), 2, "methods",
          "method", "bench.method:METHODS", "bench.classification:make_episode", "bench.run.classification:JOBS",
          "bench.report.tables:classification_sections", "bench.report.leaderboard:classification_sections",
-         "bench.report.summary:classification_blocks", rows="bench.report.rows:CLASSIFICATION"),
+         "bench.report.summary:classification_blocks", rows="bench.report.rows:CLASSIFICATION",
+         check="bench.run.classification:check_config"),
     Task("discovery", "Anomaly class discovery", "cluster_accuracy", ("ncd", "defects-only"), 1, "discoverers",
          "discoverer (--task discovery)", "bench.discovery.contract:DISCOVERERS",
          "bench.discovery.protocol:discovery_set", "bench.run.discovery:JOBS", "bench.report.discovery:report_sections",

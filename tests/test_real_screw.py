@@ -6,7 +6,9 @@ editing this file) on the real folder layout through the ``mvtec_ad`` adapter: 1
 accuracies carry no meaning (see the README on random weights): the test checks that each method runs end to
 end without error and writes a complete row. Schedules are shortened (``CHEAP``) and the coreset is 1 % so the
 module stays around two minutes. Skipped, with the reason shown, when the real images are absent
-(``BENCH_SHARED_DATA`` or ``../shared/data``).
+(``BENCH_SHARED_DATA`` or ``../shared/data``). Methods that classify defect regions (``region-*``: they need masks,
+which the subset does not hold) run in a second ``bench run`` on the same images under ``--protocol mvtec-fs``, with
+the MVTec-FS polygons of ``../shared/data/mvtec_fs``.
 """
 
 from __future__ import annotations
@@ -40,17 +42,19 @@ COUNTS = {"manipulated_front": 20, "scratch_head": 21, "scratch_neck": 20, "thre
 def rows(shared_screw: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     """One run of every registered method on the real screw subset (features and bank shared by all)."""
     work = tmp_path_factory.mktemp("real-screw")
-    names = sorted(METHODS.names())
+    names = sorted(n for n in METHODS.names() if not METHODS.get(n).obj.cls.takes_masks)
+    regions = sorted(n for n in METHODS.names() if METHODS.get(n).obj.cls.takes_masks)
     opts = [a for k, v in CHEAP.items() for a in ("--set", f"{k}={v}")]
-    code = main([
-        "run", "--method", *names, "--dataset", "mvtec_ad", "--data-root", str(shared_screw), "--categories", "screw",
-        "--shots", str(SHOTS), "--seeds", "1", "--backbone", "resnet18", "--weights", "random",
-        "--coreset-ratio", "0.01", "--no-progress", "--out", str(work / "out"), "--cache-dir", str(work / "cache"),
-        *opts,
-    ])  # fmt: skip
-    found = {r["method"]: r for r in read_rows([work / "out" / "results.jsonl"]).rows}
+    common = ["--dataset", "mvtec_ad", "--data-root", str(shared_screw), "--categories", "screw", "--shots", str(SHOTS),
+              "--seeds", "1", "--backbone", "resnet18", "--weights", "random", "--coreset-ratio", "0.01",
+              "--no-progress", "--cache-dir", str(work / "cache")]  # fmt: skip
+    code = main(["run", "--method", *names, *common, "--out", str(work / "out"), *opts])
+    fs = shared_screw.parent / "mvtec_fs" / "CONFIG"
+    code_fs = main(["run", "--method", *regions, *common, "--out", str(work / "fs"), "--protocol", "mvtec-fs",
+                    "--mvtec-fs", str(fs)]) if regions else 0  # fmt: skip
+    found = {r["method"]: r for r in read_rows([work / "out" / "results.jsonl", *([work / "fs" / "results.jsonl"] if regions else [])]).rows}
     shutil.rmtree(work, ignore_errors=True)
-    assert code == 0, {m: r.get("error") for m, r in found.items() if r["status"] != "ok"}
+    assert code == 0 and code_fs == 0, {m: r.get("error") for m, r in found.items() if r["status"] != "ok"}
     return found
 
 
@@ -62,6 +66,10 @@ def test_method_runs_on_the_real_screw_subset(rows: dict[str, dict], name: str) 
     assert row is not None, f"{name}: no result row"
     assert row["status"] == "ok", row.get("error")
     assert row["dataset"] == "mvtec_ad" and row["category"] == "screw" and row["shots"] == SHOTS
+    if row["unit"] == "region":  # MVTec-FS: every valid.csv instance of the images we hold is a query
+        assert row["protocol"] == "mvtec_fs" and row["n_queries"] == 52 == len(row["y_pred"])
+        assert row["localisation"] == {"queries": "gt", "support": "gt"}
+        return
     assert row["class_names"] == sorted(COUNTS)
     assert row["n_queries"] == sum(COUNTS.values()) - SHOTS * len(COUNTS) == len(row["y_pred"])
     assert 0.0 <= row["accuracy"] <= 1.0 and row["chance"] == pytest.approx(0.2)

@@ -6,6 +6,10 @@ Examples::
     python -m bench run --method direct protonet --shots 1-5 --seeds 1-5
     python -m bench run --method protonet --dataset mvtec_ad --data-root /data/mvtec_ad --categories screw
     python -m bench run --config my_grid.yaml --set lr=1e-4
+    python -m bench run --method region-protonet protonet-residual --dataset mtd --data-root /data/Magnetic-Tile-Defect \
+        --unit region --masks estimated --protocol random --shots 1,5 --seeds 1-5
+    python -m bench run --method region-cache --dataset mvtec_ad --data-root /data/mvtec_ad --categories screw \
+        --protocol mvtec-fs --mvtec-fs /data/MVTec-FS/CONFIG --shots 1,3,5 --seeds 1-5
     python -m bench run --task detection --method patchcore-kshot gaussian coft-ad --shots 1,2,4,8 --seeds 1-5
     python -m bench run --task discovery --method kmeans anomaly-clustering mebin-kmeans anomalyncd --seeds 1-5
 
@@ -51,11 +55,25 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", nargs="+",
                    help=f"e.g. 1-5 (default), 1,3 or 1 3; integers ≥ 0, at most {MAX_LIST_VALUES:,} values")
     p.add_argument("--protocol", choices=[name for task in tasks().values() for name in task.protocols],
-                   help="classification: support selection, first-n (paper, default) or seeded random; detection: "
+                   help="classification: support selection, first-n (paper, default) or seeded random, MVREC's mvtec-fs "
+                   "(regions of MVTec-FS, --mvtec-fs) or UniADC's good-or-defect (good or which type); detection: "
                    "kshot_normals (its only one); discovery: ncd (default, AnomalyNCD's: combined removed, good kept as "
                    "a class) or defects-only")
     p.add_argument("--maps", help="discovery: folder of 8-bit PNG anomaly maps <maps>/<category>/<type>/<name>.png "
                    "written by any detector (default: the harness's PatchCore)")
+    g = p.add_argument_group("region units (classification; ../shared/docs/field-protocols.md)")
+    g.add_argument("--unit", choices=["image", "region"], help="what an item is: a whole image (default) or a defect "
+                   "region with its mask (needs ground-truth masks; default with --protocol mvtec-fs)")
+    g.add_argument("--masks", choices=["gt", "estimated"], help="the query regions' masks given to region methods: "
+                   "ground truth (default) or estimated from the PatchCore map of the category's normal images")
+    g.add_argument("--regions", choices=["image", "components"], help="--unit region: one region per defect image "
+                   "(default) or per connected component of its mask")
+    g.add_argument("--mask-estimator", help="--masks estimated: topN (the N %% highest pixels of the map; default top3) "
+                   "or mebin")
+    g.add_argument("--mvtec-fs", help="--protocol mvtec-fs: the MVTec-FS CONFIG folder (<category>_config1/"
+                   "{train,valid}.csv); the images come from --dataset mvtec_ad --data-root")
+    g.add_argument("--normal-shots", type=int, help="--protocol good-or-defect: normal shots Kn (default 2); --shots "
+                   "gives the defect shots per type Ka")
     p.add_argument("--include-good", action="store_true", default=None, help="add test good images as a class (Appendix F)")
     p.add_argument("--exclude-combined", action="store_true", default=None, help="drop the 'combined' defect type")
     p.add_argument("--min-defect-types", type=int, help="skip categories with fewer defect types (default: 2 for classification, 1 for the other tasks)")
@@ -73,6 +91,7 @@ COPIED_OPTIONS = (
     "dataset", "data_root", "categories", "protocol", "include_good", "exclude_combined", "min_defect_types",
     "backbone", "weights", "layers", "precision", "image_fit", "coreset_ratio",
     "textures", "device", "jobs", "backend", "scheduler", "threads", "out", "cache_dir", "task", "maps",
+    "unit", "masks", "regions", "mask_estimator", "mvtec_fs", "normal_shots",
 )  # fmt: skip
 """Flags whose value, when given, is the :class:`RunConfig` field of the same name as is (the others are parsed)."""
 

@@ -75,6 +75,12 @@ def config_fields(row: dict[str, Any]) -> dict[str, str]:
         "textures": as_text(row.get("textures")),
         "harness": as_text((row.get("env") or {}).get("harness")),
     }
+    unit, loc = row.get("unit") or "image", dict(row.get("localisation") or {})
+    if unit != "image" or loc.get("queries", "none") != "none":  # rows from before units existed: image, none
+        f["unit"] = as_text(unit)
+        f["localisation"] = localisation_text(loc)
+        if row.get("region_rule"):
+            f["region_rule"] = as_text(row.get("region_rule"))
     for k, v in sorted((row.get("method_config") or {}).items()):
         f[f"option.{k}"] = as_text(v)
     for k, v in sorted(feats.items()):
@@ -85,13 +91,23 @@ def config_fields(row: dict[str, Any]) -> dict[str, str]:
     return f
 
 
+def localisation_text(loc: dict[str, Any]) -> str:
+    """A row's localisation as its column shows it: ``none``, ``gt``, or ``estimated (top3)``."""
+    q = str(loc.get("queries", "none"))
+    return f"{q} ({loc['estimator']})" if q == "estimated" and loc.get("estimator") else q
+
+
 def group_label(f: dict[str, str]) -> str:
-    """The comparison universe of a configuration: task · dataset · protocol · class set, the task named only when
-    it is not classification (so classification groups keep the names they always had). No table spans two groups,
-    hence none mixes tasks."""
+    """The comparison universe of a configuration: task · dataset · protocol · [unit, localisation ·] class set, the
+    task named only when it is not classification and the unit only when it is not the whole image (so the groups of
+    earlier results keep their names). No table spans two groups, hence none mixes tasks, units or localisations."""
     cs = f"combined {f.get('class_set.combined', '?')}, good {f.get('class_set.good', '?')}"
     task = f"{f['task']} · " if f.get("task", DEFAULT_TASK) != DEFAULT_TASK else ""
-    return f"{task}{f['dataset']} · {f['protocol']} · {cs}"
+    unit = ""
+    if "unit" in f:
+        rule = f" per {f['region_rule'].rstrip('s')}" if f.get("region_rule") not in (None, "", "none") else ""
+        unit = f"unit {f['unit']}{rule}, masks {f['localisation']} · "
+    return f"{task}{f['dataset']} · {f['protocol']} · {unit}{cs}"
 
 
 def short_name(key: str) -> str:

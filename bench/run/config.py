@@ -75,6 +75,13 @@ class RunConfig:
     plugins: list[str] = field(default_factory=list)  # modules imported first, here and in every worker
     task: str = DEFAULT_TASK  # what the jobs solve (bench.tasks.tasks); every method of the run must solve it
     maps: str | None = None  # discovery: a folder of PNG anomaly maps (<maps>/<category>/<type>/<name>.png); None = PatchCore
+    # classification's units (bench.classification.region_episodes, ../shared/docs/field-protocols.md): checked by its task's check
+    unit: str | None = None  # image | region: what one item of an episode is (None: region for mvtec-fs, else image)
+    masks: str | None = None  # gt | estimated: the query regions' masks (None: gt; good-or-defect: estimated)
+    regions: str = "image"  # image | components: how a dataset's masks become regions (--unit region)
+    mvtec_fs: str | None = None  # --protocol mvtec-fs: the MVTec-FS CONFIG folder (<category>_config1/{train,valid}.csv)
+    mask_estimator: str = "top3"  # --masks estimated: topN (N % of the PatchCore map) or mebin
+    normal_shots: int = 2  # --protocol good-or-defect: Kn normal shots (the defect shots per type are --shots)
 
     def __post_init__(self) -> None:
         """Check every option before any work: a bad value is one :class:`ConfigError` naming the option and the
