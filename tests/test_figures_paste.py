@@ -153,3 +153,32 @@ def test_csv_counts_are_integers_and_floats_have_no_binary_noise(tmp_path: Path)
     lines = path.read_text().splitlines()
     assert lines[1:] == ["a,1,28.0,0.3,True,1000000.5", "b,4,69.44444444,3.333333333e-08,False,2.5", "c,,,1.0,True,3.0"]
     assert csv_numbers(pd.DataFrame({"x": ["=1", "007"]})).x.tolist() == ["=1", "007"]  # text untouched
+
+
+def test_a_whole_tile_mebin_mask_is_marked_and_explained(tmp_path: Path) -> None:
+    """A map whose background lies above the set's MEBin range low (an MTD crack image's) gets a mask over the
+    tile: the picture marks that row and says why, instead of showing a white tile with no explanation."""
+    from bench.discovery.maps import Frame, MapSet
+    from bench.discovery.pictures import crops_figure
+    from bench.discovery.protocol import LabelledSet
+
+    paths = []
+    for i, cls in enumerate(["crack", "crack", "good"]):
+        (tmp_path / cls).mkdir(exist_ok=True)
+        p = tmp_path / cls / f"{i}.png"
+        Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(p)
+        paths.append(str(p))
+    yy, xx = np.mgrid[:224, :224]
+    blob = np.exp(-((yy - 100) ** 2 + (xx - 60) ** 2) / 300.0)
+    texture = 8 * np.sin(xx / 9.0) * np.cos(yy / 7.0)
+    bright = np.clip(150 + texture + 40 * blob, 0, 255)  # a faint defect on a background far above the range low
+    calm = np.clip(20 + texture + 230 * blob, 0, 255)  # a strong defect on a calm background
+    quiet = np.clip(15 + texture, 0, 255)  # a normal image: its maximum is the range low
+    maps = MapSet(np.stack([bright, calm, quiet]).astype(np.uint8), {"source": "test"})
+    ls = LabelledSet("synthetic", "tile", "ncd", str(tmp_path), ("crack", "good"), tuple(paths), (0, 0, 1), ("", "", ""))
+    fig = crops_figure(ls, maps, Frame("squash", 224, 256), [0, 1, 2])
+    mebin_titles = [ax.get_title() for ax in fig.axes if ax.get_title().startswith("MEBin")]
+    assert "* mask = " in mebin_titles[0] and "of the tile" in mebin_titles[0], mebin_titles
+    assert not any("* mask" in t for t in mebin_titles[1:]), mebin_titles
+    note = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+    assert "range low" in note and "MEBin's rule" in note
