@@ -182,3 +182,39 @@ def test_a_whole_tile_mebin_mask_is_marked_and_explained(tmp_path: Path) -> None
     assert not any("* mask" in t for t in mebin_titles[1:]), mebin_titles
     note = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
     assert "range low" in note and "MEBin's rule" in note
+
+
+def test_pseudo_defect_picture_says_what_its_marks_are(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bench show-pseudo``: a title for people, and the key to the picture's marks (cyan, red, β) inside it."""
+    from matplotlib.figure import Figure
+
+    titles: list[str] = []
+    save = Figure.savefig
+
+    def keep(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        titles.append(self._suptitle.get_text().replace("\n", " "))
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli_main(["show-pseudo", "--category", "tile", "--dataset", "synthetic-tiny", "--data-root", str(tmp_path / "d"),
+                         "--classes", "1", "--sources", "1", "--out", str(tmp_path / "p.png")]) == 0  # fmt: skip
+    assert titles[0].startswith("Pseudo-defect classes on tile (perlin masks)"), titles
+    assert "cyan: foreground" in titles[0] and "red: defect mask" in titles[0] and "β:" in titles[0]
+
+
+def test_bars_without_an_interval_draw_no_error_bar(drawn: list, tmp_path: Path) -> None:
+    """Fewer seeds than an interval needs (NaN half-widths): no error bar, where a zero drew a cap that reads as a
+    certain value; bars with an interval keep theirs."""
+    means = pd.DataFrame({"a": [60.0, 50.0], "b": [40.0, 45.0]}, index=["screw", "tile"])
+    plots.category_bars(means, means * np.nan, tmp_path / "none", "T")
+    plots.category_bars(means.iloc[:1], means.iloc[:1] * np.nan, tmp_path / "one", "T")
+    plots.category_bars(means, means.assign(b=np.nan) * 0 + 2, tmp_path / "some", "T")
+    from matplotlib.container import BarContainer
+
+    def bar_sets(fig) -> list:  # noqa: ANN001
+        return [c for c in fig.axes[0].containers if isinstance(c, BarContainer)]
+
+    assert all(c.errorbar is None for fig in drawn[:2] for c in bar_sets(fig))
+    a, b = bar_sets(drawn[2])
+    assert a.errorbar is not None and b.errorbar is None

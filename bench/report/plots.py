@@ -178,7 +178,7 @@ def category_bars(
     x = np.arange(len(cats))
     for i, lab in enumerate(labels):
         st = styles[lab]
-        err = None if errors is None else np.nan_to_num(errors[lab].to_numpy(float))
+        err = _error_bars(None if errors is None else errors[lab])
         ax.bar(x + (i - (len(labels) - 1) / 2) * width, means[lab].to_numpy(float), width, yerr=err, capsize=2,
                label=lab, color=st.color, hatch=st.hatch, edgecolor="white" if not st.hatch else "0.3", linewidth=0.4)  # fmt: skip
     ax.set_xticks(x, cats, rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
@@ -187,6 +187,15 @@ def category_bars(
     ax.grid(axis="y", alpha=0.3)
     _legend_outside(ax, len(labels))
     return _save(fig, stem, caption or title)
+
+
+def _error_bars(half_widths: pd.Series | None) -> np.ndarray | None:
+    """Error-bar half-widths, NaN where there is none (fewer seeds than an interval needs): matplotlib draws nothing
+    there, where a zero would draw a cap that reads as a certain value; ``None`` when no bar has one."""
+    if half_widths is None:
+        return None
+    a = half_widths.to_numpy(float)
+    return a if np.isfinite(a).any() else None
 
 
 def ranked_bars(
@@ -200,12 +209,12 @@ def ranked_bars(
     fig = MplFigure(figsize=(7.0, 1.6 + 0.32 * max(1, len(order))))
     ax = fig.add_subplot()
     y = np.arange(len(order))
-    err = None if errors is None else np.nan_to_num(errors.reindex(order.index).to_numpy(float))
+    err = _error_bars(None if errors is None else errors.reindex(order.index))
     ax.barh(y, order.to_numpy(float), xerr=err, capsize=2, color=[styles[k].color for k in order.index],
             hatch=None, edgecolor="0.3", linewidth=0.4)  # fmt: skip
     for bar, k in zip(ax.patches, order.index):
         bar.set_hatch(styles[k].hatch)
-    for yi, v, e in zip(y, order.to_numpy(float), err if err is not None else np.zeros(len(order))):
+    for yi, v, e in zip(y, order.to_numpy(float), np.nan_to_num(err) if err is not None else np.zeros(len(order))):
         ax.annotate(f"{v:.1f}", (v + e, yi), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
     ax.set_yticks(y, list(order.index), fontsize=8)
     ax.set_xlabel(xlabel)
