@@ -145,6 +145,15 @@ def test_latex_aligns_text_left_numbers_right_and_footnotes_hashes() -> None:
     assert r"\textsuperscript{a} sha256 579344248a93 (first 12 hex digits)" in tex and full not in tex
 
 
+def test_latex_tables_are_ascii() -> None:
+    """Every symbol the tables use is spelled in LaTeX: pdflatex stops at a character it has no glyph set up for
+    (the collapse mark ⚠, ties ½, a § reference)."""
+    disp = pd.DataFrame({"most-predicted share": ["0.54 ⚠ 1/4", "0.40"], "note": ["ties ½ (§1.1)", "45.1 ± 2.0 · 3×"]},
+                        index=pd.Index(["knn", "protonet"], name="configuration"))  # fmt: skip
+    tex = table_latex(Table("t", "T ≥ 3", disp, caption="P(> next), ties ½; datasets.md §1", notes=["⚠ k/n = k of n runs"]))
+    assert tex.isascii(), sorted({c for c in tex if not c.isascii()})
+
+
 def test_csv_counts_are_integers_and_floats_have_no_binary_noise(tmp_path: Path) -> None:
     data = pd.DataFrame({"category": ["a", "b", "c"], "n": [1.0, 4.0, np.nan], "mean_pct": [28.000000000000004, 69.44444444444443, np.nan],
                          "share": [0.1 + 0.2, 1e-7 / 3, 1.0], "flag": [True, False, True], "big": [1e6 + 0.5, 2.5, 3.0]})  # fmt: skip

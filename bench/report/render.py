@@ -96,7 +96,9 @@ _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
 }  # fmt: skip
-_LATEX_SYMBOLS = {"±": r"$\pm$", "†": r"$^\dagger$", "×": r"$\times$", "Δ": r"$\Delta$", "≥": r"$\geq$", "—": "---", "–": "--", "·": r"$\cdot$"}
+_LATEX_SYMBOLS = {"±": r"$\pm$", "†": r"$^\dagger$", "×": r"$\times$", "Δ": r"$\Delta$", "≥": r"$\geq$", "—": "---", "–": "--", "·": r"$\cdot$",
+                  "§": r"\S{}", "½": r"$\frac{1}{2}$", "⚠": r"\textbf{!}"}
+"""Each maps a symbol the tables use to plain LaTeX: pdflatex stops at a character it has no glyph set up for (⚠)."""
 
 
 def latex_escape(text: object) -> str:
