@@ -157,7 +157,8 @@ def save_crops_picture(ls: LabelledSet, maps: MapSet, frame: Frame, out: Path, n
     fig = crops_figure(ls, maps, frame, pick(ls, n_images))
     meta = {"Software": None} if fmt == "png" else None  # PNG only: matplotlib refuses metadata for JPEG
     try:
-        atomic_write(out, lambda f: fig.savefig(f, format=fmt, dpi=110, metadata=meta, bbox_inches="tight", pad_inches=0.15))
+        tight = {"bbox_inches": "tight", "pad_inches": 0.15}  # keeps the note below the rows
+        atomic_write(out, lambda f: fig.savefig(f, format=fmt, dpi=110, metadata=meta, **tight))
     except OSError as exc:
         raise BenchError(f"cannot write the picture {out} ({exc.strerror or exc}). Choose another --out.") from None
     return out

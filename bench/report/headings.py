@@ -54,7 +54,8 @@ def weights_text(fields: dict[str, str]) -> str:
 def class_set_text(fields: dict[str, str]) -> str:
     """The class set as a reader says it: whether MVTec's ``combined`` type and the ``good`` images are classes (the
     two fields :func:`bench.report.load.group_label` names a group by)."""
-    parts = [f"'{k}' {fields[f'class_set.{k}']}" for k in ("combined", "good") if fields.get(f"class_set.{k}", "none") != "none"]
+    given = {k: fields.get(f"class_set.{k}", "none") for k in ("combined", "good")}
+    parts = [f"'{k}' {v}" for k, v in given.items() if v != "none"]
     return "class set: " + ", ".join(parts) if parts else ""
 
 
@@ -66,7 +67,8 @@ def group_heading(res: Results, group: str) -> Heading:
         return Heading(group, "")
     first = configs[0]
     backbones = sorted({weights_text(f) for f in configs}, key=lambda t: (RANDOM_CAVEAT not in t, t))
-    shown = "; ".join(backbones) if len(backbones) <= 3 else f"{len(backbones)} backbones (see the configurations table)"
+    many = f"{len(backbones)} backbones (see the configurations table)"
+    shown = "; ".join(backbones) if len(backbones) <= 3 else many
     if len(backbones) > 3 and any(RANDOM_CAVEAT in b for b in backbones):
         shown += f"; some {RANDOM_CAVEAT}"
     parts = [f"protocol {first.get('protocol', '?')}", class_set_text(first), shown]

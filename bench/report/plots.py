@@ -214,11 +214,12 @@ def ranked_bars(
             hatch=None, edgecolor="0.3", linewidth=0.4)  # fmt: skip
     for bar, k in zip(ax.patches, order.index):
         bar.set_hatch(styles[k].hatch)
-    for yi, v, e in zip(y, order.to_numpy(float), np.nan_to_num(err) if err is not None else np.zeros(len(order))):
-        ax.annotate(f"{v:.1f}", (v + e, yi), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
+    reach = order.to_numpy(float) + (0.0 if err is None else np.nan_to_num(err))  # where each bar's value label goes
+    for yi, v, x in zip(y, order.to_numpy(float), reach):
+        ax.annotate(f"{v:.1f}", (x, yi), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
     ax.set_yticks(y, list(order.index), fontsize=8)
     ax.set_xlabel(xlabel)
-    ax.set_xlim(0, max(100.0, float((order + (0 if errors is None else errors.reindex(order.index).fillna(0))).max()) * 1.08))
+    ax.set_xlim(0, max([100.0, *(reach * 1.08)]))
     ax.grid(axis="x", alpha=0.3)
     _heading(fig, ax, title, subtitle, width=70)
     return _save(fig, stem, caption or title)

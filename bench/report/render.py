@@ -96,8 +96,10 @@ _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
 }  # fmt: skip
-_LATEX_SYMBOLS = {"±": r"$\pm$", "†": r"$^\dagger$", "×": r"$\times$", "Δ": r"$\Delta$", "≥": r"$\geq$", "—": "---", "–": "--", "·": r"$\cdot$",
-                  "§": r"\S{}", "½": r"$\frac{1}{2}$", "⚠": r"\textbf{!}"}
+_LATEX_SYMBOLS = {
+    "±": r"$\pm$", "†": r"$^\dagger$", "×": r"$\times$", "Δ": r"$\Delta$", "≥": r"$\geq$", "—": "---", "–": "--",
+    "·": r"$\cdot$", "§": r"\S{}", "½": r"$\frac{1}{2}$", "⚠": r"\textbf{!}",
+}  # fmt: skip
 """Each maps a symbol the tables use to plain LaTeX: pdflatex stops at a character it has no glyph set up for (⚠)."""
 
 
@@ -171,8 +173,8 @@ def table_latex(t: Table) -> str:
     for n in t.notes:
         lines.append(rf"\par\footnotesize {latex_escape(n)}")
     if hash_notes:
-        lines.append(r"\par\footnotesize " + "; ".join(rf"\textsuperscript{{{m}}} sha256 {h}" for h, m in hash_notes.items())
-                     + " (first 12 hex digits).")  # fmt: skip
+        marks = "; ".join(rf"\textsuperscript{{{m}}} sha256 {h}" for h, m in hash_notes.items())
+        lines.append(rf"\par\footnotesize {marks} (first 12 hex digits).")
     lines.append(r"\end{table}")
     return "\n".join(lines)
 
@@ -225,6 +227,10 @@ def _rounded(v: object) -> object:
     return float(f"{v:.{SIGNIFICANT}g}") if isinstance(v, float) and math.isfinite(v) else v
 
 
+def _number_or_none(v: object) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
 def _whole(values: pd.Series) -> bool:
     """Whether every finite value of a numeric column is a whole number that a float holds exactly."""
     num = pd.to_numeric(values, errors="coerce").astype(float)
@@ -239,9 +245,7 @@ def csv_numbers(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     for col in out.columns:
         s = out[col]
-        numeric = pd.api.types.is_float_dtype(s) or (
-            s.dtype == object and s.map(lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))).all()
-        )  # fmt: skip
+        numeric = pd.api.types.is_float_dtype(s) or (s.dtype == object and s.map(_number_or_none).all())
         if not numeric or pd.api.types.is_bool_dtype(s):
             continue
         if _whole(s) and not np.isinf(pd.to_numeric(s, errors="coerce").astype(float)).any():
@@ -252,7 +256,8 @@ def csv_numbers(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def csv_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """What every CSV the harness writes holds: formula-safe text (:func:`csv_safe`), tidy numbers (:func:`csv_numbers`)."""
+    """What every CSV the harness writes holds: formula-safe text (:func:`csv_safe`), tidy numbers
+    (:func:`csv_numbers`)."""
     return csv_numbers(csv_safe(frame))
 
 
