@@ -31,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
     from bench.features.detect import detect, format_detect
     from bench.features.store import shared_store
     from bench.paths import set_cache_root
-    from bench.report.render import check_output, csv_safe
+    from bench.report.render import check_output, csv_frame
     from bench.run.config import feature_config, resolve_device
 
     apply_config_file(args)
@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
     print(format_detect(df))
     if args.out:
         try:
-            csv_safe(df).to_csv(args.out, index=False)
+            csv_frame(df).to_csv(args.out, index=False)
         except OSError as exc:
             raise BenchError(f"cannot write {args.out} ({exc.strerror or exc}); the table is printed above.") from None
         print(f"wrote {args.out}")

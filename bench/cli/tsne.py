@@ -64,7 +64,8 @@ def main(args: argparse.Namespace) -> int:
     from bench.method import SupportSet, get_method
     from bench.metrics import episode_metrics
     from bench.report import plots
-    from bench.report.render import csv_safe
+    from bench.report.headings import dataset_name, weights_text
+    from bench.report.render import csv_frame
     from bench.run.config import RunConfig
     from bench.run.grid import preflight
     from bench.run.job import build_method, feature_store, make_context
@@ -110,13 +111,14 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     stem = out / f"tsne-{args.method}-{args.category}-{args.shots}shot-seed{args.seed}"
     weights = store.weights_info.record()
-    title = (f"{args.method}, {args.dataset}/{args.category}, {args.shots}-shot, seed {args.seed} (query accuracy {100 * acc:.1f}%); "
-             f"{weights['backbone']} / {weights['weights']}")  # fmt: skip
+    title = f"t-SNE of support and query images: {args.method}, {args.category} — {dataset_name(args.dataset)}"
+    subtitle = (f"{args.shots}-shot, seed {args.seed}, protocol {cfg.protocol}, query accuracy {100 * acc:.1f}% · "
+                + weights_text({"backbone": str(weights["backbone"]), "weights": str(weights["weights"])}))  # fmt: skip
     fig = plots.tsne_scatter(
         {f"before: pooled PatchCore features ({before.shape[1]}-d)": xy_b, f"after: {args.method} embedding ({after.shape[1]}-d)": xy_a},
-        labels, is_support, ep.class_names, stem, title,
+        labels, is_support, ep.class_names, stem, title, subtitle,
     )  # fmt: skip
-    csv_safe(pd.DataFrame({
+    csv_frame(pd.DataFrame({
         "path": paths, "class": [ep.class_names[i] for i in labels], "role": np.where(is_support, "support", "query"),
         "before_x": xy_b[:, 0], "before_y": xy_b[:, 1], "after_x": xy_a[:, 0], "after_y": xy_a[:, 1],
     })).to_csv(stem.with_suffix(".csv"), index=False)  # fmt: skip

@@ -8,14 +8,17 @@ shows a few of its images, one per class first.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
 
 from bench.cache import atomic_write
 from bench.discovery.contract import DiscoverySet
 from bench.discovery.crops import CropImages, image_crops
 from bench.discovery.maps import Frame, MapSet, frame_image, load_mask
-from bench.discovery.mebin import mebin
+from bench.discovery.mebin import MebinResult, mebin
 from bench.discovery.protocol import LabelledSet
 from bench.errors import BenchError, ConfigError
 from bench.paths import probe_writable
@@ -38,9 +41,33 @@ def pick(ls: LabelledSet, n: int) -> list[int]:
     return out
 
 
+WHOLE_TILE = 0.5
+"""A MEBin mask over at least this share of the image is explained in the picture (:func:`whole_tile_note`)."""
+
+
+def whole_tile_note(r: MebinResult, maps: np.ndarray, rows: Sequence[int]) -> str:
+    """Why some masks cover (most of) the tile, for the picture's foot; "" when none of ``rows`` does.
+
+    MEBin's search range starts at the smallest per-image map maximum of the whole set (``min_th``). A map whose
+    background lies above that (an image brighter or more textured than the set's calmest one: MTD's crack images
+    are) is one region at every threshold from ``min_th`` up to its background level, and that run of count 1 is
+    the longest stable interval, so MEBin answers "one anomaly" with a threshold near ``min_th`` and a mask over the
+    background: AnomalyNCD's rule as coded (bench/discovery/mebin.py), not a drawing error. The crop is then the
+    whole image; the map still shows where the defect is."""
+    flagged = [i for i in rows if r.masks[i].mean() >= WHOLE_TILE]
+    if not flagged:
+        return ""
+    shares = ", ".join(f"{float((maps[i] > r.min_th).mean()):.0%}" for i in flagged)
+    return (f"Masks over most of the tile (marked *): {shares} of those maps lie above MEBin's range low {r.min_th:.0f} "
+            "(the set's smallest per-image maximum), so their longest stable region count is the background as one "
+            "region at a threshold near the range low: MEBin's rule (AnomalyNCD), which then crops the whole image. "
+            "Read the map column for where the defect is.")  # fmt: skip
+
+
 def crops_figure(ls: LabelledSet, maps: MapSet, frame: Frame, chosen: Sequence[int], max_crops: int = 3) -> "Figure":
     """Rows = chosen images; columns: the image with its crop boxes (ground truth outlined when known), the anomaly
-    map, the MEBin mask, then up to ``max_crops`` crops (source resolution) with their mask outlined."""
+    map, the MEBin mask, then up to ``max_crops`` crops (source resolution) with their mask outlined. A mask over most
+    of the tile is marked and explained at the foot (:func:`whole_tile_note`)."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
@@ -69,7 +96,12 @@ def crops_figure(ls: LabelledSet, maps: MapSet, frame: Frame, chosen: Sequence[i
         axes[1].imshow(maps.maps[i], cmap="jet", vmin=0, vmax=255)
         axes[1].set_title(f"map (max {int(maps.maps[i].max())})", fontsize=7)
         axes[2].imshow(r.masks[i], cmap="gray", vmin=0, vmax=1)
-        axes[2].set_title(f"MEBin: est {r.est_nums[i]}, th {r.thresholds[i]}", fontsize=7)
+        axes[2].set_frame_on(True)  # a white (whole-tile) mask would vanish into the page without its border
+        for spine in axes[2].spines.values():
+            spine.set_edgecolor("0.6")
+        cover = float(r.masks[i].mean())
+        axes[2].set_title(f"MEBin: est {r.est_nums[i]}, th {r.thresholds[i]}"
+                          + (f"\n* mask = {cover:.0%} of the tile" if cover >= WHOLE_TILE else ""), fontsize=7)  # fmt: skip
         thumbs = CropImages(data, crops, 160)
         for j, c in enumerate(crops[:max_crops]):
             ax = axes[3 + j]
@@ -79,6 +111,9 @@ def crops_figure(ls: LabelledSet, maps: MapSet, frame: Frame, chosen: Sequence[i
             ax.set_title(f"crop {j + 1}: score {c.score:.2f}", fontsize=7)
     fig.suptitle(f"{ls.dataset} / {ls.category}: MEBin masks and crops (range {r.min_th:.0f}-{r.max_th:.0f}; green = "
                  f"ground truth, red = crops); maps: {maps.info.get('source')}", fontsize=8)  # fmt: skip
+    note = whole_tile_note(r, maps.maps, chosen)
+    if note:
+        fig.text(0.5, 0.0, textwrap.fill(note, 25 * cols), ha="center", va="top", fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -122,7 +157,8 @@ def save_crops_picture(ls: LabelledSet, maps: MapSet, frame: Frame, out: Path, n
     fig = crops_figure(ls, maps, frame, pick(ls, n_images))
     meta = {"Software": None} if fmt == "png" else None  # PNG only: matplotlib refuses metadata for JPEG
     try:
-        atomic_write(out, lambda f: fig.savefig(f, format=fmt, dpi=110, metadata=meta))
+        tight = {"bbox_inches": "tight", "pad_inches": 0.15}  # keeps the note below the rows
+        atomic_write(out, lambda f: fig.savefig(f, format=fmt, dpi=110, metadata=meta, **tight))
     except OSError as exc:
         raise BenchError(f"cannot write the picture {out} ({exc.strerror or exc}). Choose another --out.") from None
     return out

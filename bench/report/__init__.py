@@ -8,7 +8,7 @@ It reads result rows only (:mod:`bench.results`): nothing here imports the run o
 Modules: :mod:`~bench.report.load`, :mod:`~bench.report.tables`, :mod:`~bench.report.leaderboard`,
 :mod:`~bench.report.summary`, :mod:`~bench.report.stats`, :mod:`~bench.report.paper`, the document model
 :mod:`~bench.report.document` and its writers :mod:`~bench.report.render` (Markdown, LaTeX, CSV) and
-:mod:`~bench.report.html`, and :mod:`~bench.report.plots`.
+:mod:`~bench.report.html`, and :mod:`~bench.report.plots` with its titles (:mod:`~bench.report.headings`).
 """
 
 from bench.report.document import Document, Figure, Section, Table

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.document import ReportOptions, Section, Table, slug
+from bench.report.headings import group_heading
 from bench.report.load import Results, group_label, weights_desc
 from bench.report.render import md_text
 from bench.report.stats import MIN_DRAWS, NA, RULE, prob_improvement
@@ -224,8 +225,11 @@ def auroc_plot(res: Results, group: str, n_boot: int, boot_seed: int, plots_dir:
     band = band_caption(curves, f"95% bootstrap CI over draws ({n_boot:,} resamples)").replace("seeds", "draws")
     cap = (f"image AUROC % vs k, mean over categories; {band}; {group}"
            + ("; dashed grey: published MVTec AD means (another dataset unless this is mvtec_ad)" if refs else ""))  # fmt: skip
-    return plots.accuracy_vs_shots(curves, plots_dir / slug(f"{prefix}-auroc-vs-k-{group}"), f"Image AUROC vs k ({group})",
-                                   refs, cap, ylabel="image AUROC (%)", xlabel="k normal shots")  # fmt: skip
+    head = group_heading(res, group)
+    sub = "mean over categories" + ("; published curves: MVTec AD, grey" if refs else "") + f" · {head.subtitle}"
+    return plots.accuracy_vs_shots(curves, plots_dir / slug(f"{prefix}-auroc-vs-k-{group}"),
+                                   head.title("Image AUROC vs k normal shots"), refs, cap, ylabel="image AUROC (%)",
+                                   xlabel="k normal shots", subtitle=sub)  # fmt: skip
 
 
 def report_sections(

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.document import ReportOptions, Section, Table, slug
+from bench.report.headings import group_heading
 from bench.report.load import COLLAPSE_RULE, Results, share_cell, weights_desc
 from bench.report.render import md_text
 from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED, RULE, bounds, stratified_bootstrap_mean
@@ -279,6 +280,7 @@ def discovery_sections(
                 head.append("--compare: no published discovery numbers for this dataset and protocol (AnomalyNCD's "
                             "README has MVTec AD and MTD under protocol ncd).")  # fmt: skip
         sec = Section(group, head, tables)
+        heading = group_heading(res, group)
         for cat in [c for c in (categories or cats[:1]) if c in cats]:
             for cid in config_ids(res, group):
                 cm = confusion_table(res, cid, cat)
@@ -286,9 +288,10 @@ def discovery_sections(
                     continue
                 sec.tables.append(cm[0])
                 if plots_dir is not None:
-                    sec.figures.append(plots.confusion_heatmap(cm[1], cm[2], plots_dir / slug(cm[0].key), cm[0].title,
-                                                               cm[0].title + " (row-normalised; numbers = images summed over seeds)",
-                                                               columns=cm[3], xlabel="matched cluster"))  # fmt: skip
+                    sec.figures.append(plots.confusion_heatmap(
+                        cm[1], cm[2], plots_dir / slug(cm[0].key), heading.title(f"Discovered types: {res.labels[cid]}, {cat}"),
+                        cm[0].title + " (row-normalised; numbers = images summed over seeds)", columns=cm[3],
+                        xlabel="matched cluster", subtitle=f"images summed over seeds · {heading.subtitle}"))  # fmt: skip
         out.append(sec)
     return out
 

@@ -22,6 +22,7 @@ import pandas as pd
 
 from bench.report import paper
 from bench.report.document import Document, Section, Table, slug
+from bench.report.headings import group_heading
 from bench.report.load import COLLAPSE_RULE, Results, share_cell, weights_desc
 from bench.report.stats import MIN_DRAWS, NA, RULE, prob_improvement
 from bench.report.tables import (
@@ -141,14 +142,18 @@ def classification_sections(res: Results, n_boot: int, boot_seed: int, plots_dir
             curves = {res.labels[c]: averages(res, c, n_boot, boot_seed) for c in ids}
             curves = {k: v[v.n > 0] for k, v in curves.items() if (v.n > 0).any()}
             ref = reference_rows(res, group)
-            sec.figures.append(plots.accuracy_vs_shots(curves, plots_dir / slug(f"lb-acc-vs-shots-{group}"), f"Accuracy vs shots ({group})",
-                                                       {k: ref.loc[k] for k in ref.index},
-                                                       band_caption(curves, f"95% category-stratified bootstrap CI over seeds ({n_boot:,} resamples)")))  # fmt: skip
+            head = group_heading(res, group)
+            sec.figures.append(plots.accuracy_vs_shots(curves, plots_dir / slug(f"lb-acc-vs-shots-{group}"),
+                                                       head.title("Defect-type accuracy vs shots"), {k: ref.loc[k] for k in ref.index},
+                                                       band_caption(curves, f"95% category-stratified bootstrap CI over seeds ({n_boot:,} resamples)"),
+                                                       subtitle=f"mean over categories · {head.subtitle}"))  # fmt: skip
             s = max(shots)
             cs = {res.labels[c]: at_shots(cells(res, c), s) for c in ids}
             sec.figures.append(plots.category_bars(pd.DataFrame({k: v.mean_pct for k, v in cs.items()}),
                                                    pd.DataFrame({k: v.ci_high_pct - v.mean_pct for k, v in cs.items()}),
-                                                   plots_dir / slug(f"lb-categories-{s}shot-{group}"), f"Per-category accuracy, {s}-shot ({group})",
-                                                   f"mean over seeds; {BARS}"))  # fmt: skip
+                                                   plots_dir / slug(f"lb-categories-{s}shot-{group}"),
+                                                   head.title(f"Defect-type accuracy per category, {s}-shot"),
+                                                   f"mean over seeds; {BARS}", head.subtitle,
+                                                   single_title=head.title(f"Defect-type accuracy on {{category}}, {s}-shot")))  # fmt: skip
         out.append(sec)
     return out

@@ -14,11 +14,13 @@ break in a name can end one; HTML escapes everything (:mod:`bench.report.html`);
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
@@ -94,7 +96,11 @@ _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
 }  # fmt: skip
-_LATEX_SYMBOLS = {"±": r"$\pm$", "†": r"$^\dagger$", "×": r"$\times$", "Δ": r"$\Delta$", "≥": r"$\geq$", "—": "---", "–": "--", "·": r"$\cdot$"}
+_LATEX_SYMBOLS = {
+    "±": r"$\pm$", "†": r"$^\dagger$", "×": r"$\times$", "Δ": r"$\Delta$", "≥": r"$\geq$", "—": "---", "–": "--",
+    "·": r"$\cdot$", "§": r"\S{}", "½": r"$\frac{1}{2}$", "⚠": r"\textbf{!}",
+}  # fmt: skip
+"""Each maps a symbol the tables use to plain LaTeX: pdflatex stops at a character it has no glyph set up for (⚠)."""
 
 
 def latex_escape(text: object) -> str:
@@ -106,10 +112,52 @@ def latex_escape(text: object) -> str:
     return s
 
 
+_NUMBER_CELL = re.compile(r"^[\[(]?[-−+]?\.?\d")
+_HEX_WORD = re.compile(r"^(?=[0-9a-f]*[a-f])[0-9a-f]{6,}$")
+_EMPTY_CELLS = {"", "–", "-", "—", "n/a", "NA", "?", "nan"}
+
+
+def is_number_column(values: pd.Series) -> bool:
+    """Whether a displayed column holds numbers (``45.1 ± 2.0``, ``[40.2, 50.3]``, ``12/15``; blanks and dashes
+    aside): those are right-aligned so their digits line up, text is left-aligned (a hash such as ``51d195ade1`` is
+    text, whatever its first character)."""
+    cells = [str(v).strip() for v in values if str(v).strip() not in _EMPTY_CELLS]
+    return bool(cells) and all(_NUMBER_CELL.match(c) and not _HEX_WORD.match(c) for c in cells)
+
+
+def column_spec(shown: pd.DataFrame) -> str:
+    """The tabular column spec: the first column (a row's name) and text columns ``l``, number columns ``r``."""
+    return "".join("r" if i and is_number_column(shown.iloc[:, i]) else "l" for i in range(len(shown.columns)))
+
+
+_HASH = re.compile(r"(?:,\s*|\s+)?sha256[:=]\s*([0-9a-fA-F]{8,64})|\b([0-9a-fA-F]{40,64})\b")
+_MARK = "\ue000"
+
+
+def hashes_out(shown: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """``shown`` with every sha256 (``sha256:579344248a93``, or a bare 40–64 digit hex string) taken out of its cell
+    and replaced by a footnote mark (:data:`_MARK` and a letter), and the footnotes: hash (12 digits) → letter. A hash
+    in a cell is an unbreakable word wider than a page column."""
+    found: dict[str, str] = {}
+
+    def mark(m: re.Match) -> str:
+        h = (m.group(1) or m.group(2)).lower()[:12]
+        found.setdefault(h, chr(ord("a") + len(found) % 26))
+        return _MARK + found[h]
+
+    out = shown.map(lambda v: _HASH.sub(mark, v.replace(_MARK, "")) if isinstance(v, str) else v)
+    return out, found
+
+
+def latex_cell(value: object) -> str:
+    """A cell's LaTeX: escaped, with :func:`hashes_out`'s marks as superscript letters."""
+    return re.sub(re.escape(_MARK) + r"(\w)", r"\\textsuperscript{\1}", latex_escape(value))
+
+
 def table_latex(t: Table) -> str:
-    """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``)."""
-    shown = t.shown()
-    cols = "l" + "r" * (len(shown.columns) - 1)
+    """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``); hashes as footnotes (:func:`hashes_out`)."""
+    shown, hash_notes = hashes_out(t.shown())
+    cols = column_spec(shown)
     lines = [
         r"\begin{table}[ht]", r"\centering", r"\small",
         rf"\caption{{{latex_escape(t.title)}. {latex_escape(t.caption)}}}", rf"\label{{tab:{slug(t.key)}}}",
@@ -119,11 +167,14 @@ def table_latex(t: Table) -> str:
     for _, row in shown.iterrows():
         if str(row.iloc[0]).lower().startswith(("average", "mean")):
             lines.append(r"\midrule")
-        cells = [latex_escape(v) for v in row.tolist()]
+        cells = [latex_cell(v) for v in row.tolist()]
         lines.append(" & ".join("{}" + c if c.startswith("[") else c for c in cells) + r" \\")  # `\\ [` is an option
     lines += [r"\bottomrule", r"\end{tabular}"]
     for n in t.notes:
         lines.append(rf"\par\footnotesize {latex_escape(n)}")
+    if hash_notes:
+        marks = "; ".join(rf"\textsuperscript{{{m}}} sha256 {h}" for h, m in hash_notes.items())
+        lines.append(rf"\par\footnotesize {marks} (first 12 hex digits).")
     lines.append(r"\end{table}")
     return "\n".join(lines)
 
@@ -167,6 +218,49 @@ def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+SIGNIFICANT = 10
+"""Significant digits of a float in a CSV: far more than the one or two decimals a table shows (so the CSV still
+recomputes them, to 1e-9), without the binary noise of ``28.000000000000004`` (a float sum's last bits)."""
+
+
+def _rounded(v: object) -> object:
+    return float(f"{v:.{SIGNIFICANT}g}") if isinstance(v, float) and math.isfinite(v) else v
+
+
+def _number_or_none(v: object) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _whole(values: pd.Series) -> bool:
+    """Whether every finite value of a numeric column is a whole number that a float holds exactly."""
+    num = pd.to_numeric(values, errors="coerce").astype(float)
+    finite = num[np.isfinite(num)]
+    return bool(len(finite)) and bool((finite == finite.round()).all() and (finite.abs() < 2**53).all())
+
+
+def csv_numbers(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with numbers as a reader expects them: a column of whole numbers (counts, stored as floats because a
+    missing value made the column float: ``n=1.0``) as integers, blanks kept blank; other floats to
+    :data:`SIGNIFICANT` significant digits. Text cells are untouched."""
+    out = frame.copy()
+    for col in out.columns:
+        s = out[col]
+        numeric = pd.api.types.is_float_dtype(s) or (s.dtype == object and s.map(_number_or_none).all())
+        if not numeric or pd.api.types.is_bool_dtype(s):
+            continue
+        if _whole(s) and not np.isinf(pd.to_numeric(s, errors="coerce").astype(float)).any():
+            out[col] = pd.to_numeric(s, errors="coerce").round().astype("Int64")
+        else:
+            out[col] = s.map(_rounded).astype(s.dtype)
+    return out
+
+
+def csv_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """What every CSV the harness writes holds: formula-safe text (:func:`csv_safe`), tidy numbers
+    (:func:`csv_numbers`)."""
+    return csv_numbers(csv_safe(frame))
+
+
 def write_csvs(doc: Document, folder: Path, prefix: str = "") -> list[Path]:
     """One CSV per table (the tidy ``data`` frame) in ``folder``; returns the paths."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -174,7 +268,7 @@ def write_csvs(doc: Document, folder: Path, prefix: str = "") -> list[Path]:
     for t in doc.tables():
         frame = t.data if t.data is not None else t.shown()
         p = folder / f"{prefix}{slug(t.key)}.csv"
-        csv_safe(frame).to_csv(p, index=False)
+        csv_frame(frame).to_csv(p, index=False)
         paths.append(p)
     return paths
 

@@ -20,6 +20,7 @@ import pandas as pd
 
 from bench.report import paper
 from bench.report.document import Document, ReportOptions, Section, Table, slug
+from bench.report.headings import group_heading
 from bench.report.load import COLLAPSE_RULE, Results, group_label, share_cell, weights_desc
 from bench.report.rows import REFUSED
 from bench.report.stats import (
@@ -396,19 +397,22 @@ def classification_sections(res: Results, opts: ReportOptions) -> list[Section]:
         if pt is not None:
             abl.tables.append(pt)
         abl.tables.append(concentration_table(res, group))
+        heading = group_heading(res, group)
         if plots_dir is not None and (res.ok().group == group).any():
             curves = {res.labels[c]: averages(res, c, n_boot, boot_seed) for c in ids}
             ref = reference_rows(res, group)
             abl.figures.append(plots.accuracy_vs_shots(
-                curves, plots_dir / slug(f"acc-vs-shots-{group}"), f"Accuracy vs shots ({group})",
+                curves, plots_dir / slug(f"acc-vs-shots-{group}"), heading.title("Defect-type accuracy vs shots"),
                 {k: ref.loc[k] for k in ref.index},
-                f"mean over categories; {band_caption(curves, f'95% category-stratified bootstrap CI over seeds ({n_boot:,} resamples)')}; {group}"))  # fmt: skip
+                f"mean over categories; {band_caption(curves, f'95% category-stratified bootstrap CI over seeds ({n_boot:,} resamples)')}; {group}",
+                subtitle=f"mean over categories · {heading.subtitle}"))  # fmt: skip
             cs = {res.labels[c]: at_shots(cells(res, c), detail) for c in ids}
             means = pd.DataFrame({k: v.mean_pct for k, v in cs.items()})
             errs = pd.DataFrame({k: v.ci_high_pct - v.mean_pct for k, v in cs.items()})
             abl.figures.append(plots.category_bars(means, errs, plots_dir / slug(f"categories-{detail}shot-{group}"),
-                                                   f"Per-category accuracy, {detail}-shot ({group})",
-                                                   f"mean over seeds; {BARS}; {group}"))  # fmt: skip
+                                                   heading.title(f"Defect-type accuracy per category, {detail}-shot"),
+                                                   f"mean over seeds; {BARS}; {group}", heading.subtitle,
+                                                   single_title=heading.title(f"Defect-type accuracy on {{category}}, {detail}-shot")))  # fmt: skip
         out.append(abl)
         for cat in [c for c in (categories or cats[:1]) if c in cats]:
             sec = Section(f"{group}: per class, {cat}")
@@ -420,7 +424,9 @@ def classification_sections(res: Results, opts: ReportOptions) -> list[Section]:
                 if cm is not None:
                     sec.tables.append(cm[0])
                     if plots_dir is not None:
-                        sec.figures.append(plots.confusion_heatmap(cm[1], cm[2], plots_dir / slug(cm[0].key), cm[0].title,
-                                                                   cm[0].title + " (row-normalised; numbers = counts summed over seeds)"))  # fmt: skip
+                        sec.figures.append(plots.confusion_heatmap(
+                            cm[1], cm[2], plots_dir / slug(cm[0].key), heading.title(f"Confusion: {res.labels[cid]}, {cat}, {detail}-shot"),
+                            cm[0].title + " (row-normalised; numbers = counts summed over seeds)",
+                            subtitle=f"queries summed over seeds · {heading.subtitle}"))  # fmt: skip
             out.append(sec)
     return out

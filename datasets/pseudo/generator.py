@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import textwrap
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -471,12 +472,12 @@ def save_examples(
             axes[i, j].imshow(smp.image)
             axes[i, j].contour(smp.mask.astype(float), levels=[0.5], colors="red", linewidths=0.6)
             axes[i, j].set_xlabel(f"β={smp.beta:.2f}" + (" (no fg)" if smp.fg_fallback else ""), fontsize=6)
-    fig.suptitle(
-        f"{gen.category}: {gen.config.mask} pseudo defects, textures {gen.textures.source}, seed {gen.seed}",
-        fontsize=8,
-    )
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
+    key = textwrap.wrap(f"textures {gen.textures.source}, seed {gen.seed} · rows: one class each, its texture left · "
+                        "cyan: foreground, red: defect mask · β: the original image's weight inside the mask",
+                        int(fig.get_figwidth() * 14))  # fmt: skip
+    fig.suptitle("\n".join([f"Pseudo-defect classes on {gen.category} ({gen.config.mask} masks)", *key]), fontsize=8)
+    fig.tight_layout()  # makes room for the suptitle
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, format="png")
+    fig.savefig(out_path, format="png", bbox_inches="tight", pad_inches=0.1)  # the title's second line kept
     return out_path
