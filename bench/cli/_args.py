@@ -24,7 +24,6 @@ import yaml
 
 from bench.errors import BenchError, ConfigError, brief, clip
 from bench.paths import CACHE_ENV, DEFAULT_CACHE
-from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED
 
 
 _INT_ITEM = re.compile(r"\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?")
@@ -115,6 +114,8 @@ def command_line(name: str, args: argparse.Namespace, flags: dict[str, str]) -> 
 
 def add_document_options(p: argparse.ArgumentParser) -> None:
     """``--no-plots``, ``--boot`` and ``--boot-seed`` of ``bench report`` and ``bench leaderboard``."""
+    from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED  # scipy: only for these two commands
+
     p.add_argument("--no-plots", action="store_true", help="skip the PNG/SVG plots")
     p.add_argument("--boot", type=int, default=DEFAULT_BOOT, help=f"bootstrap resamples (default {DEFAULT_BOOT:,})")
     p.add_argument("--boot-seed", type=int, default=DEFAULT_BOOT_SEED, help="seed of the bootstrap generator (default 0)")
@@ -142,7 +143,7 @@ def add_feature_options(p: argparse.ArgumentParser, defaults: bool = True) -> No
     the cache. ``defaults=False`` (``run``, whose :class:`~bench.run.config.RunConfig` has them) leaves
     ``--coreset-ratio`` and ``--device`` ``None`` too."""
     from bench.images import FITS
-    from bench.run.config import DEFAULT_CORESET_RATIO, DEFAULT_DEVICE
+    from bench.run.defaults import DEFAULT_CORESET_RATIO, DEFAULT_DEVICE  # plain values: no torch (issue #24)
 
     p.add_argument("--backbone", help="timm backbone (default tf_efficientnet_lite0, ImageNet weights installed with the harness; the paper: resnet50)")
     p.add_argument("--weights", help="imagenet (default), random, or a local weights file")

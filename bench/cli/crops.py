@@ -5,7 +5,7 @@ Examples::
 
     python -m bench show-crops --category tile --dataset synthetic-tiny
     python -m bench show-crops --category magnetic_tile --dataset mtd --data-root ../shared/data/mtd/Magnetic-Tile-Defect
-    python -m bench show-crops --category screw --maps /data/musc_maps --out crops_screw.png   # another detector's maps
+    python -m bench show-crops --category screw --maps /data/musc_maps --out runs/crops_screw.png   # another detector's maps
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from bench.cli._args import add_config_option, add_feature_options, apply_config_file, feature_options, use_threads
+from bench.paths import default_output
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -29,7 +30,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="drives the coreset of the memory bank")
     p.add_argument("--images", type=int, default=6, help="images (rows) to show, one per class in turn")
     p.add_argument("--out", type=Path, help="picture file, .png or .jpg, or an existing folder (default "
-                   "results/crops_<category>.png); never inside the dataset folder")
+                   f"{default_output('crops_<category>.png')}); never inside the dataset folder")
     add_config_option(p)
 
 
@@ -47,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
     apply_config_file(args)
     if args.images < 1:
         raise ConfigError(f"--images {args.images} is not allowed: at least 1")
-    out = args.out or Path("results") / f"crops_{args.category}.png"
+    out = args.out or default_output(f"crops_{args.category}.png")
     if out.is_dir():
         out = out / f"crops_{args.category}.png"
     picture_format(out)

@@ -2,8 +2,8 @@
 
 Examples::
 
-    python -m bench leaderboard results/                           # results/leaderboard.md
-    python -m bench leaderboard results/ --format md html csv     # + a single static HTML page and CSVs
+    python -m bench leaderboard runs/                           # runs/leaderboard.md
+    python -m bench leaderboard runs/ --format md html csv     # + a single static HTML page and CSVs
 
 For each dataset × protocol × class-set group and each shot count: configurations ranked by mean accuracy
 (unweighted mean over categories of the per-category seed means), a 95% interval from a category-stratified
@@ -21,6 +21,7 @@ import argparse
 from pathlib import Path
 
 from bench.cli._args import add_document_options, check_boot, command_line, note_skipped_lines
+from bench.paths import default_output
 from bench.report.leaderboard import build_leaderboard
 from bench.report.load import load_results
 from bench.report.render import FORMATS, check_output, write_document
@@ -28,8 +29,10 @@ from bench.report.render import FORMATS, check_output, write_document
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="+", help="results.jsonl files or run folders")
-    p.add_argument("--out", default="results/leaderboard.md", help="output file (default results/leaderboard.md); "
-                   "other formats are written next to it with their own suffix (CSV: a folder)")  # fmt: skip
+    p.add_argument("--out", default=str(default_output("leaderboard.md")),
+                   help=f"output file (default {default_output('leaderboard.md')}, ignored by git; the committed "
+                   "results/leaderboard.md only when named); other formats are written next to it with their own "
+                   "suffix (CSV: a folder)")  # fmt: skip
     p.add_argument("--format", nargs="+", choices=[*FORMATS, "all"], help="formats (default: from the --out suffix, else md)")
     add_document_options(p)
 

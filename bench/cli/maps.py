@@ -2,7 +2,7 @@
 
 Examples::
 
-    python -m bench maps --method patchcore-kshot --dataset mtd --data-root ../shared/data/mtd/Magnetic-Tile-Defect --shots 8 --seed 1 --out maps/
+    python -m bench maps --method patchcore-kshot --dataset mtd --data-root ../shared/data/mtd/Magnetic-Tile-Defect --shots 8 --seed 1 --out runs/maps-mtd/
     python -m bench maps --method patchcore-kshot --categories fabric nut --shots 4 --bits 16
 
 Fits the detector on the same k shots as ``bench run --task detection`` (the seeded draw of (category, k, seed)) and
@@ -21,6 +21,7 @@ import argparse
 from pathlib import Path
 
 from bench.cli._args import add_config_option, add_feature_options, apply_config_file, feature_options, use_threads
+from bench.paths import default_output
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -34,7 +35,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_feature_options(p)
     p.add_argument("--exclude-combined", action="store_true", help="drop the 'combined' defect type")
     p.add_argument("--bits", type=int, choices=[8, 16], default=8, help="PNG depth (default 8, uint8 as the reference)")
-    p.add_argument("--out", default="maps", help="output folder (default maps/)")
+    p.add_argument("--out", default=str(default_output("maps")), help=f"output folder (default {default_output('maps')}/)")
     add_config_option(p)
 
 

@@ -2,7 +2,7 @@
 
 Examples::
 
-    python -m bench tsne --method contrastive --category bottle --shots 5 --seed 1 --out tsne/
+    python -m bench tsne --method contrastive --category bottle --shots 5 --seed 1 --out runs/tsne/
     python -m bench tsne --method contrastive --dataset mvtec_ad --data-root /data/mvtec_ad --category screw --shots 2
 
 Runs ONE job in this process (the same episode, features and method as ``bench run``): "before" is the
@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError, ConfigError
 from bench.cli._args import add_config_option, add_feature_options, apply_config_file, feature_options, use_threads
+from bench.paths import default_output
+
+if TYPE_CHECKING:  # imported where used: --help and option errors answer before numpy/pandas load
+    import numpy as np
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -36,11 +37,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_feature_options(p)
     p.add_argument("--perplexity", type=float, help="t-SNE perplexity (default min(30, (N-1)/3))")
     p.add_argument("--tsne-seed", type=int, default=0, help="t-SNE random state (default 0)")
-    p.add_argument("--out", default="tsne", help="output folder (default tsne/)")
+    p.add_argument("--out", default=str(default_output("tsne")), help=f"output folder (default {default_output('tsne')}/)")
     add_config_option(p)
 
 
 def _numpy(x: Any) -> np.ndarray:
+    import numpy as np
+
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=np.float64)
@@ -61,6 +64,9 @@ def tsne_2d(x: np.ndarray, perplexity: float | None, seed: int) -> np.ndarray:
 
 
 def main(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pandas as pd
+
     from bench.method import SupportSet, get_method
     from bench.metrics import episode_metrics
     from bench.report import plots

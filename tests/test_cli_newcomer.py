@@ -1,0 +1,158 @@
+"""A newcomer's first commands (issue #24): default outputs outside the committed files, a fast start-up, help that
+agrees with the commands, progress on long commands, no stale lines."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+HEAVY = ("torch", "timm", "pandas", "sklearn", "matplotlib")
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    """The sub-parser of ``command``, configured as ``python -m bench COMMAND`` configures it."""
+    from bench.cli import build_parser
+
+    parser = build_parser(only=command)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
+
+
+def _default(command: str, dest: str) -> str | None:
+    """The default of option ``dest``: argparse's, or for a command with ``--config`` the one applied after the file."""
+    parser = _parser(command)
+    spec = parser.get_default("_config")
+    if spec is not None:
+        return spec.defaults.get(dest)
+    return next(a.default for a in parser._actions if a.dest == dest)
+
+
+# ------------------------------------------------------------------------------------------ default outputs
+def _ignored(path: Path | str) -> bool:
+    """Whether git ignores ``path`` (relative to the checkout) and does not track anything under it."""
+    ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", str(path)], cwd=REPO, check=False).returncode == 0
+    tracked = subprocess.run(["git", "ls-files", "--", str(path)], cwd=REPO, capture_output=True, text=True, check=True)
+    return ignored and not tracked.stdout.strip()
+
+
+def test_default_outputs_go_to_one_ignored_folder_never_to_the_committed_results() -> None:
+    """`report/` (report's default) was not ignored and the leaderboard's default was the committed
+    results/leaderboard.md: every default target is now under runs/, which git ignores."""
+    from bench.paths import DEFAULT_OUT
+    from bench.run.config import RunConfig
+
+    if subprocess.run(["git", "rev-parse"], cwd=REPO, capture_output=True, check=False).returncode:
+        pytest.skip("not a git checkout")
+    defaults = {
+        "run": RunConfig.__dataclass_fields__["out"].default,
+        "report": _default("report", "out"),
+        "leaderboard": _default("leaderboard", "out"),
+        "tsne": _default("tsne", "out"),
+        "maps": _default("maps", "out"),
+    }
+    for command, out in defaults.items():
+        path = Path(out)
+        assert path.parts[0] == DEFAULT_OUT and "results" not in path.parts, (command, out)
+        assert _ignored(path / "x"), f"{command}'s default output {out} is not ignored by git"
+    # what a default run writes, by name
+    for name in ("results.jsonl", "summary.md", "episodes/a.json", "leaderboard.md", "leaderboard_plots/a.png",
+                 "report/report.md", "crops_tile.png", "pseudo_tile.png"):  # fmt: skip
+        assert _ignored(Path(DEFAULT_OUT) / name), name
+    for helped in ("show-crops", "show-pseudo"):  # their defaults are made from the category: the help states them
+        assert _default(helped, "out") is None and f"(default {DEFAULT_OUT}/" in " ".join(_parser(helped).format_help().split())
+
+
+def test_show_pseudo_writes_under_runs_when_not_told(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     tiny_root: Path) -> None:  # fmt: skip
+    """It wrote results/pseudo_<category>.png into the current folder (the checkout's committed results/)."""
+    from bench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["show-pseudo", "--category", "tile", "--dataset", "folder", "--data-root", str(tiny_root),
+                 "--classes", "2", "--sources", "1"]) == 0  # fmt: skip
+    assert (tmp_path / "runs" / "pseudo_tile.png").is_file() and not (tmp_path / "results").exists()
+
+
+# ------------------------------------------------------------------------------------------------- start-up
+def _imported(*args: str) -> tuple[set[str], subprocess.CompletedProcess]:
+    """The modules a fresh ``python -m bench ARGS`` imports (``-X importtime`` lists each on stderr)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "bench", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, check=False)  # fmt: skip
+    names = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    return names, proc
+
+
+@pytest.mark.parametrize("args, code", [
+    (("--help",), 0), (("run", "--shots", "x"), 2), (("run", "--jobs", "x"), 2), (("list", "datasets"), 0),
+    (("cache", "info", "--cache-dir", "/nonexistent/bench-cache"), 2),
+])  # fmt: skip
+def test_help_option_errors_and_listings_start_without_torch(args: tuple[str, ...], code: int) -> None:
+    """`import bench` imported torch (the torchvision shim) and the command modules imported torch, pandas and
+    scikit-learn at the top: 6–19 s before --help answered on a loaded machine. Now none of them loads where the
+    command does not need it (``benchmarks/startup.py`` prints the times)."""
+    names, proc = _imported(*args)
+    assert proc.returncode == code, proc.stderr[-2000:]
+    heavy = {"torch", "timm", "sklearn", "matplotlib"} | ({"pandas"} if args[0] in ("--help", "run") else set())
+    assert not heavy & names, f"python -m bench {' '.join(args)} imported {sorted(heavy & names)}"
+    if code == 2:
+        assert "error:" in proc.stderr
+
+
+def test_torchvision_is_still_patched_before_its_first_import() -> None:
+    """The shim is an import hook now: `import bench` no longer imports torch, and timm (which imports torchvision)
+    still imports on this machine's CPU torch with a CUDA torchvision (docs/environment.md)."""
+    code = ("import sys, bench, bench.compat as c; assert 'torch' not in sys.modules, 'torch at import bench'; "
+            "import timm; timm.create_model('resnet18', pretrained=False); "
+            "assert not any(isinstance(f, c._PatchBeforeTorchvision) for f in sys.meta_path); print('ok')")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_the_startup_benchmark_prints_ratios() -> None:
+    proc = subprocess.run([sys.executable, "benchmarks/startup.py", "--repeats", "1"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "python -c pass:" in proc.stdout
+    for shown in ("python -m bench --help", "python -m bench run --shots x", "python -m bench list methods"):
+        found = re.search(rf"^{re.escape(shown)} +(\d+) +([\d.]+) ", proc.stdout, re.M)
+        assert found and float(found[2]) > 0, proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------- help lines
+def test_top_level_help_names_every_choice_of_each_command() -> None:
+    """The top-level lines were typed by hand and drifted: `list` without discoverers, `cache` without prune, `perf`
+    naming benchmarks that do not exist. They are made from each command's own choices now."""
+    from bench.cli import COMMANDS, build_parser
+
+    top = build_parser(only="").format_help()
+    text = " ".join(top.split())
+    for name in COMMANDS:
+        positional = [a for a in _parser(name)._actions if not a.option_strings and a.choices]
+        for action in positional[:1]:
+            line = text[text.index(f" {name} ") :][:300]
+            missing = [c for c in action.choices if str(c) not in line]
+            assert not missing, f"top-level help of {name!r} lacks {missing}: {line!r}"
+    for stale in ("coreset, cache", "show or clear"):
+        assert stale not in text
+
+
+def test_list_backbones_shows_what_runs_offline_and_names_the_default(capsys: pytest.CaptureFixture[str]) -> None:
+    """It listed 134 ResNets (none with weights offline) by a silent `*resnet*` default; the default backbone was
+    named nowhere in its output."""
+    from bench.cli import main
+    from bench.features.backbones import DEFAULT_BACKBONE, imagenet_availability
+
+    assert main(["list", "backbones"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith(f"default backbone: {DEFAULT_BACKBONE}")
+    table = out.split("Weights packages")[0]
+    assert "resnet50 " not in table
+    if imagenet_availability(DEFAULT_BACKBONE)[0] != "none":
+        assert f"\n{DEFAULT_BACKBONE} " in table
+    assert all(" none " not in line for line in table.splitlines())
