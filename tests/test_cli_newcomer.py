@@ -156,3 +156,106 @@ def test_list_backbones_shows_what_runs_offline_and_names_the_default(capsys: py
     if imagenet_availability(DEFAULT_BACKBONE)[0] != "none":
         assert f"\n{DEFAULT_BACKBONE} " in table
     assert all(" none " not in line for line in table.splitlines())
+
+
+# ------------------------------------------------------------------------------------------------ examples
+def _examples() -> list[tuple[str, str]]:
+    """Every ``python -m bench ...`` example of every command's help (its module docstring): (command, text)."""
+    import importlib
+
+    from bench.cli import COMMANDS
+
+    found = []
+    for name, (module, _) in COMMANDS.items():
+        doc = importlib.import_module(module).__doc__ or ""
+        texts = re.findall(r"``(python -m bench [^`]+)``", doc)
+        texts += [m.strip() for m in re.findall(r"^ {4}(python -m bench .+?)(?:\s+#.*)?$", doc, re.M)]
+        found += [(name, " ".join(t.split())) for t in texts]
+    return found
+
+
+EXAMPLES = _examples()
+
+
+@pytest.mark.parametrize("command, example", EXAMPLES, ids=[f"{c}-{i}" for i, (c, _) in enumerate(EXAMPLES)])
+def test_help_examples_parse_and_name_what_exists(command: str, example: str) -> None:
+    """`tsne --help`'s first example asked for category bottle of the default dataset (synthetic: fabric, wood, nut,
+    capsule) and failed. Each example is parsed by its command's parser (nothing runs), and where it uses a built-in
+    synthetic dataset its categories and methods must exist."""
+    import shlex
+
+    from bench.cli import build_parser
+    from bench.datasets import DATASETS, import_all
+
+    argv = shlex.split(example)[3:]
+    assert argv[0] == command, example
+    args = build_parser(only=command).parse_args(argv)
+    if not hasattr(args, "dataset"):  # reports read results files: nothing to check against a dataset
+        return
+    from bench.tasks import tasks
+
+    task = {"run": getattr(args, "task", None) or "classification", "tsne": "classification", "maps": "detection"}
+    methods = getattr(args, "methods", None) or ([args.method] if isinstance(getattr(args, "method", None), str) else [])
+    if methods:
+        registry = tasks()[task[command]].hook("registry")
+        registry.import_all()
+        assert set(methods) <= set(registry.names()), f"{example}: unknown {set(methods) - set(registry.names())}"
+    import_all()
+    dataset = args.dataset or "synthetic"
+    assert dataset in DATASETS.names(), example
+    cats = [*(getattr(args, "categories", None) or []), *([args.category] if getattr(args, "category", None) else [])]
+    if dataset.startswith("synthetic") and getattr(args, "data_root", None) is None and cats:
+        from bench.datasets.synthetic import PRESETS
+
+        preset = PRESETS["tiny" if dataset == "synthetic-tiny" else "default"]
+        assert set(cats) <= set(preset.categories), f"{example}: {dataset} has {list(preset.categories)}"
+
+
+# ------------------------------------------------------------------------------------------------ stale lines
+def test_discovery_jobs_are_not_shown_as_0_shot() -> None:
+    """A discovery job has no shots (0): its progress line and failure summary said "0-shot" / "shots 0"."""
+    from bench.run.plan import Job, failure_lines
+
+    found = Job("kmeans", {}, "tile", 0, 1, "k1", None, error="boom", task="discovery")
+    assert found.describe() == "kmeans tile seed 1"
+    assert failure_lines({"boom": [found]}) == ["  kmeans: 1 job(s) (categories tile; seeds 1): boom"]
+    shot = Job("protonet", {}, "tile", 2, 1, "k2", None, task="classification")
+    assert shot.describe() == "protonet tile 2-shot seed 1"
+    assert "shots 2; seeds 1" in failure_lines({"x": [shot]})[0]
+
+
+def test_detect_names_zero_init_last_only_for_a_random_init() -> None:
+    """`bench detect` printed `zero_init_last=None` for pretrained weights, where the option does not apply."""
+    import pandas as pd
+
+    from bench.features.detect import format_detect
+
+    df = pd.DataFrame({"category": ["tile"], "auroc": [0.9]})
+    df.attrs["weights"] = {"backbone": "tf_efficientnet_lite0", "weights": "imagenet", "zero_init_last": None}
+    assert "zero_init_last" not in format_detect(df)
+    df.attrs["weights"] = {"backbone": "resnet18", "weights": "random", "zero_init_last": False}
+    assert "zero_init_last=False" in format_detect(df)
+
+
+def test_cache_prune_dry_run_says_what_would_remain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`cache prune --dry-run` said the kinds "now take" the pruned size while nothing was removed."""
+    from bench.cli import main
+    from bench.paths import make_cache_root
+
+    root = make_cache_root(tmp_path / "cache")
+    (root / "features").mkdir()
+    (root / "features" / "a.npy").write_bytes(b"x" * 2048)
+    assert main(["cache", "prune", "--max-size", "0", "--dry-run", "--cache-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "now take" not in out and "would take 0 B after pruning (dry run: nothing was removed)" in out
+    assert (root / "features" / "a.npy").is_file()
+
+
+def test_docs_say_no_task_is_planned_that_runs() -> None:
+    """docs/tasks.md said "few-shot detection is planned" while `--task detection` runs."""
+    from bench.tasks import tasks
+
+    text = " ".join((REPO / "docs" / "tasks.md").read_text(encoding="utf-8").split()).lower()
+    for name in tasks():
+        for phrase in (f"{name} is planned", f"few-shot {name} is planned"):
+            assert phrase not in text, phrase

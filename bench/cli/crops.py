@@ -5,7 +5,7 @@ Examples::
 
     python -m bench show-crops --category tile --dataset synthetic-tiny
     python -m bench show-crops --category magnetic_tile --dataset mtd --data-root ../shared/data/mtd/Magnetic-Tile-Defect
-    python -m bench show-crops --category screw --maps /data/musc_maps --out runs/crops_screw.png   # another detector's maps
+    python -m bench show-crops --category screw --dataset mvtec_ad --data-root /data/mvtec_ad --maps /data/musc_maps --out runs/crops_screw.png   # another detector's maps
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Examples::
 
-    python -m bench tsne --method contrastive --category bottle --shots 5 --seed 1 --out runs/tsne/
+    python -m bench tsne --method contrastive --category fabric --shots 5 --seed 1 --out runs/tsne/
     python -m bench tsne --method contrastive --dataset mvtec_ad --data-root /data/mvtec_ad --category screw --shots 2
 
 Runs ONE job in this process (the same episode, features and method as ``bench run``): "before" is the

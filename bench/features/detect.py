@@ -83,8 +83,10 @@ def detect(
 def format_detect(df: pd.DataFrame) -> str:
     """The :func:`detect` table as text, with the mean AUROC over the categories that have one."""
     w = df.attrs.get("weights", {})
+    # zero_init_last applies to a random init only; pretrained weights record None (printed as "zero_init_last=None")
+    zero = f", zero_init_last={w['zero_init_last']}" if w.get("zero_init_last") is not None else ""
     head = (f"PatchCore image AUROC ({df.attrs.get('dataset', '?')}; backbone {w.get('backbone', '?')}, weights "
-            f"{w.get('weights', '?')}, zero_init_last={w.get('zero_init_last')}; seed {df.attrs.get('seed', '?')}, "
+            f"{w.get('weights', '?')}{zero}; seed {df.attrs.get('seed', '?')}, "
             f"coreset {df.attrs.get('coreset_ratio', '?')}; image fit {df.attrs.get('image_fit', 'crop')})")
     hold = df.attrs.get("dataset_info", {}).get("holdout")
     if hold:  # e.g. MTD: no defect-free test set of its own
