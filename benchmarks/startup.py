@@ -44,7 +44,8 @@ def wall(argv: list[str]) -> float:
 
 def heavy_imports(argv: list[str]) -> list[str]:
     """Which of :data:`HEAVY` the process imports (``-X importtime`` lists every module on stderr)."""
-    proc = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], cwd=ROOT, capture_output=True, text=True, check=False)
+    proc = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], cwd=ROOT, capture_output=True, text=True,
+                          check=False)  # fmt: skip
     seen = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     return [name for name in HEAVY if name in seen]
 
@@ -52,6 +53,8 @@ def heavy_imports(argv: list[str]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="runs of each command (default 5; the median counts)")
+    parser.add_argument("--no-imports", action="store_true",
+                        help="skip the -X importtime run that names the heavy imports")  # fmt: skip
     args = parser.parse_args()
     base = [sys.executable, "-c", "pass"]
     commands = [[sys.executable, "-m", "bench", *c] for c in COMMANDS]
@@ -66,7 +69,8 @@ def main() -> None:
     for i, argv in enumerate(commands):
         t = statistics.median(times[i])
         shown = " ".join(["python -m bench", *COMMANDS[i]])
-        print(f"{shown:34} {1000 * t:9.0f} {t / bare:7.1f}  {', '.join(heavy_imports(argv)) or '-'}")
+        heavy = "(not checked)" if args.no_imports else ", ".join(heavy_imports(argv)) or "-"
+        print(f"{shown:34} {1000 * t:9.0f} {t / bare:7.1f}  {heavy}")
 
 
 if __name__ == "__main__":

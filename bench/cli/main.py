@@ -53,7 +53,8 @@ def command_help(name: str) -> str:
         return text
     probe = argparse.ArgumentParser(add_help=False)
     importlib.import_module(module).configure(probe)
-    choices = next(a.choices for a in probe._actions if not a.option_strings and a.choices)  # argparse lists them nowhere else
+    # argparse lists a parser's arguments nowhere else than in _actions
+    choices = next(a.choices for a in probe._actions if not a.option_strings and a.choices)
     return text.format(choices=or_list(list(choices)))
 
 

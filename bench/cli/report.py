@@ -35,7 +35,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="+", help="results.jsonl files or run folders")
     p.add_argument("--format", nargs="+", default=["md"], choices=[*FORMATS, "all"], help="output formats (default md)")
     p.add_argument("--out", default=str(default_output("report")),
-                   help=f"output folder (default {default_output('report')}/, ignored by git); '-' prints Markdown to stdout")
+                   help=f"output folder (default {default_output('report')}/, ignored by git); '-' prints Markdown to "
+                   "stdout")
     p.add_argument("--compare", choices=["paper", "published"],
                    help="put the published numbers next to ours: the paper's tables (classification), RegAD and WinCLIP+ "
                    "(detection, docs/tasks.md §A.3); paper and published are the same switch")

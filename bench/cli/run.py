@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.cli._args import add_feature_options, parse_int_list, parse_set, read_config_file
+from bench.cli._args import add_feature_options, add_progress_option, parse_int_list, parse_set, read_config_file
 from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, Terminated, brief, brief_list
 from bench.paths import DEFAULT_OUT
 from bench.run.defaults import MAX_LIST_VALUES
@@ -66,7 +66,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", help="Dask scheduler address (tcp://HOST:8786) for --backend dask with "
                    "--jobs N ≥ 2 (default: a local cluster)")
     p.add_argument("--out", help=f"results folder (default {DEFAULT_OUT}/, ignored by git)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_option(p)
 
 
 COPIED_OPTIONS = (
