@@ -116,7 +116,7 @@ def command_line(name: str, args: argparse.Namespace, flags: dict[str, str]) -> 
 
 def add_document_options(p: argparse.ArgumentParser) -> None:
     """``--no-plots``, ``--boot`` and ``--boot-seed`` of ``bench report`` and ``bench leaderboard``."""
-    from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED  # scipy: only for these two commands
+    from bench.report.defaults import DEFAULT_BOOT, DEFAULT_BOOT_SEED  # plain values: no scipy at start-up
 
     p.add_argument("--no-plots", action="store_true", help="skip the PNG/SVG plots")
     p.add_argument("--boot", type=int, default=DEFAULT_BOOT, help=f"bootstrap resamples (default {DEFAULT_BOOT:,})")

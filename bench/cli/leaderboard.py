@@ -22,9 +22,7 @@ from pathlib import Path
 
 from bench.cli._args import add_document_options, check_boot, command_line, note_skipped_lines
 from bench.paths import default_output
-from bench.report.leaderboard import build_leaderboard
-from bench.report.load import load_results
-from bench.report.render import FORMATS, check_output, write_document
+from bench.report.defaults import FORMATS
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -43,6 +41,10 @@ _BY_SUFFIX = {".md": "md", ".html": "html", ".htm": "html", ".tex": "latex", ".c
 
 def main(args: argparse.Namespace) -> int:
     check_boot(args.boot)
+    from bench.report.leaderboard import build_leaderboard  # pandas, scipy: after the options are checked
+    from bench.report.load import load_results
+    from bench.report.render import check_output, write_document
+
     out = Path(args.out)
     formats = args.format or [_BY_SUFFIX.get(out.suffix.lower(), "md")]
     formats = list(FORMATS) if "all" in formats else list(dict.fromkeys(formats))

@@ -26,9 +26,7 @@ from pathlib import Path
 from bench.cli._args import add_document_options, check_boot, command_line, note_skipped_lines
 from bench.errors import BenchError
 from bench.paths import default_output
-from bench.report.load import load_results
-from bench.report.render import FORMATS, check_output, to_markdown, write_document
-from bench.report.tables import build_report
+from bench.report.defaults import FORMATS
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -51,6 +49,10 @@ FLAGS = {"format": "--format", "out": "--out", "compare": "--compare", "category
 
 def main(args: argparse.Namespace) -> int:
     check_boot(args.boot)
+    from bench.report.load import load_results  # pandas, scipy: after the options are checked
+    from bench.report.render import check_output, to_markdown, write_document
+    from bench.report.tables import build_report
+
     if args.out != "-":  # before anything is read or computed
         check_output(Path(args.out), folder=True)
     res = load_results(args.results)
