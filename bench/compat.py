@@ -4,13 +4,16 @@ torchvision 0.28.0 from the registry is a CUDA build: on the CPU-only torch 2.13
 extension fails to load, and ``import torchvision`` (hence ``import timm``) dies with
 ``operator torchvision::nms does not exist``. :func:`patch_torchvision` registers the two operator
 schemas torchvision's Python code expects and a pure-torch CPU ``nms`` so the import works. On a machine
-where torchvision's extension loads normally it does nothing. See ``docs/environment.md``.
+where torchvision's extension loads normally it does nothing. ``import bench`` installs it as an import hook
+(:func:`install_torchvision_hook`): it runs just before torchvision's first import, so commands that never load
+torch start without it. See ``docs/environment.md``.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.abc
 import importlib.util
 import os
 import sys
@@ -75,6 +78,38 @@ def patch_torchvision() -> bool:
     globals()["_LIB"] = lib  # keep the library object alive
     _PATCHED = True
     return True
+
+
+class _PatchBeforeTorchvision(importlib.abc.MetaPathFinder):
+    """An import hook that applies :func:`patch_torchvision` just before the first ``import torchvision``.
+
+    The patch imports torch (about 1.5 s of a 2-core machine): done at ``import bench``, it made every command pay
+    it, ``--help`` and a one-line option error included (issue #24). Through this hook only a process that
+    imports torchvision (timm does) pays, and it still gets the patch first, whichever module imports it.
+    """
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if fullname == "torchvision":
+            uninstall_torchvision_hook()  # before patching: patch_torchvision looks torchvision up itself
+            patch_torchvision()
+        return None  # the ordinary finders import the module
+
+
+def install_torchvision_hook() -> None:
+    """Patch torchvision (:func:`patch_torchvision`) when it is first imported, not now; at once if it already is.
+
+    Called by ``import bench``, so every process of the harness (workers included) gets the patch before timm
+    loads, without importing torch where a command does not need it.
+    """
+    if "torchvision" in sys.modules:
+        patch_torchvision()
+    elif not any(isinstance(f, _PatchBeforeTorchvision) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchBeforeTorchvision())
+
+
+def uninstall_torchvision_hook() -> None:
+    """Remove :func:`install_torchvision_hook`'s import hook (it is needed once)."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _PatchBeforeTorchvision)]
 
 
 def offline_defaults() -> None:

@@ -12,7 +12,9 @@
   from this one inherits it; no other module reads or writes that variable (``tests/test_layout.py``).
   A folder the harness creates as a cache root gets a :data:`CACHE_TAG` (:func:`make_cache_root`): the proof
   that ``bench cache clear|prune`` ask for before they delete anything (see :mod:`bench.cache`).
-* results: ``results/`` in the current folder unless ``--out`` says otherwise.
+* outputs: :data:`DEFAULT_OUT` (``runs/`` in the current folder, ignored by git) unless ``--out`` says otherwise:
+  a run's results, reports, leaderboards, maps and pictures (:func:`default_output`). The figures committed under
+  ``results/`` are rewritten only by a command that names them with ``--out``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,16 @@ from bench.errors import ConfigError
 
 CACHE_ENV = "BENCH_CACHE"
 DEFAULT_CACHE = "~/.cache/fsad-bench"
+
+DEFAULT_OUT = "runs"
+"""Where every command writes when not told (``--out``): one folder, ignored by git (``.gitignore``), so the default
+commands never rewrite the repository's committed ``results/`` (a run once wrote its rows there and the README's
+leaderboard command replaced the committed leaderboard; issue #24)."""
+
+
+def default_output(name: str = "") -> Path:
+    """A command's default output, ``runs/<name>`` relative to the current folder (``runs/`` itself for ``""``)."""
+    return Path(DEFAULT_OUT) / name if name else Path(DEFAULT_OUT)
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 """The folder that holds ``bench/`` (a source checkout's root: ``benchmarks/``, ``.git``, ``docs/``)."""

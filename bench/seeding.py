@@ -9,9 +9,12 @@ another, and the numbers for a job do not depend on which worker runs it or in w
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported by the two functions that use it: the datasets and reports need none
+    import torch
 
 
 def stable_int(*parts: object) -> int:
@@ -31,6 +34,8 @@ def numpy_rng(seed: int, *stream: object) -> np.random.Generator:
 
 def torch_generator(seed: int, *stream: object) -> torch.Generator:
     """A torch CPU Generator for ``stream`` of run ``seed``."""
+    import torch
+
     g = torch.Generator()
     g.manual_seed(int(seed_sequence(seed, *stream).generate_state(1, dtype=np.uint64)[0] & ((1 << 63) - 1)))
     return g
@@ -41,4 +46,6 @@ def seed_torch_global(seed: int, *stream: object) -> None:
 
     Methods call this right before building their networks, so initialisation is a function of (seed, stream).
     """
+    import torch
+
     torch.manual_seed(int(seed_sequence(seed, *stream).generate_state(1, dtype=np.uint64)[0] & ((1 << 63) - 1)))

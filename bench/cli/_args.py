@@ -17,14 +17,15 @@ import dataclasses
 import re
 import shlex
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Sequence
 
 import yaml
 
 from bench.errors import BenchError, ConfigError, brief, clip
 from bench.paths import CACHE_ENV, DEFAULT_CACHE
-from bench.report.stats import DEFAULT_BOOT, DEFAULT_BOOT_SEED
 
 
 _INT_ITEM = re.compile(r"\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?")
@@ -115,6 +116,8 @@ def command_line(name: str, args: argparse.Namespace, flags: dict[str, str]) -> 
 
 def add_document_options(p: argparse.ArgumentParser) -> None:
     """``--no-plots``, ``--boot`` and ``--boot-seed`` of ``bench report`` and ``bench leaderboard``."""
+    from bench.report.defaults import DEFAULT_BOOT, DEFAULT_BOOT_SEED  # plain values: no scipy at start-up
+
     p.add_argument("--no-plots", action="store_true", help="skip the PNG/SVG plots")
     p.add_argument("--boot", type=int, default=DEFAULT_BOOT, help=f"bootstrap resamples (default {DEFAULT_BOOT:,})")
     p.add_argument("--boot-seed", type=int, default=DEFAULT_BOOT_SEED, help="seed of the bootstrap generator (default 0)")
@@ -142,7 +145,7 @@ def add_feature_options(p: argparse.ArgumentParser, defaults: bool = True) -> No
     the cache. ``defaults=False`` (``run``, whose :class:`~bench.run.config.RunConfig` has them) leaves
     ``--coreset-ratio`` and ``--device`` ``None`` too."""
     from bench.images import FITS
-    from bench.run.config import DEFAULT_CORESET_RATIO, DEFAULT_DEVICE
+    from bench.run.defaults import DEFAULT_CORESET_RATIO, DEFAULT_DEVICE  # plain values: no torch (issue #24)
 
     p.add_argument("--backbone", help="timm backbone (default tf_efficientnet_lite0, ImageNet weights installed with the harness; the paper: resnet50)")
     p.add_argument("--weights", help="imagenet (default), random, or a local weights file")
@@ -281,3 +284,66 @@ def use_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def add_progress_option(p: argparse.ArgumentParser) -> None:
+    """``--no-progress`` of every command that can take more than a few seconds (``bench run``'s flag): they show
+    tqdm bars on stderr unless it is given (:func:`show_progress`; stdout keeps only the results, as before)."""
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (shown on stderr when it is a terminal)")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Whether a command of :func:`add_progress_option` shows its bars: not with ``--no-progress``, and only when
+    stderr is a terminal. Where stderr is a file or a pipe (a script, a log, a test) the bars would be lines of
+    carriage returns before the result, and a bad input would no longer be the one ``error:`` line it promises."""
+    return not args.no_progress and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+
+
+class Stages:
+    """A progress bar over the named stages of a command that does one piece of work (``tsne``, ``show-crops``,
+    ``show-pseudo``), on stderr, redrawn every second: during a long stage (``tsne`` trains the method for minutes)
+    its elapsed time still moves, and the stage's name says what is being waited for (issue #24: ``tsne`` ran
+    10.8 min printing nothing). Use as a context manager; :meth:`stage` starts the next stage."""
+
+    def __init__(self, desc: str, names: Sequence[str], enabled: bool = True) -> None:
+        from tqdm import tqdm
+
+        self.names = list(names)
+        self.bar = tqdm(total=len(self.names), desc=desc, disable=not enabled, file=sys.stderr,
+                        bar_format="{desc} [{elapsed}] {n_fmt}/{total_fmt} stages done{postfix}")  # fmt: skip
+        self.current: str | None = None
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="progress", daemon=True) if enabled else None
+
+    def __enter__(self) -> Stages:
+        if self._ticker is not None:
+            self._ticker.start()
+        return self
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            self.bar.refresh()
+
+    def stage(self, name: str) -> None:
+        """Mark the current stage done and show ``name`` (one of the names given) as running."""
+        if name not in self.names:
+            raise ValueError(f"unknown stage {name!r}; the stages are {self.names}")
+        self.bar.set_postfix_str(name, refresh=False)
+        if self.current is not None:
+            self.bar.update(1)
+        else:
+            self.bar.refresh()
+        self.current = name
+
+    def write(self, text: str) -> None:
+        """Print ``text`` on stdout without breaking the bar (a note met during a stage)."""
+        self.bar.write(text, file=sys.stdout)
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._stop.set()
+        if self._ticker is not None and self._ticker.is_alive():
+            self._ticker.join()
+        if kind is None:
+            self.bar.set_postfix_str("done", refresh=False)
+            self.bar.update(self.bar.total - self.bar.n)
+        self.bar.close()

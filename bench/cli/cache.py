@@ -36,8 +36,9 @@ def main(args: argparse.Namespace) -> int:
         removed = cache.prune(cache.parse_size(args.max_size), args.cache_dir, args.kinds, dry_run=args.dry_run)
         verb = "would remove" if args.dry_run else "removed"
         print(f"{verb} (least recently used first):\n" + cache.format_info(removed))
-        print(f"{', '.join(args.kinds or cache.PRUNABLE)} now take {cache.human_bytes(removed.attrs['kept_bytes'])}"
-              + (" (dry run: nothing was removed)" if args.dry_run else ""))  # fmt: skip
+        kinds, kept = ", ".join(args.kinds or cache.PRUNABLE), cache.human_bytes(removed.attrs["kept_bytes"])
+        print(f"{kinds} would take {kept} after pruning (dry run: nothing was removed)" if args.dry_run
+              else f"{kinds} now take {kept}")  # fmt: skip
     else:
         if args.max_size is not None:
             raise ConfigError("--max-size is for `cache prune`; `cache clear` removes whole kinds")

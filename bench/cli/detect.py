@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.cli._args import add_config_option, add_feature_options, apply_config_file, feature_options, use_threads
+from bench.cli._args import (
+    add_config_option, add_feature_options, add_progress_option, apply_config_file, feature_options, show_progress,
+    use_threads,
+)
 from bench.errors import BenchError
 
 
@@ -23,6 +26,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_feature_options(p)
     p.add_argument("--seed", type=int, default=1, help="drives the coreset")
     p.add_argument("--out", type=Path, help="also write the table as CSV here")
+    add_progress_option(p)
     add_config_option(p)
 
 
@@ -45,9 +49,10 @@ def main(args: argparse.Namespace) -> int:
     # detection needs every category with test images, including single-type ones (toothbrush)
     samples = load_dataset(args.dataset, args.data_root, DatasetOptions(categories=tuple(args.categories) if args.categories else None, min_defect_types=1))
     store = shared_store(fcfg, device)  # over the root set above
+    store.progress = show_progress(args)
     if not store.weights_info.pretrained:
         print("note: RANDOM backbone weights: AUROCs are a pipeline sanity check, not PatchCore's published figures.")
-    df = detect(samples, store, seed=args.seed, coreset_ratio=args.coreset_ratio)
+    df = detect(samples, store, seed=args.seed, coreset_ratio=args.coreset_ratio, progress=show_progress(args))
     print(format_detect(df))
     if args.out:
         try:

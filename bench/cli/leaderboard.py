@@ -2,8 +2,8 @@
 
 Examples::
 
-    python -m bench leaderboard results/                           # results/leaderboard.md
-    python -m bench leaderboard results/ --format md html csv     # + a single static HTML page and CSVs
+    python -m bench leaderboard runs/                           # runs/leaderboard.md
+    python -m bench leaderboard runs/ --format md html csv     # + a single static HTML page and CSVs
 
 For each dataset × protocol × class-set group and each shot count: configurations ranked by mean accuracy
 (unweighted mean over categories of the per-category seed means), a 95% interval from a category-stratified
@@ -21,15 +21,16 @@ import argparse
 from pathlib import Path
 
 from bench.cli._args import add_document_options, check_boot, command_line, note_skipped_lines
-from bench.report.leaderboard import build_leaderboard
-from bench.report.load import load_results
-from bench.report.render import FORMATS, check_output, write_document
+from bench.paths import default_output
+from bench.report.defaults import FORMATS
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="+", help="results.jsonl files or run folders")
-    p.add_argument("--out", default="results/leaderboard.md", help="output file (default results/leaderboard.md); "
-                   "other formats are written next to it with their own suffix (CSV: a folder)")  # fmt: skip
+    p.add_argument("--out", default=str(default_output("leaderboard.md")),
+                   help=f"output file (default {default_output('leaderboard.md')}, ignored by git; the committed "
+                   "results/leaderboard.md only when named); other formats are written next to it with their own "
+                   "suffix (CSV: a folder)")  # fmt: skip
     p.add_argument("--format", nargs="+", choices=[*FORMATS, "all"], help="formats (default: from the --out suffix, else md)")
     add_document_options(p)
 
@@ -40,6 +41,10 @@ _BY_SUFFIX = {".md": "md", ".html": "html", ".htm": "html", ".tex": "latex", ".c
 
 def main(args: argparse.Namespace) -> int:
     check_boot(args.boot)
+    from bench.report.leaderboard import build_leaderboard  # pandas, scipy: after the options are checked
+    from bench.report.load import load_results
+    from bench.report.render import check_output, write_document
+
     out = Path(args.out)
     formats = args.format or [_BY_SUFFIX.get(out.suffix.lower(), "md")]
     formats = list(FORMATS) if "all" in formats else list(dict.fromkeys(formats))

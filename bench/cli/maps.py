@@ -2,7 +2,7 @@
 
 Examples::
 
-    python -m bench maps --method patchcore-kshot --dataset mtd --data-root ../shared/data/mtd/Magnetic-Tile-Defect --shots 8 --seed 1 --out maps/
+    python -m bench maps --method patchcore-kshot --dataset mtd --data-root ../shared/data/mtd/Magnetic-Tile-Defect --shots 8 --seed 1 --out runs/maps-mtd/
     python -m bench maps --method patchcore-kshot --categories fabric nut --shots 4 --bits 16
 
 Fits the detector on the same k shots as ``bench run --task detection`` (the seeded draw of (category, k, seed)) and
@@ -18,9 +18,14 @@ a results file. ``--out`` is a new or empty folder, or one an earlier ``bench ma
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from bench.cli._args import add_config_option, add_feature_options, apply_config_file, feature_options, use_threads
+from bench.cli._args import (
+    add_config_option, add_feature_options, add_progress_option, apply_config_file, feature_options, show_progress,
+    use_threads,
+)
+from bench.paths import default_output
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -34,16 +39,21 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_feature_options(p)
     p.add_argument("--exclude-combined", action="store_true", help="drop the 'combined' defect type")
     p.add_argument("--bits", type=int, choices=[8, 16], default=8, help="PNG depth (default 8, uint8 as the reference)")
-    p.add_argument("--out", default="maps", help="output folder (default maps/)")
+    p.add_argument("--out", default=str(default_output("maps")),
+                   help=f"output folder (default {default_output('maps')}/)")
+    add_progress_option(p)
     add_config_option(p)
 
 
 def main(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from bench.detection.detector import DETECTION_TASK
     from bench.detection.maps import check_folder, claim_folder
     from bench.run.config import RunConfig
     from bench.run.detection import plan_detection, write_job_maps
     from bench.run.grid import check_out_outside_data, preflight
+    from bench.run.job import feature_store
 
     method_options = apply_config_file(args)
     given = {k: v for k, v in feature_options(args).items() if v is not None}  # else RunConfig's defaults
@@ -59,8 +69,12 @@ def main(args: argparse.Namespace) -> int:
     samples = preflight(cfg)
     check_out_outside_data(args.out, samples.root)
     claim_folder(out)
-    for job in plan_detection(cfg, samples):
+    feature_store(cfg).progress = show_progress(args)  # the store every job of this process uses: its image bar
+    jobs = plan_detection(cfg, samples)
+    bar = tqdm(jobs, desc="maps", unit="category", disable=not jobs or not show_progress(args))
+    for job in bar:
+        bar.set_postfix_str(job.describe(), refresh=True)
         written = write_job_maps(cfg, samples, job, out, args.bits)
-        print(f"{job.describe()}: {len(written)} maps in {out / job.category}/<type>/ (normalisation: "
-              f"{out / job.category / 'normalisation.json'})")  # fmt: skip
+        bar.write(f"{job.describe()}: {len(written)} maps in {out / job.category}/<type>/ (normalisation: "
+                  f"{out / job.category / 'normalisation.json'})", file=sys.stdout)  # fmt: skip
     return 0

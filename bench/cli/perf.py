@@ -10,6 +10,8 @@
   that show every image's features computed once across k and seeds (``benchmarks/detection.py``).
 * ``python -m bench perf anomalyncd [ARGS]``: one AnomalyNCD training step with the paper's DINO ViT-B/8 architecture
   and with the CPU default ViT, and the per-category cost of their schedules (``benchmarks/anomalyncd_cost.py``).
+* ``python -m bench perf startup [ARGS]``: the start-up time of ``--help``, an option error, ``list`` and ``cache info``
+  as a ratio to ``python -c pass``, with the heavy libraries each imports (``benchmarks/startup.py``).
 
 Everything after the benchmark's name goes to the script: ``python -m bench perf grid --help`` lists its options
 (``features`` and ``grid`` take ``--backbone``, ``--weights`` and ``--layers NAME ...`` like ``bench run``; e.g.
@@ -27,7 +29,7 @@ from pathlib import Path
 from bench.errors import BenchError
 
 BENCHMARKS = {"features": "features.py", "grid": "grid.py", "steps": "steps.py", "detection": "detection.py",
-              "anomalyncd": "anomalyncd_cost.py"}  # fmt: skip
+              "anomalyncd": "anomalyncd_cost.py", "startup": "startup.py"}  # fmt: skip
 
 
 def benchmarks_dir() -> Path | None:

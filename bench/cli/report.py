@@ -2,11 +2,11 @@
 
 Examples::
 
-    python -m bench report results/                                   # Markdown: report/report.md
-    python -m bench report results/ --format md csv latex html --out report
-    python -m bench report results/ --compare paper                   # the paper's numbers next to ours
-    python -m bench report results/ --category bottle --detail-shots 5
-    python -m bench report results/detection --compare published         # detection: RegAD, WinCLIP+ beside ours
+    python -m bench report runs/                                   # Markdown: runs/report/report.md
+    python -m bench report runs/ --format md csv latex html --out runs/report-all
+    python -m bench report runs/ --compare paper                   # the paper's numbers next to ours
+    python -m bench report runs/ --category bottle --detail-shots 5
+    python -m bench report runs/detection --compare published         # detection: RegAD, WinCLIP+ beside ours
 
 Per configuration: categories × shots (mean ± sample std over seeds, an average row over categories);
 categories (classes, queries, chance, majority); an ablation table (configurations × shots averaged over
@@ -25,15 +25,16 @@ from pathlib import Path
 
 from bench.cli._args import add_document_options, check_boot, command_line, note_skipped_lines
 from bench.errors import BenchError
-from bench.report.load import load_results
-from bench.report.render import FORMATS, check_output, to_markdown, write_document
-from bench.report.tables import build_report
+from bench.paths import default_output
+from bench.report.defaults import FORMATS
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="+", help="results.jsonl files or run folders")
     p.add_argument("--format", nargs="+", default=["md"], choices=[*FORMATS, "all"], help="output formats (default md)")
-    p.add_argument("--out", default="report", help="output folder (default report/); '-' prints Markdown to stdout")
+    p.add_argument("--out", default=str(default_output("report")),
+                   help=f"output folder (default {default_output('report')}/, ignored by git); '-' prints Markdown to "
+                   "stdout")
     p.add_argument("--compare", choices=["paper", "published"],
                    help="put the published numbers next to ours: the paper's tables (classification), RegAD and WinCLIP+ "
                    "(detection, docs/tasks.md §A.3); paper and published are the same switch")
@@ -48,6 +49,10 @@ FLAGS = {"format": "--format", "out": "--out", "compare": "--compare", "category
 
 def main(args: argparse.Namespace) -> int:
     check_boot(args.boot)
+    from bench.report.load import load_results  # pandas, scipy: after the options are checked
+    from bench.report.render import check_output, to_markdown, write_document
+    from bench.report.tables import build_report
+
     if args.out != "-":  # before anything is read or computed
         check_output(Path(args.out), folder=True)
     res = load_results(args.results)

@@ -26,16 +26,16 @@ import sys
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench.cli._args import add_feature_options, parse_int_list, parse_set, read_config_file
+from bench.cli._args import add_feature_options, add_progress_option, parse_int_list, parse_set, read_config_file
 from bench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, Terminated, brief, brief_list
-from bench.method import coerce_options
-from bench.report.summary import run_summary, write_summary
-from bench.run import Job, RunConfig, execute, failure_groups, failure_lines
-from bench.run.config import MAX_LIST_VALUES
-from bench.results import DEFAULT_TASK
+from bench.paths import DEFAULT_OUT
+from bench.run.defaults import MAX_LIST_VALUES
 from bench.tasks import tasks
+
+if TYPE_CHECKING:  # imported where used: torch and the grid load only once the options are read (issue #24)
+    from bench.run import Job, RunConfig
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -83,8 +83,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["loky", "dask"], help="joblib backend for --jobs > 1")
     p.add_argument("--scheduler", help="Dask scheduler address (tcp://HOST:8786) for --backend dask with "
                    "--jobs N ≥ 2 (default: a local cluster)")
-    p.add_argument("--out", help="results folder (default results/)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--out", help=f"results folder (default {DEFAULT_OUT}/, ignored by git)")
+    add_progress_option(p)
 
 
 COPIED_OPTIONS = (
@@ -98,6 +98,8 @@ COPIED_OPTIONS = (
 
 def _load_config_file(path: Path) -> dict[str, Any]:
     """The options of a YAML config file, with the run's names (``method`` → methods, ``set`` → method_options)."""
+    from bench.run import RunConfig
+
     known = {f.name for f in dataclasses.fields(RunConfig)} | {"method", "set"}
     values = read_config_file(path, known)
     if "method" in values:
@@ -114,6 +116,8 @@ def _load_config_file(path: Path) -> dict[str, Any]:
 
 def build_config(args: argparse.Namespace) -> RunConfig:
     """The run's configuration from a config file and flags (flags win), every value checked (before any job)."""
+    from bench.results import DEFAULT_TASK
+
     values: dict[str, Any] = _load_config_file(args.config) if args.config else {}
     for name in COPIED_OPTIONS:
         v = getattr(args, name, None)
@@ -146,6 +150,9 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     if isinstance(values.get("categories"), str):
         values["categories"] = [values["categories"]]
     values["plugins"] = [*values.get("plugins", []), *getattr(args, "plugin", [])]  # the workers import them too
+    from bench.method import coerce_options  # torch, the methods: only once the flags are read
+    from bench.run import RunConfig
+
     try:  # YAML reads e.g. ``coreset_ratio: 1e-2`` as a string: convert to the declared types
         values = coerce_options(RunConfig, values)
     except ValueError as exc:
@@ -159,6 +166,9 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     cfg = build_config(args)
+    from bench.report.summary import run_summary  # after the options are checked: a bad one answers at once
+    from bench.run import execute
+
     out = Path(cfg.out)
     # SIGTERM (`kill PID`, a batch system's time limit) stops the run the way Ctrl-C does, instead of killing it
     # on the spot: the worker pool is shut down (no leaked-semaphore warnings), the resume hint is printed.
@@ -193,6 +203,8 @@ def main(args: argparse.Namespace) -> int:
 def save_summary(out: Path, table: str) -> bool:
     """Write ``out/summary.md`` (:func:`bench.report.summary.write_summary`); a warning and ``False`` when it cannot
     be written (the results are intact)."""
+    from bench.report.summary import write_summary
+
     try:
         write_summary(out, table)
         return True
@@ -209,6 +221,8 @@ def failure_summary(failed: list[tuple[Job, str]], max_errors: int = 10) -> str:
     images) fails all its jobs with the same reason: said once, with the number of jobs, not once per job; a
     reason every method shares (too few images for the shots) is one error, not one per method.
     """
+    from bench.run import failure_groups, failure_lines
+
     groups = failure_groups(failed)
     head = f"failed jobs: {len(failed)}, {len(groups)} distinct error(s) (rows with status 'error' in results.jsonl):"
     return "\n".join([head, *failure_lines(groups, max_errors)])

@@ -2,7 +2,7 @@
 
 Examples::
 
-    python -m bench tsne --method contrastive --category bottle --shots 5 --seed 1 --out tsne/
+    python -m bench tsne --method contrastive --category fabric --shots 5 --seed 1 --out runs/tsne/
     python -m bench tsne --method contrastive --dataset mvtec_ad --data-root /data/mvtec_ad --category screw --shots 2
 
 Runs ONE job in this process (the same episode, features and method as ``bench run``): "before" is the
@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError, ConfigError
-from bench.cli._args import add_config_option, add_feature_options, apply_config_file, feature_options, use_threads
+from bench.cli._args import (
+    Stages, add_config_option, add_feature_options, add_progress_option, apply_config_file, feature_options,
+    show_progress, use_threads,
+)
+from bench.paths import default_output
+
+if TYPE_CHECKING:  # imported where used: --help and option errors answer before numpy/pandas load
+    import numpy as np
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -36,11 +40,15 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_feature_options(p)
     p.add_argument("--perplexity", type=float, help="t-SNE perplexity (default min(30, (N-1)/3))")
     p.add_argument("--tsne-seed", type=int, default=0, help="t-SNE random state (default 0)")
-    p.add_argument("--out", default="tsne", help="output folder (default tsne/)")
+    p.add_argument("--out", default=str(default_output("tsne")),
+                   help=f"output folder (default {default_output('tsne')}/)")
+    add_progress_option(p)
     add_config_option(p)
 
 
 def _numpy(x: Any) -> np.ndarray:
+    import numpy as np
+
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=np.float64)
@@ -61,6 +69,9 @@ def tsne_2d(x: np.ndarray, perplexity: float | None, seed: int) -> np.ndarray:
 
 
 def main(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pandas as pd
+
     from bench.method import SupportSet, get_method
     from bench.metrics import episode_metrics
     from bench.report import plots
@@ -84,30 +95,40 @@ def main(args: argparse.Namespace) -> int:
         categories=[args.category], shots=[args.shots], seeds=[args.seed], protocol=args.protocol, **given,
         coreset_ratio=args.coreset_ratio, device=args.device, threads=args.threads, cache_dir=args.cache_dir,
     )  # fmt: skip
-    use_threads(cfg.threads)
-    samples = preflight(cfg)
-    if args.category not in samples.categories():
-        why = samples.skipped.get(args.category)
-        raise BenchError(f"category {args.category!r} is not usable in dataset {args.dataset!r}" + (f": {why}" if why else ""))
-    (job,) = plan(cfg, samples)  # the job `bench run` would run, with the same episode and method configuration
-    if job.error or job.episode is None:
-        raise BenchError(job.error or "no episode")
-    ep = job.episode
-    store = feature_store(cfg)
-    ctx = make_context(cfg, samples, job, store)
-    method = build_method(job, ctx)
-    support = SupportSet(tuple(ep.support_paths()), tuple(ep.support_labels()), ep.class_names)
-    method.fit(support)
-    paths = list(ep.support_paths()) + list(ep.queries)
-    labels = np.array(list(ep.support_labels()) + list(ep.query_labels))
-    is_support = np.arange(len(paths)) < len(support.paths)
-    before = _numpy(ctx.features.patch_features(paths).mean((2, 3)))
-    after = _numpy(method.embed(paths))
-    if after.ndim != 2 or after.shape[0] != len(paths):
-        raise BenchError(f"method {args.method!r}: embed() returned shape {after.shape}, expected ({len(paths)}, E)")
-    y_pred = np.asarray(method.predict(list(ep.queries))).argmax(axis=1)
-    acc = episode_metrics(ep.query_labels, y_pred, ep.class_names)["accuracy"] if len(ep.queries) else float("nan")
-    xy_b, xy_a = tsne_2d(before, args.perplexity, args.tsne_seed), tsne_2d(after, args.perplexity, args.tsne_seed)
+    names = ["dataset and episode", "backbone", "method (training)", "features and embeddings", "t-SNE"]
+    with Stages("tsne", names, enabled=show_progress(args)) as progress:
+        progress.stage("dataset and episode")
+        use_threads(cfg.threads)
+        samples = preflight(cfg)
+        if args.category not in samples.categories():
+            why = samples.skipped.get(args.category)
+            raise BenchError(f"category {args.category!r} is not usable in dataset {args.dataset!r}"
+                             + (f": {why}" if why else ""))  # fmt: skip
+        (job,) = plan(cfg, samples)  # the job `bench run` would run, with the same episode and method configuration
+        if job.error or job.episode is None:
+            raise BenchError(job.error or "no episode")
+        ep = job.episode
+        progress.stage("backbone")
+        store = feature_store(cfg)
+        store.progress = show_progress(args)  # the image bar of the feature extraction
+        ctx = make_context(cfg, samples, job, store)
+        progress.stage("method (training)")
+        method = build_method(job, ctx)
+        support = SupportSet(tuple(ep.support_paths()), tuple(ep.support_labels()), ep.class_names)
+        method.fit(support)
+        progress.stage("features and embeddings")
+        paths = list(ep.support_paths()) + list(ep.queries)
+        labels = np.array(list(ep.support_labels()) + list(ep.query_labels))
+        is_support = np.arange(len(paths)) < len(support.paths)
+        before = _numpy(ctx.features.patch_features(paths).mean((2, 3)))
+        after = _numpy(method.embed(paths))
+        if after.ndim != 2 or after.shape[0] != len(paths):
+            raise BenchError(f"method {args.method!r}: embed() returned shape {after.shape}, expected "
+                             f"({len(paths)}, E)")  # fmt: skip
+        y_pred = np.asarray(method.predict(list(ep.queries))).argmax(axis=1)
+        acc = episode_metrics(ep.query_labels, y_pred, ep.class_names)["accuracy"] if len(ep.queries) else float("nan")
+        progress.stage("t-SNE")
+        xy_b, xy_a = tsne_2d(before, args.perplexity, args.tsne_seed), tsne_2d(after, args.perplexity, args.tsne_seed)
     out = Path(args.out)
     stem = out / f"tsne-{args.method}-{args.category}-{args.shots}shot-seed{args.seed}"
     weights = store.weights_info.record()

@@ -37,6 +37,7 @@ def detect(
     seed: int = 0,
     coreset_ratio: float = 0.1,
     categories: list[str] | None = None,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """PatchCore image AUROC (good vs defective test images) per category.
 
@@ -46,15 +47,18 @@ def detect(
         seed: run seed (drives the coreset).
         coreset_ratio: coreset fraction of the memory bank.
         categories: restrict to these (default: every category of ``samples``).
+        progress: a tqdm bar over the categories on stderr (``bench detect``; the store's own bar counts images).
 
     Returns:
         One row per category with columns :data:`DETECT_COLUMNS`: ``auroc`` is NaN, with a ``note``, when a
         category has no test/good images (e.g. the shared real screw subset), no defective test images or no
         train images. ``df.attrs`` records the feature key, weights and seed.
     """
+    from tqdm import tqdm
+
     rows = []
     t = samples.table
-    for cat in categories or samples.categories():
+    for cat in tqdm(categories or samples.categories(), desc="categories", unit="category", disable=not progress):
         sel = t[t.category == cat]
         train = samples.train_paths(cat)
         good = sorted(sel[(sel.split == "test") & (sel.label == "good")].image_path)
@@ -83,8 +87,10 @@ def detect(
 def format_detect(df: pd.DataFrame) -> str:
     """The :func:`detect` table as text, with the mean AUROC over the categories that have one."""
     w = df.attrs.get("weights", {})
+    # zero_init_last applies to a random init only; pretrained weights record None (printed as "zero_init_last=None")
+    zero = f", zero_init_last={w['zero_init_last']}" if w.get("zero_init_last") is not None else ""
     head = (f"PatchCore image AUROC ({df.attrs.get('dataset', '?')}; backbone {w.get('backbone', '?')}, weights "
-            f"{w.get('weights', '?')}, zero_init_last={w.get('zero_init_last')}; seed {df.attrs.get('seed', '?')}, "
+            f"{w.get('weights', '?')}{zero}; seed {df.attrs.get('seed', '?')}, "
             f"coreset {df.attrs.get('coreset_ratio', '?')}; image fit {df.attrs.get('image_fit', 'crop')})")
     hold = df.attrs.get("dataset_info", {}).get("holdout")
     if hold:  # e.g. MTD: no defect-free test set of its own

@@ -127,6 +127,9 @@ class FeatureStore:
         grid: (h, w) of the patch grid (28, 28 for a 224 crop).
         dim: feature dimension D (:attr:`FeatureConfig.dim`: 1024 for ResNets; less for narrow backbones).
         stats: per stage (``features``, ``bank``, ``nn``): ``hits``, ``misses`` (unique entries) and ``seconds``.
+        progress: show a tqdm bar (stderr) while missing features are computed. Off by default (a run has its own job
+            bar, and its workers must not print); the one-job commands (``detect``, ``maps``, ``show-crops``,
+            ``tsne``) turn it on on a terminal unless ``--no-progress``: extraction is most of their time (issue #24).
 
     Returned grids are float32 (N, D, h, w) tensors in channels-last memory (permuted views of (N, h, w, D)
     arrays): ``to_patches`` is then a free view; call ``.contiguous()`` for NCHW memory.
@@ -155,6 +158,7 @@ class FeatureStore:
         self.dim = int(self.extractor.target_dim)  # = config.dim (1024 for ResNets, 152 for EfficientNet-Lite0)
         self._dtype = np.dtype(np.float32 if config.storage == "fp32" else np.float16)
         self._banks: dict[str, MemoryBank] = {}
+        self.progress = False
         self.stats: dict[str, dict[str, Any]] = {}
         self.reset_stats()
         self.init_seconds = time.perf_counter() - t0
@@ -213,9 +217,12 @@ class FeatureStore:
 
     def _compute(self, misses: list[tuple[str, list[int]]], make_input: Callable[[int], np.ndarray], out: np.ndarray | None) -> None:
         """Extract, write and (with ``out``) place the missing entries, batch by batch."""
+        from tqdm import tqdm
+
         bs = self.batch_size
         batches = [misses[i : i + bs] for i in range(0, len(misses), bs)]
-        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="decode") as pool, ThreadPoolExecutor(
+        bar = tqdm(total=len(misses), desc="features", unit="img", leave=False, disable=not self.progress)
+        with bar, ThreadPoolExecutor(self.num_workers, thread_name_prefix="decode") as pool, ThreadPoolExecutor(
             1, thread_name_prefix="cache-write"
         ) as writer:
             pending: deque[list[Future]] = deque()
@@ -244,6 +251,7 @@ class FeatureStore:
                         out[idx if not direct else idx[1:]] = a
                 while len(writes) > 2 * bs:  # bound the memory held by queued writes
                     writes.popleft().result()
+                bar.update(len(batch))
             for w in writes:
                 w.result()
 

@@ -26,9 +26,8 @@ from tabulate import tabulate
 
 from bench.errors import BenchError
 from bench.paths import probe_writable
+from bench.report.defaults import FORMATS
 from bench.report.document import Document, Table, slug
-
-FORMATS = ("md", "csv", "latex", "html")
 
 
 # ------------------------------------------------------------------------------------------ Markdown

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-DEFAULT_BOOT = 10_000
-DEFAULT_BOOT_SEED = 0
+from bench.report.defaults import DEFAULT_BOOT, DEFAULT_BOOT_SEED
+
 MIN_DRAWS = 3
 """Fewest draws behind an interval (seeds in every category) and behind a probability of improvement (paired runs).
 

@@ -23,24 +23,14 @@ import torch
 from bench.datasets import DatasetOptions, dataset_image_fit
 from bench.errors import BenchError, ConfigError, brief, brief_list
 from bench.features.backbones import DEFAULT_BACKBONE
-from bench.paths import cache_root
+from bench.paths import DEFAULT_OUT, cache_root
 from bench.results import DEFAULT_TASK
+from bench.run.defaults import DEFAULT_CORESET_RATIO, DEFAULT_DEVICE, MAX_LIST_VALUES
 from bench.method import check_options, find_spec
 from bench.tasks import tasks
 
 if TYPE_CHECKING:
     from bench.features.extractor import FeatureConfig
-
-DEFAULT_CORESET_RATIO = 0.1
-"""The share of the PatchCore memory bank kept (``--coreset-ratio``) by every command (docs/method-notes.md §4)."""
-DEFAULT_DEVICE = "auto"
-"""``--device`` of every command: CUDA when available, else CPU (:func:`resolve_device`)."""
-
-MAX_LIST_VALUES = 1000
-"""The most values a list option of a run takes (``--shots``, ``--seeds``, ``--categories``, ``--method``,
-``--layers``): every value is a whole set of jobs, and ``--seeds 1-10000000000`` once ran out of memory while the
-list was built. ``bench.cli.run`` reads ranges with this bound, before building them."""
-
 
 @dataclass
 class RunConfig:
@@ -69,7 +59,7 @@ class RunConfig:
     jobs: int = 1
     backend: str = "loky"
     scheduler: str | None = None
-    out: str = "results"
+    out: str = DEFAULT_OUT  # runs/: ignored by git, apart from the committed results/ (issue #24)
     cache_dir: str | None = None
     threads: int | None = None
     plugins: list[str] = field(default_factory=list)  # modules imported first, here and in every worker

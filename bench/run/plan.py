@@ -20,6 +20,7 @@ from bench.episodes import Persisted, protocol_id
 from bench.errors import DatasetError
 from bench.results import DEFAULT_TASK
 from bench.run.config import RunConfig
+from bench.tasks import tasks
 
 RUNNER_VERSION = 2  # 2: job keys cover the bytes of the category's images (dataset_content), not only names
 
@@ -58,9 +59,17 @@ class Job:
     config: Any = None
     task: str = DEFAULT_TASK
 
+    @property
+    def takes_shots(self) -> bool:
+        """Whether the job's task takes shots (discovery's jobs have none: their ``shots`` is 0)."""
+        task = tasks().get(self.task)
+        return task is None or not task.no_shots
+
     def describe(self) -> str:
-        """``method category N-shot seed S`` (progress bars, messages)."""
-        return f"{self.method} {self.category} {self.shots}-shot seed {self.seed}"
+        """``method category N-shot seed S`` (progress bars, messages); ``method category seed S`` for a task
+        without shots (discovery's jobs were shown as "0-shot")."""
+        shots = f" {self.shots}-shot" if self.takes_shots else ""
+        return f"{self.method} {self.category}{shots} seed {self.seed}"
 
 
 def job_identity(
@@ -120,9 +129,10 @@ def failure_lines(groups: dict[str, list[Job]], max_errors: int = 10) -> list[st
     for err, jobs in list(groups.items())[:max_errors]:
         methods = ", ".join(dict.fromkeys(j.method for j in jobs))
         cats = ", ".join(sorted({j.category for j in jobs}))
-        shots = ",".join(str(n) for n in sorted({j.shots for j in jobs}))
+        shots = ",".join(str(n) for n in sorted({j.shots for j in jobs if j.takes_shots}))
         seeds = ",".join(str(n) for n in sorted({j.seed for j in jobs}))
-        lines.append(f"  {methods}: {len(jobs)} job(s) (categories {cats}; shots {shots}; seeds {seeds}): {err}")
+        where = f"categories {cats}; " + (f"shots {shots}; " if shots else "") + f"seeds {seeds}"
+        lines.append(f"  {methods}: {len(jobs)} job(s) ({where}): {err}")
     if len(groups) > max_errors:
         lines.append(f"  ... and {len(groups) - max_errors} more distinct error(s)")
     return lines
