@@ -388,6 +388,8 @@ class PaperMethod(Method):
             "pseudo": source.identity(),
             "torch": torch.__version__.split("+")[0],
         }
+        if "bank" in self.reads(self.config) and ctx.bank_seed is not None and ctx.bank_seed != ctx.seed:
+            ident["bank_seed"] = ctx.bank_seed  # residuals against another bank (--bank-seed); as before otherwise
         return config_hash(ident)
 
     def load_or_pretrain(

@@ -42,7 +42,8 @@ def plan(cfg: RunConfig, samples: Samples) -> list[Job]:
                 for spec in specs:
                     config = configs[spec.name]
                     mcfg = config_dict(config)
-                    ident = job_identity(cfg, samples, spec.name, mcfg, category, shots, seed, ehash, content, cfg.task)
+                    ident = job_identity(cfg, samples, spec.name, mcfg, category, shots, seed, ehash, content, cfg.task,
+                                         reads_bank="bank" in spec.cls.reads(config))
                     why = "" if has_normals or err else spec.cls.normal_images_needed(config)
                     job_err = err or (no_normals_error(samples, category, spec.name, why) if why else None)
                     jobs.append(Job(

@@ -33,6 +33,12 @@ if TYPE_CHECKING:
 
 DEFAULT_CORESET_RATIO = 0.1
 """The share of the PatchCore memory bank kept (``--coreset-ratio``) by every command (docs/method-notes.md §4)."""
+DEFAULT_BANK_SEED = 1
+"""The seed of the memory bank's coreset (``--bank-seed``) for every run seed: the bank does not depend on the
+episode, so one bank per category serves all seeds (issue #23). 1, so that the rows of seed 1 are those of the
+harness that built a bank per seed."""
+PER_RUN_SEED = "per-run-seed"
+"""``--bank-seed per-run-seed``: each run seed builds its own bank (coreset seeded by the run seed), as before."""
 DEFAULT_DEVICE = "auto"
 """``--device`` of every command: CUDA when available, else CPU (:func:`resolve_device`)."""
 
@@ -64,6 +70,7 @@ class RunConfig:
     precision: str = "fp32"
     image_fit: str | None = None  # crop | squash | letterbox; None = the dataset adapter's preference, else crop
     coreset_ratio: float = DEFAULT_CORESET_RATIO
+    bank_seed: int | str = DEFAULT_BANK_SEED  # the coreset seed of every run seed's bank, or PER_RUN_SEED
     textures: str | None = None
     device: str = DEFAULT_DEVICE
     jobs: int = 1
@@ -115,6 +122,7 @@ class RunConfig:
             raise bad("--min-defect-types", self.min_defect_types, "at least 1 (default: 2 for classification, 1 for detection and discovery)")
         if not (math.isfinite(self.coreset_ratio) and 0 < self.coreset_ratio <= 1):
             raise bad("--coreset-ratio", self.coreset_ratio, "a share of the memory bank kept, in (0, 1] (default 0.1)")
+        self.bank_seed = parse_bank_seed(self.bank_seed)
         if self.precision not in ("fp32", "bf16"):
             raise bad("--precision", self.precision, "fp32 or bf16")
         if self.image_fit is not None and self.image_fit not in FITS:
@@ -167,6 +175,17 @@ class RunConfig:
         """
         return check_options([find_spec(self.task, name) for name in self.methods], self.method_options)
 
+    def bank_seed_of(self, seed: int) -> int:
+        """The coreset seed of run seed ``seed``'s memory bank: ``--bank-seed`` (one bank for every seed), or the run
+        seed itself with ``--bank-seed per-run-seed``."""
+        return seed if self.bank_seed == PER_RUN_SEED else int(self.bank_seed)
+
+    def bank_record(self) -> str:
+        """How the run's banks are seeded, as a row's ``features.bank`` records it: ``"seed N"`` (one bank per category,
+        shared by every run seed) or ``"per-run-seed"``. It names a configuration: rows that differ in it are not
+        pooled by the reports (the per-seed value itself is the row's ``bank_seed``)."""
+        return PER_RUN_SEED if self.bank_seed == PER_RUN_SEED else f"seed {self.bank_seed}"
+
     def cache_root(self) -> Path:
         """The run's cache root (``--cache-dir``, else ``$BENCH_CACHE``, else the default), absolute."""
         return cache_root(self.cache_dir)
@@ -174,6 +193,22 @@ class RunConfig:
     def torch_device(self) -> torch.device:
         """``--device`` resolved (:func:`resolve_device`)."""
         return resolve_device(self.device)
+
+
+def parse_bank_seed(value: Any) -> int | str:
+    """``--bank-seed``'s value: an integer ≥ 0 (YAML or the command line may give it as text) or ``per-run-seed``.
+
+    Raises:
+        ConfigError: anything else, named with the two accepted forms.
+    """
+    if value == PER_RUN_SEED:
+        return PER_RUN_SEED
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ConfigError(f"--bank-seed {brief(value)} is not allowed: an integer ≥ 0 (the coreset seed of every run seed's "
+                      f"memory bank; default {DEFAULT_BANK_SEED}) or {PER_RUN_SEED} (a bank per run seed)")
 
 
 FEATURE_OPTIONS = ("backbone", "weights", "zero_init_last", "layers", "precision", "image_fit")

@@ -1,0 +1,106 @@
+"""Work that does not depend on the seed is done once (issue #23): the memory bank shared by every run seed
+(``--bank-seed``), the nearest-neighbour search, ``--threads auto``, the pretraining's stop episode in the rows, and the
+prepared GPU check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import cli
+
+TINY = ["--dataset", "synthetic-tiny", "--categories", "screw", "--shots", "1", "--seeds", "1,2", "--weights", "random",
+        "--backbone", "resnet18", "--threads", "1", "--no-progress"]  # fmt: skip
+
+
+def rows_of(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """A run's rows by (method, seed)."""
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    return {(r["method"], r["seed"]): r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def bank_runs(tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None) -> dict[str, dict]:
+    """The same tiny grid (a residual and a raw method, seeds 1 and 2) with the default bank seed and with
+    ``--bank-seed per-run-seed``, each with a cache of its own."""
+    from bench.cli import main
+
+    work = tmp_path_factory.mktemp("bank-runs")
+    runs = {}
+    for name, extra in (("default", []), ("per-run-seed", ["--bank-seed", "per-run-seed"])):
+        code = main(["run", "--method", "protonet-residual", "knn", *TINY, *extra, "--out", str(work / name),
+                     "--cache-dir", str(work / f"cache-{name}")])  # fmt: skip
+        assert code == 0
+        runs[name] = rows_of(work / name)
+    return runs
+
+
+def test_every_seed_reads_one_bank_by_default(bank_runs: dict[str, dict]) -> None:
+    rows = bank_runs["default"]
+    assert {r["bank_seed"] for r in rows.values()} == {1}
+    assert {r["features"]["bank"] for r in rows.values()} == {"seed 1"}
+    seed2 = rows[("protonet-residual", 2)]["cache"]
+    # built by seed 1's job, read by seed 2's: no second coreset, no second nearest-neighbour search
+    assert seed2["bank"]["misses"] == 0 and seed2["bank"]["hits"] >= 1
+    assert seed2["nn"]["misses"] == 0 and seed2["nn"]["hits"] > 0
+
+
+def test_a_bank_per_run_seed_stays_an_option(bank_runs: dict[str, dict]) -> None:
+    rows = bank_runs["per-run-seed"]
+    assert rows[("protonet-residual", 2)]["bank_seed"] == 2
+    assert {r["features"]["bank"] for r in rows.values()} == {"per-run-seed"}
+    assert rows[("protonet-residual", 2)]["cache"]["bank"]["misses"] == 1  # its own coreset
+
+
+def test_job_keys_change_only_where_the_bank_changed(bank_runs: dict[str, dict]) -> None:
+    """Seed 1 (bank seed 1 either way) and methods that read no bank keep the keys they had before --bank-seed
+    (results folders resume); a residual job of seed 2 reads another bank and never reuses the other's row."""
+    shared, per_seed = bank_runs["default"], bank_runs["per-run-seed"]
+    for method, seed in shared:
+        same = seed == 1 or method == "knn"
+        assert (shared[(method, seed)]["key"] == per_seed[(method, seed)]["key"]) is same, (method, seed)
+    assert shared[("protonet-residual", 1)]["accuracy"] == per_seed[("protonet-residual", 1)]["accuracy"]
+    assert shared[("protonet-residual", 1)]["y_pred"] == per_seed[("protonet-residual", 1)]["y_pred"]
+
+
+def test_pretraining_key_holds_the_bank_seed() -> None:
+    """A pretrained model on residuals against another bank is another model: its cache key names the bank seed where
+    it is not the run seed (and stays as it was where it is)."""
+    from bench.method import TaskContext
+    from bench.methods.contrastive import Contrastive
+
+    def key(seed: int, bank_seed: int | None) -> str:
+        ctx = TaskContext(dataset="d", category="c", seed=seed, shots=1, train_paths=[], store_factory=_store,
+                          bank_seed=bank_seed)  # fmt: skip
+        return Contrastive(Contrastive.Config(features="residual"), ctx).pretrain_key(_Source())
+
+    assert key(1, None) == key(1, 1)
+    assert key(2, None) == key(2, 2) != key(2, 1)
+
+
+class _Source:
+    def identity(self) -> dict[str, str]:
+        return {"pseudo": "fixed"}
+
+
+class _Config:
+    def key(self) -> str:
+        return "features-key"
+
+
+class _Store:
+    config = _Config()
+
+
+def _store() -> Any:
+    return _Store()
+
+
+@pytest.mark.parametrize("value", ["x", "-1", "1.5"])
+def test_a_bad_bank_seed_is_one_error_line(capsys: pytest.CaptureFixture[str], value: str) -> None:
+    code, _, err = cli(capsys, "run", "--method", "protonet-residual", *TINY, "--bank-seed", value, "--out", "/nonexistent")
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "--bank-seed" in err and "per-run-seed" in err, err
