@@ -104,3 +104,27 @@ def test_a_bad_bank_seed_is_one_error_line(capsys: pytest.CaptureFixture[str], v
     code, _, err = cli(capsys, "run", "--method", "protonet-residual", *TINY, "--bank-seed", value, "--out", "/nonexistent")
     assert code == 2
     assert err.strip().count("\n") == 0 and "--bank-seed" in err and "per-run-seed" in err, err
+
+
+def test_the_blocked_search_of_the_nn_benchmark_is_exact() -> None:
+    """``benchmarks/nn_search.py`` times faiss's exact search against the same search written as blocked GEMMs; the
+    comparison only means something if the blocked one finds the same rows (blocks smaller than both sets here, so
+    the running argmin crosses bank blocks and query blocks)."""
+    import importlib.util
+
+    import numpy as np
+
+    from bench.features.knn import MemoryBank, brute_force_nearest
+
+    spec = importlib.util.spec_from_file_location("nn_search", Path(__file__).parents[1] / "benchmarks" / "nn_search.py")
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    rng = np.random.default_rng(3)
+    bank = rng.standard_normal((1000, 24), dtype=np.float32)
+    queries = np.concatenate([rng.standard_normal((300, 24), dtype=np.float32), bank[[999, 517, 0]] + 1e-3])
+    dist, idx = mod.torch_blocked_nearest(bank, queries, query_block=64, bank_block=96)
+    ref_d, ref_i = brute_force_nearest(bank, queries)
+    assert (idx == ref_i).all() and (idx == MemoryBank(bank).nearest(queries)[1]).all()
+    assert np.allclose(dist[:300], ref_d[:300], rtol=1e-4)
+    assert np.allclose(dist[300:], ref_d[300:], atol=1e-2)  # float32 cancellation near zero, as in faiss
+    assert list(idx[-3:]) == [999, 517, 0]  # the last bank block and the first

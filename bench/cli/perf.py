@@ -10,6 +10,8 @@
   that show every image's features computed once across k and seeds (``benchmarks/detection.py``).
 * ``python -m bench perf anomalyncd [ARGS]``: one AnomalyNCD training step with the paper's DINO ViT-B/8 architecture
   and with the CPU default ViT, and the per-category cost of their schedules (``benchmarks/anomalyncd_cost.py``).
+* ``python -m bench perf nn [ARGS]``: the residuals' exact nearest-neighbour search (faiss) against the same search
+  written as blocked GEMMs, and faiss's approximate HNSW with its recall, on MTD's features (``benchmarks/nn_search.py``).
 
 Everything after the benchmark's name goes to the script: ``python -m bench perf grid --help`` lists its options
 (``features`` and ``grid`` take ``--backbone``, ``--weights`` and ``--layers NAME ...`` like ``bench run``; e.g.
@@ -27,7 +29,7 @@ from pathlib import Path
 from bench.errors import BenchError
 
 BENCHMARKS = {"features": "features.py", "grid": "grid.py", "steps": "steps.py", "detection": "detection.py",
-              "anomalyncd": "anomalyncd_cost.py"}  # fmt: skip
+              "anomalyncd": "anomalyncd_cost.py", "nn": "nn_search.py"}  # fmt: skip
 
 
 def benchmarks_dir() -> Path | None:
