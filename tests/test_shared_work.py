@@ -128,3 +128,54 @@ def test_the_blocked_search_of_the_nn_benchmark_is_exact() -> None:
     assert np.allclose(dist[:300], ref_d[:300], rtol=1e-4)
     assert np.allclose(dist[300:], ref_d[300:], atol=1e-2)  # float32 cancellation near zero, as in faiss
     assert list(idx[-3:]) == [999, 517, 0]  # the last bank block and the first
+
+
+@pytest.mark.parametrize(("cores", "load", "workers", "per_worker"), [
+    (8, 0.2, 1, 8),   # a quiet machine: every core
+    (8, 3.4, 1, 5),   # three cores busy elsewhere
+    (8, 3.4, 2, 2),   # the free five split over two workers, never more than the free cores
+    (8, 20.0, 1, 1),  # overloaded: one thread, not eight waiting on each other
+    (2, 0.0, 4, 1),   # more workers than cores: one each
+])  # fmt: skip
+def test_auto_threads_uses_the_free_cores(monkeypatch: pytest.MonkeyPatch, cores: int, load: float, workers: int,
+                                          per_worker: int) -> None:
+    import os
+
+    from bench.run import workers as w
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    per, why = w.auto_threads(workers)
+    assert per == per_worker
+    assert f"of {cores}" in why and f"{per} torch thread" in why
+    assert w.resolve_threads("auto", workers)[0] == per_worker * workers  # what worker_pool splits
+    assert w.resolve_threads(3, workers) == (3, "")
+
+
+def test_a_run_with_auto_threads_records_the_choice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    import torch
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))
+    old = torch.get_num_threads()
+    try:
+        args = list(TINY)
+        args[args.index("--threads") + 1] = "auto"
+        code, out, _ = cli(capsys, "run", "--method", "knn", *args, "--seeds", "1", "--out", str(tmp_path / "r"),
+                           "--cache-dir", str(tmp_path / "cache"))  # fmt: skip
+        assert code == 0
+        assert "--threads auto: 3 free core(s) of 4" in out
+        rows = list(rows_of(tmp_path / "r").values())
+        assert rows and all(r["env"]["torch_threads"] == 3 and r["threads"] == "auto" for r in rows)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-2"])
+def test_a_bad_thread_count_is_one_error_line(capsys: pytest.CaptureFixture[str], value: str) -> None:
+    code, _, err = cli(capsys, "run", "--method", "knn", "--dataset", "synthetic-tiny", "--threads", value,
+                       "--out", "/nonexistent")  # fmt: skip
+    assert code == 2 and err.strip().count("\n") == 0 and "--threads" in err and "auto" in err, err

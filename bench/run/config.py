@@ -78,7 +78,7 @@ class RunConfig:
     scheduler: str | None = None
     out: str = "results"
     cache_dir: str | None = None
-    threads: int | None = None
+    threads: int | str | None = None  # torch threads in total; "auto": from the free cores (bench.run.workers.auto_threads)
     plugins: list[str] = field(default_factory=list)  # modules imported first, here and in every worker
     task: str = DEFAULT_TASK  # what the jobs solve (bench.tasks.tasks); every method of the run must solve it
     maps: str | None = None  # discovery: a folder of PNG anomaly maps (<maps>/<category>/<type>/<name>.png); None = PatchCore
@@ -139,8 +139,7 @@ class RunConfig:
                 f"flight on the cluster); this run has --backend {self.backend} and --jobs {self.jobs}, so it would "
                 "run on this machine. Add --backend dask --jobs N, or drop --scheduler."
             )
-        if self.threads is not None and self.threads < 1:
-            raise bad("--threads", self.threads, "at least 1 (default: all cores)")
+        self.threads = parse_threads(self.threads)
         if (check := task.hook("check")) is not None:  # the task's own checks (bench.tasks.Task.check)
             check(self)
         if self.maps is not None and "maps" not in task.options:
@@ -193,6 +192,23 @@ class RunConfig:
     def torch_device(self) -> torch.device:
         """``--device`` resolved (:func:`resolve_device`)."""
         return resolve_device(self.device)
+
+
+def parse_threads(value: Any) -> int | str | None:
+    """``--threads``'s value: ``None`` (torch's default: all cores), an integer ≥ 1 (YAML or the command line may give
+    it as text) or ``auto`` (chosen from the machine's free cores when the run starts, :func:`bench.run.workers.auto_threads`).
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ConfigError(f"--threads {brief(value)} is not allowed: at least 1 (torch threads in total, split between the "
+                      "workers) or auto (from the machine's free cores and load); default: all cores")
 
 
 def parse_bank_seed(value: Any) -> int | str:

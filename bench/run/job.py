@@ -92,6 +92,7 @@ def base_row(cfg: RunConfig, samples: Samples, job: Job, store: Any) -> dict[str
         "category": job.category,
         "shots": job.shots,
         "seed": job.seed,
+        "threads": cfg.threads,  # as asked (None: torch's default; "auto"); env.torch_threads: the number chosen
         "bank_seed": cfg.bank_seed_of(job.seed),  # the memory bank's coreset seed (features.bank: how it was chosen)
         "protocol": cfg.protocol,  # as the user named it (classification's core records its id)
         "class_set": {
