@@ -179,3 +179,47 @@ def test_a_bad_thread_count_is_one_error_line(capsys: pytest.CaptureFixture[str]
     code, _, err = cli(capsys, "run", "--method", "knn", "--dataset", "synthetic-tiny", "--threads", value,
                        "--out", "/nonexistent")  # fmt: skip
     assert code == 2 and err.strip().count("\n") == 0 and "--threads" in err and "auto" in err, err
+
+
+def _loop_stop(accuracies: list[float], max_episodes: int) -> dict[str, Any]:
+    """``pretrain_stop`` of :func:`pretrain_loop` run with a step whose batch accuracies are ``accuracies``."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from bench.methods._pretrain import pretrain_loop, pretrain_stop
+
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    method = SimpleNamespace(config=SimpleNamespace(max_episodes=max_episodes, stop_accuracy=0.4),
+                             ctx=SimpleNamespace(rng=lambda stream: np.random.default_rng(0)))  # fmt: skip
+    source = SimpleNamespace(episode=lambda rng: (None, None), seconds=0.0)
+    acc = iter(accuracies)
+    info = pretrain_loop(method, model, opt, lambda batch: (model.weight.sum() ** 2, next(acc)), source)  # type: ignore[arg-type]
+    return pretrain_stop(info)
+
+
+def test_the_stop_episode_is_where_the_rule_fired_or_the_cap() -> None:
+    assert _loop_stop([0.1, 0.3, 0.5, 0.9], 10) == {"pretrain_stop_episode": 3, "pretrain_stopped_by": "rule"}
+    assert _loop_stop([0.1, 0.2, 0.3], 3) == {"pretrain_stop_episode": 3, "pretrain_stopped_by": "cap"}
+
+
+def test_every_pretrained_row_records_where_pretraining_stopped(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                one_torch_thread: None) -> None:
+    """The 1-shot job pretrains (the cap: the rule cannot fire at stop_accuracy 1); the 2-shot job loads that model
+    from the cache and says where it stopped too; a method without pretraining says nothing."""
+    args = list(TINY)
+    args[args.index("--seeds") + 1] = "1"
+    args[args.index("--shots") + 1] = "1,2"
+    code, _, _ = cli(capsys, "run", "--method", "contrastive", "contrastive-raw", *args, "--set", "max_episodes=3",
+                     "--set", "stop_accuracy=1.0", "--set", "episode_groups=2", "--set", "episode_classes=3",
+                     "--set", "episode_queries=2", "--set", "finetune_passes=0,1", "--out", str(tmp_path / "r"),
+                     "--cache-dir", str(tmp_path / "cache"))  # fmt: skip
+    assert code == 0
+    rows = [json.loads(line) for line in (tmp_path / "r" / "results.jsonl").read_text().splitlines()]
+    info = {(r["method"], r["shots"]): r["method_info"] for r in rows}
+    for shots, cached in ((1, False), (2, True)):
+        got = info[("contrastive", shots)]
+        assert (got["pretrain_stop_episode"], got["pretrain_stopped_by"], got["pretrained_from_cache"]) == (3, "cap", cached)
+    assert info[("contrastive-raw", 1)]["pretrain_stop_episode"] is None
