@@ -23,16 +23,22 @@ def rows_of(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def bank_runs(tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None) -> dict[str, dict]:
-    """The same tiny grid (a residual and a raw method, seeds 1 and 2) with the default bank seed and with
-    ``--bank-seed per-run-seed``, each with a cache of its own."""
+def cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One cache for the module: its runs share the tiny category's features (computed once)."""
+    return str(tmp_path_factory.mktemp("shared-cache"))
+
+
+@pytest.fixture(scope="module")
+def bank_runs(tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None, cache: str) -> dict[str, dict]:
+    """The same tiny grid (a residual and a raw method, seeds 1 and 2) with the default bank seed, then with
+    ``--bank-seed per-run-seed``."""
     from bench.cli import main
 
     work = tmp_path_factory.mktemp("bank-runs")
     runs = {}
     for name, extra in (("default", []), ("per-run-seed", ["--bank-seed", "per-run-seed"])):
         code = main(["run", "--method", "protonet-residual", "knn", *TINY, *extra, "--out", str(work / name),
-                     "--cache-dir", str(work / f"cache-{name}")])  # fmt: skip
+                     "--cache-dir", cache])  # fmt: skip
         assert code == 0
         runs[name] = rows_of(work / name)
     return runs
@@ -52,7 +58,7 @@ def test_a_bank_per_run_seed_stays_an_option(bank_runs: dict[str, dict]) -> None
     rows = bank_runs["per-run-seed"]
     assert rows[("protonet-residual", 2)]["bank_seed"] == 2
     assert {r["features"]["bank"] for r in rows.values()} == {"per-run-seed"}
-    assert rows[("protonet-residual", 2)]["cache"]["bank"]["misses"] == 1  # its own coreset
+    assert rows[("protonet-residual", 2)]["cache"]["bank"]["misses"] == 1  # its own coreset (seed 1's was built)
 
 
 def test_job_keys_change_only_where_the_bank_changed(bank_runs: dict[str, dict]) -> None:
@@ -153,7 +159,7 @@ def test_auto_threads_uses_the_free_cores(monkeypatch: pytest.MonkeyPatch, cores
 
 
 def test_a_run_with_auto_threads_records_the_choice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+                                                    capsys: pytest.CaptureFixture[str], cache: str) -> None:
     import os
 
     import torch
@@ -165,7 +171,7 @@ def test_a_run_with_auto_threads_records_the_choice(monkeypatch: pytest.MonkeyPa
         args = list(TINY)
         args[args.index("--threads") + 1] = "auto"
         code, out, _ = cli(capsys, "run", "--method", "knn", *args, "--seeds", "1", "--out", str(tmp_path / "r"),
-                           "--cache-dir", str(tmp_path / "cache"))  # fmt: skip
+                           "--cache-dir", cache)  # fmt: skip
         assert code == 0
         assert "--threads auto: 3 free core(s) of 4" in out
         rows = list(rows_of(tmp_path / "r").values())
@@ -206,7 +212,7 @@ def test_the_stop_episode_is_where_the_rule_fired_or_the_cap() -> None:
 
 
 def test_every_pretrained_row_records_where_pretraining_stopped(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                                one_torch_thread: None) -> None:
+                                                                one_torch_thread: None, cache: str) -> None:
     """The 1-shot job pretrains (the cap: the rule cannot fire at stop_accuracy 1); the 2-shot job loads that model
     from the cache and says where it stopped too; a method without pretraining says nothing."""
     args = list(TINY)
@@ -215,7 +221,7 @@ def test_every_pretrained_row_records_where_pretraining_stopped(tmp_path: Path, 
     code, _, _ = cli(capsys, "run", "--method", "contrastive", "contrastive-raw", *args, "--set", "max_episodes=3",
                      "--set", "stop_accuracy=1.0", "--set", "episode_groups=2", "--set", "episode_classes=3",
                      "--set", "episode_queries=2", "--set", "finetune_passes=0,1", "--out", str(tmp_path / "r"),
-                     "--cache-dir", str(tmp_path / "cache"))  # fmt: skip
+                     "--cache-dir", cache)  # fmt: skip
     assert code == 0
     rows = [json.loads(line) for line in (tmp_path / "r" / "results.jsonl").read_text().splitlines()]
     info = {(r["method"], r["shots"]): r["method_info"] for r in rows}
@@ -223,3 +229,64 @@ def test_every_pretrained_row_records_where_pretraining_stopped(tmp_path: Path, 
         got = info[("contrastive", shots)]
         assert (got["pretrain_stop_episode"], got["pretrain_stopped_by"], got["pretrained_from_cache"]) == (3, "cap", cached)
     assert info[("contrastive-raw", 1)]["pretrain_stop_episode"] is None
+
+
+GPU_CHECK = Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh"
+
+
+def test_the_gpu_check_is_valid_bash() -> None:
+    import subprocess
+
+    proc = subprocess.run(["bash", "-n", str(GPU_CHECK)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_every_command_of_the_gpu_check_parses(tmp_path: Path) -> None:
+    """The GPU check is run rarely, on a machine lent for minutes: a typo in a method name or an option must show up
+    here, not there. Its dry mode prints each step's command; each ``bench run`` is parsed by the harness's own parser
+    and checked as a run's configuration (methods, ``--set`` options; ``--device cuda`` checked as ``cpu``, since CI
+    has no GPU), and each test it names exists."""
+    import os
+    import re
+    import shlex
+    import subprocess
+
+    from bench.cli.main import build_parser
+    from bench.cli.run import build_config
+
+    env = {**os.environ, "GPU_CHECK_DRY": "1", "OUT": str(tmp_path), "PYTHON": "python"}
+    proc = subprocess.run(["bash", str(GPU_CHECK)], capture_output=True, text=True, env=env, cwd=GPU_CHECK.parents[1])
+    assert proc.returncode == 0, proc.stderr
+    steps = dict(re.findall(r"^== ([\w-]+): (.*)$", proc.stdout, re.M))
+    assert {"grid-cuda", "grid-cpu", "detection-cuda", "discovery-cuda", "tests-cuda"} <= set(steps)
+    for name, command in steps.items():
+        argv = shlex.split(command)
+        assert argv[:2] == ["python", "-m"], command
+        if argv[2] == "bench":
+            bench_args = ["cpu" if a == "cuda" else a for a in argv[3:]]
+            assert ("cuda" in argv) == name.endswith("-cuda"), name
+            cfg = build_config(build_parser("run").parse_args(bench_args))
+            assert cfg.method_configs, name  # every method known to its task, every --set option used
+        else:
+            assert argv[2] == "pytest", command
+            for target in [a for a in argv[3:] if a.startswith("tests/")]:
+                file, _, test = target.partition("::")
+                path = GPU_CHECK.parents[1] / file
+                assert path.is_file(), target
+                assert not test or f"def {test}(" in path.read_text(), target
+
+
+def test_unsupervised_anomaly_clustering_is_computed_once_for_every_seed(tmp_path: Path, one_torch_thread: None,
+                                                                         capsys: pytest.CaptureFixture[str], cache: str) -> None:
+    """Its patch scores depend on the set, not on the seed (every image compared): seed 2 reads seed 1's and gives
+    the same clusters; with a seeded subset of references (max_refs) each seed computes its own."""
+    args = ["run", "--task", "discovery", "--dataset", "synthetic-tiny", "--categories", "screw", "--seeds", "1,2",
+            "--weights", "random", "--backbone", "resnet18", "--threads", "1", "--no-progress",
+            "--cache-dir", cache]  # fmt: skip
+    assert cli(capsys, *args, "--method", "anomaly-clustering", "--out", str(tmp_path / "all"))[0] == 0
+    rows = rows_of(tmp_path / "all")
+    one, two = rows[("anomaly-clustering", 1)], rows[("anomaly-clustering", 2)]
+    assert (one["method_info"]["scores_from_cache"], two["method_info"]["scores_from_cache"]) == (False, True)
+    assert one["clusters"] == two["clusters"]
+    assert cli(capsys, *args, "--method", "anomaly-clustering", "--set", "max_refs=2", "--out", str(tmp_path / "some"))[0] == 0
+    assert {r["method_info"]["scores_from_cache"] for r in rows_of(tmp_path / "some").values()} == {None}
