@@ -290,3 +290,25 @@ def test_unsupervised_anomaly_clustering_is_computed_once_for_every_seed(tmp_pat
     assert one["clusters"] == two["clusters"]
     assert cli(capsys, *args, "--method", "anomaly-clustering", "--set", "max_refs=2", "--out", str(tmp_path / "some"))[0] == 0
     assert {r["method_info"]["scores_from_cache"] for r in rows_of(tmp_path / "some").values()} == {None}
+
+
+def test_direct_reads_its_pooled_features_from_the_cache_in_a_new_process(tmp_path: Path, one_torch_thread: None,
+                                                                         capsys: pytest.CaptureFixture[str], cache: str) -> None:
+    """A second run (here: the process's memory emptied, as in a worker or a resumed run) computes no pooled feature
+    and predicts exactly what the first did."""
+    from bench.methods import direct
+
+    args = list(TINY)
+    args[args.index("--seeds") + 1] = "1"
+    runs = {}
+    for name in ("first", "second"):
+        direct._POOLED_CACHE.clear()
+        code, _, _ = cli(capsys, "run", "--method", "direct", *args, "--set", "epochs=2", "--out", str(tmp_path / name),
+                         "--cache-dir", cache)  # fmt: skip
+        assert code == 0
+        runs[name] = rows_of(tmp_path / name)[("direct", 1)]
+    first, second = runs["first"]["train_log"]["pooled"], runs["second"]["train_log"]["pooled"]
+    assert first["computed"] > 0 and first["disk"] == 0
+    assert second["computed"] == 0 and second["disk"] == first["computed"]
+    assert runs["first"]["y_pred"] == runs["second"]["y_pred"]
+    assert runs["first"]["accuracy"] == runs["second"]["accuracy"]
