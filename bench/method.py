@@ -90,6 +90,9 @@ class TaskContext:
         train_paths: the category's normal ``train/good`` images (sorted).
         store_factory: builds the shared :class:`~bench.features.FeatureStore` on first use.
         coreset_ratio: for the memory bank.
+        bank_seed: the coreset seed of the memory bank (``None`` = ``seed``). The run gives every seed the same one
+            by default (``--bank-seed``, :func:`bench.run.config.RunConfig.bank_seed_of`): the bank depends on the
+            category's normal images, not on the episode, so it is built once per category.
         device: torch device for method training.
         cache_root: where methods may cache artefacts (e.g. pretrained classifiers), keyed by content.
         textures: path of a DTD folder for pseudo-defects (``None`` = built-in procedural bank).
@@ -105,6 +108,7 @@ class TaskContext:
     train_paths: list[str]
     store_factory: Callable[[], "FeatureStore"]
     coreset_ratio: float = 0.1
+    bank_seed: int | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     cache_root: Path | None = None
     textures: str | None = None
@@ -117,14 +121,15 @@ class TaskContext:
         return self.store_factory()
 
     def bank(self) -> "MemoryBank":
-        """The PatchCore memory bank of this category's normal images for this seed (cached)."""
+        """The PatchCore memory bank of this category's normal images, its coreset seeded by :attr:`bank_seed` (cached)."""
         if not self.train_paths:
             raise ConfigError(
                 f"category {self.category!r} has no train/good images: this method needs normal images for the "
                 "PatchCore memory bank. Add them or choose a method that does not use residual features."
             )
         with self.timer("bank"):
-            return self.features.bank(self.train_paths, seed=self.seed, coreset_ratio=self.coreset_ratio)
+            seed = self.seed if self.bank_seed is None else self.bank_seed
+            return self.features.bank(self.train_paths, seed=seed, coreset_ratio=self.coreset_ratio)
 
     def rng(self, stream: str) -> np.random.Generator:
         return numpy_rng(self.seed, "method", stream)

@@ -23,12 +23,17 @@ with, seeded, for larger sets). AnomalyNCD's README reports this method's MVTec 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bench.discovery.contract import Discoverer, DiscoverySet, register_discoverer
+
+
+SCORES_VERSION = 1
+"""Bump when :func:`nearest_patch_scores` changes what it computes: part of the key of the cached scores."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class AnomalyClustering(Discoverer):
     """
 
     Config = AnomalyClusteringConfig
+    scores_from_cache: bool | None = None
 
     @classmethod
     def reads(cls, config: AnomalyClusteringConfig) -> set[str]:
@@ -107,6 +113,33 @@ class AnomalyClustering(Discoverer):
                 maps = torch.from_numpy(self.ctx.features.anomaly_maps(data.paths, self.ctx.bank()))  # (N, h, w)
                 scores = F.adaptive_avg_pool2d(maps[:, None], g).flatten(1)
             else:
-                scores = nearest_patch_scores(z, self.config.max_refs, self.ctx.rng("anomaly-clustering"))
+                scores = self._unsupervised_scores(data, z)
         v = weighted_embeddings(z, scores, self.config.tau)
         return AgglomerativeClustering(n_clusters=data.k, linkage="ward").fit_predict(v.numpy().astype(np.float64))
+
+    def _unsupervised_scores(self, data: DiscoverySet, z: torch.Tensor) -> torch.Tensor:
+        """:func:`nearest_patch_scores` of the set, computed once for every seed: they depend on the set's images, the
+        features and the grid, and on the seed only through ``max_refs``'s draw. So with every image compared
+        (``max_refs`` 0, or at least N − 1) they are cached on disk by those (``features/<key>-anomaly-clustering-<grid>/``,
+        N·P floats) and read back by the other seeds' jobs, bit for bit what they would compute (issue #23: MTD took
+        281 s and 312 s per seed for one answer)."""
+        from bench.cache import file_sha256, hash_memo_dir, load_npy, save_npy, stable_hash
+
+        n, p, _ = z.shape
+        if 0 < self.config.max_refs < n - 1:  # a seeded subset of references: the seed's own scores
+            self.scores_from_cache = None
+            return nearest_patch_scores(z, self.config.max_refs, self.ctx.rng("anomaly-clustering"))
+        store = self.ctx.features
+        memo = hash_memo_dir(store.cache.root)
+        name = stable_hash({"v": SCORES_VERSION, "images": [file_sha256(x, memo) for x in data.paths], "grid": self.config.grid})
+        path = store.cache.path("features", f"{store.key}-anomaly-clustering-{self.config.grid}", name)
+        cached = load_npy(path, (n, p), np.float32)
+        self.scores_from_cache = cached is not None
+        if cached is not None:
+            return torch.from_numpy(cached)
+        scores = nearest_patch_scores(z)
+        save_npy(path, scores.numpy().astype(np.float32, copy=False))
+        return scores
+
+    def extra_info(self) -> dict[str, Any]:
+        return {"scores_from_cache": self.scores_from_cache}

@@ -305,6 +305,7 @@ class PaperMethod(Method):
             **describe_config(self.config),
             "pretrained_from_cache": pre.get("from_cache"),
             "pretrain_episodes": pre.get("episodes"),
+            **pretrain_stop(pre),
             "finetune_steps": self.ctx.log.get("finetune", {}).get("steps"),
         }
 
@@ -388,6 +389,8 @@ class PaperMethod(Method):
             "pseudo": source.identity(),
             "torch": torch.__version__.split("+")[0],
         }
+        if "bank" in self.reads(self.config) and ctx.bank_seed is not None and ctx.bank_seed != ctx.seed:
+            ident["bank_seed"] = ctx.bank_seed  # residuals against another bank (--bank-seed); as before otherwise
         return config_hash(ident)
 
     def load_or_pretrain(
@@ -422,6 +425,18 @@ class PaperMethod(Method):
                 save_checkpoint(path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "info": info})
                 info = {**info, "from_cache": False}
         self.ctx.log["pretrain"] = {**info, "cache_key": key}
+
+
+def pretrain_stop(info: dict[str, Any]) -> dict[str, Any]:
+    """Where pretraining stopped, for every row of a pretrained method (issue #23: its cost is the grid's cost):
+    ``pretrain_stop_episode``, the pseudo episode at which the stop rule fired (the current batch accuracy above
+    ``stop_accuracy``, §7) or the last one the budget allowed, and ``pretrain_stopped_by``, ``"rule"`` or ``"cap"``
+    (``max_episodes``; MAML: the whole meta-batches that fit in it). Read from the pretraining's log, which a cached
+    model carries too, so a row whose model came from the cache says where that model stopped. ``None`` for both
+    without pretraining."""
+    if info.get("episodes") is None:
+        return {"pretrain_stop_episode": None, "pretrain_stopped_by": None}
+    return {"pretrain_stop_episode": int(info["episodes"]), "pretrain_stopped_by": "rule" if info.get("stopped_by_rule") else "cap"}
 
 
 def save_checkpoint(path: Path, blob: dict[str, Any]) -> None:

@@ -159,7 +159,8 @@ def add_feature_options(p: argparse.ArgumentParser, defaults: bool = True) -> No
     p.add_argument("--coreset-ratio", type=float, default=DEFAULT_CORESET_RATIO if defaults else None,
                    help=f"share of the PatchCore memory bank kept (default {DEFAULT_CORESET_RATIO})")
     p.add_argument("--device", default=DEFAULT_DEVICE if defaults else None, help="auto (default), cpu or cuda")
-    p.add_argument("--threads", type=int, help="torch threads in total (split between the workers of a run)")
+    p.add_argument("--threads", metavar="N|auto", help="torch threads in total (split between the workers of a run); "
+                   "auto: from the machine's free cores and load (default: all cores)")
     p.add_argument("--cache-dir", help=f"cache folder (default ${CACHE_ENV} or {DEFAULT_CACHE})")
 
 
@@ -276,14 +277,16 @@ def apply_config_file(args: argparse.Namespace) -> dict[str, Any]:
     return {**options, **parse_set(args.set_)} if "set_" in spec.actions else {}
 
 
-def use_threads(threads: int | None) -> None:
-    """``--threads N`` of a command that works in this process: torch's threads (``None``: leave them)."""
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"--threads {threads} is not allowed: at least 1 (default: all cores)")
+def use_threads(threads: int | str | None) -> None:
+    """``--threads N|auto`` of a command that works in this process: torch's threads (``None``: leave them)."""
+    from bench.run.config import parse_threads
+    from bench.run.workers import resolve_threads
+
+    n, _ = resolve_threads(parse_threads(threads), 1)
+    if n is not None:
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(n)
 
 
 def add_progress_option(p: argparse.ArgumentParser) -> None:

@@ -12,6 +12,8 @@
   and with the CPU default ViT, and the per-category cost of their schedules (``benchmarks/anomalyncd_cost.py``).
 * ``python -m bench perf startup [ARGS]``: the start-up time of ``--help``, an option error, ``list`` and ``cache info``
   as a ratio to ``python -c pass``, with the heavy libraries each imports (``benchmarks/startup.py``).
+* ``python -m bench perf nn [ARGS]``: the residuals' exact nearest-neighbour search (faiss) against the same search
+  written as blocked GEMMs, and faiss's approximate HNSW with its recall, on MTD's features (``benchmarks/nn_search.py``).
 
 Everything after the benchmark's name goes to the script: ``python -m bench perf grid --help`` lists its options
 (``features`` and ``grid`` take ``--backbone``, ``--weights`` and ``--layers NAME ...`` like ``bench run``; e.g.
@@ -29,7 +31,7 @@ from pathlib import Path
 from bench.errors import BenchError
 
 BENCHMARKS = {"features": "features.py", "grid": "grid.py", "steps": "steps.py", "detection": "detection.py",
-              "anomalyncd": "anomalyncd_cost.py", "startup": "startup.py"}  # fmt: skip
+              "anomalyncd": "anomalyncd_cost.py", "startup": "startup.py", "nn": "nn_search.py"}  # fmt: skip
 
 
 def benchmarks_dir() -> Path | None:

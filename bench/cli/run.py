@@ -78,6 +78,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude-combined", action="store_true", default=None, help="drop the 'combined' defect type")
     p.add_argument("--min-defect-types", type=int, help="skip categories with fewer defect types (default: 2 for classification, 1 for the other tasks)")
     add_feature_options(p, defaults=False)
+    p.add_argument("--bank-seed", metavar="N|per-run-seed",
+                   help="coreset seed of the PatchCore memory bank: one bank per category for every run seed (default "
+                   "1, the bank seed 1 always had) or per-run-seed (a bank per run seed, as before)")
     p.add_argument("--textures", help="DTD folder for pseudo-defects (default: built-in procedural textures)")
     p.add_argument("--jobs", type=int, help="worker processes (default 1)")
     p.add_argument("--backend", choices=["loky", "dask"], help="joblib backend for --jobs > 1")
@@ -89,7 +92,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 COPIED_OPTIONS = (
     "dataset", "data_root", "categories", "protocol", "include_good", "exclude_combined", "min_defect_types",
-    "backbone", "weights", "layers", "precision", "image_fit", "coreset_ratio",
+    "backbone", "weights", "layers", "precision", "image_fit", "coreset_ratio", "bank_seed",
     "textures", "device", "jobs", "backend", "scheduler", "threads", "out", "cache_dir", "task", "maps",
     "unit", "masks", "regions", "mask_estimator", "mvtec_fs", "normal_shots",
 )  # fmt: skip

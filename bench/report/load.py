@@ -56,6 +56,7 @@ def config_fields(row: dict[str, Any]) -> dict[str, str]:
     feats.setdefault("image_fit", "crop")  # rows from before the field existed were all made with the centre crop
     feats.setdefault("mean", [0.485, 0.456, 0.406])  # ... and with the ImageNet normalisation (bench.images.IMAGENET_*)
     feats.setdefault("std", [0.229, 0.224, 0.225])
+    feats.setdefault("bank", "per-run-seed")  # ... and with a memory bank per run seed (before --bank-seed)
     for derived in ("layer_dims", "dim"):  # follow from the backbone, layers and dims already in the row
         feats.pop(derived, None)
     w = dict(row.get("weights") or {})

@@ -53,7 +53,9 @@ def plan(cfg: RunConfig, samples: Samples) -> list[Job]:
                 for spec in specs:
                     config = configs[spec.name]
                     mcfg = config_dict(config)
-                    ident = job_identity(cfg, samples, spec.name, mcfg, category, shots, seed, ehash, content, cfg.task)
+                    uses_bank = "bank" in spec.cls.reads(config) or (estimated(cfg) and spec.cls.takes_masks)
+                    ident = job_identity(cfg, samples, spec.name, mcfg, category, shots, seed, ehash, content, cfg.task,
+                                         reads_bank=uses_bank)
                     ident.update(protocol_columns(cfg, spec.cls.takes_masks, keyed=True))
                     why = "" if has_normals or err else spec.cls.normal_images_needed(config)
                     job_err = err or (no_normals_error(samples, category, spec.name, why) if why else None)

@@ -25,7 +25,7 @@ from bench.errors import BenchError, ConfigError, brief, brief_list
 from bench.features.backbones import DEFAULT_BACKBONE
 from bench.paths import DEFAULT_OUT, cache_root
 from bench.results import DEFAULT_TASK
-from bench.run.defaults import DEFAULT_CORESET_RATIO, DEFAULT_DEVICE, MAX_LIST_VALUES
+from bench.run.defaults import DEFAULT_BANK_SEED, DEFAULT_CORESET_RATIO, DEFAULT_DEVICE, MAX_LIST_VALUES, PER_RUN_SEED
 from bench.method import check_options, find_spec
 from bench.tasks import tasks
 
@@ -54,6 +54,7 @@ class RunConfig:
     precision: str = "fp32"
     image_fit: str | None = None  # crop | squash | letterbox; None = the dataset adapter's preference, else crop
     coreset_ratio: float = DEFAULT_CORESET_RATIO
+    bank_seed: int | str = DEFAULT_BANK_SEED  # the coreset seed of every run seed's bank, or PER_RUN_SEED
     textures: str | None = None
     device: str = DEFAULT_DEVICE
     jobs: int = 1
@@ -61,7 +62,7 @@ class RunConfig:
     scheduler: str | None = None
     out: str = DEFAULT_OUT  # runs/: ignored by git, apart from the committed results/ (issue #24)
     cache_dir: str | None = None
-    threads: int | None = None
+    threads: int | str | None = None  # torch threads in total; "auto": from the free cores (bench.run.workers.auto_threads)
     plugins: list[str] = field(default_factory=list)  # modules imported first, here and in every worker
     task: str = DEFAULT_TASK  # what the jobs solve (bench.tasks.tasks); every method of the run must solve it
     maps: str | None = None  # discovery: a folder of PNG anomaly maps (<maps>/<category>/<type>/<name>.png); None = PatchCore
@@ -112,6 +113,7 @@ class RunConfig:
             raise bad("--min-defect-types", self.min_defect_types, "at least 1 (default: 2 for classification, 1 for detection and discovery)")
         if not (math.isfinite(self.coreset_ratio) and 0 < self.coreset_ratio <= 1):
             raise bad("--coreset-ratio", self.coreset_ratio, "a share of the memory bank kept, in (0, 1] (default 0.1)")
+        self.bank_seed = parse_bank_seed(self.bank_seed)
         if self.precision not in ("fp32", "bf16"):
             raise bad("--precision", self.precision, "fp32 or bf16")
         if self.image_fit is not None and self.image_fit not in FITS:
@@ -128,8 +130,7 @@ class RunConfig:
                 f"flight on the cluster); this run has --backend {self.backend} and --jobs {self.jobs}, so it would "
                 "run on this machine. Add --backend dask --jobs N, or drop --scheduler."
             )
-        if self.threads is not None and self.threads < 1:
-            raise bad("--threads", self.threads, "at least 1 (default: all cores)")
+        self.threads = parse_threads(self.threads)
         if (check := task.hook("check")) is not None:  # the task's own checks (bench.tasks.Task.check)
             check(self)
         if self.maps is not None and "maps" not in task.options:
@@ -164,6 +165,17 @@ class RunConfig:
         """
         return check_options([find_spec(self.task, name) for name in self.methods], self.method_options)
 
+    def bank_seed_of(self, seed: int) -> int:
+        """The coreset seed of run seed ``seed``'s memory bank: ``--bank-seed`` (one bank for every seed), or the run
+        seed itself with ``--bank-seed per-run-seed``."""
+        return seed if self.bank_seed == PER_RUN_SEED else int(self.bank_seed)
+
+    def bank_record(self) -> str:
+        """How the run's banks are seeded, as a row's ``features.bank`` records it: ``"seed N"`` (one bank per category,
+        shared by every run seed) or ``"per-run-seed"``. It names a configuration: rows that differ in it are not
+        pooled by the reports (the per-seed value itself is the row's ``bank_seed``)."""
+        return PER_RUN_SEED if self.bank_seed == PER_RUN_SEED else f"seed {self.bank_seed}"
+
     def cache_root(self) -> Path:
         """The run's cache root (``--cache-dir``, else ``$BENCH_CACHE``, else the default), absolute."""
         return cache_root(self.cache_dir)
@@ -171,6 +183,39 @@ class RunConfig:
     def torch_device(self) -> torch.device:
         """``--device`` resolved (:func:`resolve_device`)."""
         return resolve_device(self.device)
+
+
+def parse_threads(value: Any) -> int | str | None:
+    """``--threads``'s value: ``None`` (torch's default: all cores), an integer ≥ 1 (YAML or the command line may give
+    it as text) or ``auto`` (chosen from the machine's free cores when the run starts, :func:`bench.run.workers.auto_threads`).
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ConfigError(f"--threads {brief(value)} is not allowed: at least 1 (torch threads in total, split between the "
+                      "workers) or auto (from the machine's free cores and load); default: all cores")
+
+
+def parse_bank_seed(value: Any) -> int | str:
+    """``--bank-seed``'s value: an integer ≥ 0 (YAML or the command line may give it as text) or ``per-run-seed``.
+
+    Raises:
+        ConfigError: anything else, named with the two accepted forms.
+    """
+    if value == PER_RUN_SEED:
+        return PER_RUN_SEED
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ConfigError(f"--bank-seed {brief(value)} is not allowed: an integer ≥ 0 (the coreset seed of every run seed's "
+                      f"memory bank; default {DEFAULT_BANK_SEED}) or {PER_RUN_SEED} (a bank per run seed)")
 
 
 FEATURE_OPTIONS = ("backbone", "weights", "zero_init_last", "layers", "precision", "image_fit")

@@ -69,7 +69,8 @@ def plan_detection(cfg: RunConfig, samples: Samples) -> list[Job]:
                 for name in cfg.methods:
                     config = configs[name]
                     mcfg = config_dict(config)
-                    ident = job_identity(cfg, samples, name, mcfg, category, shots, seed, ehash, content, DETECTION_TASK)
+                    ident = job_identity(cfg, samples, name, mcfg, category, shots, seed, ehash, content, DETECTION_TASK,
+                                         reads_bank="bank" in get_detector(name).cls.reads(config))
                     ident["protocol"] = DETECTION_PROTOCOL
                     ident.pop("include_good", None)
                     jobs.append(Job(

@@ -30,7 +30,7 @@ from bench.metrics.discovery import discovery_metrics
 from bench.method import TaskContext, config_dict, config_hash
 from bench.run.config import RunConfig
 from bench.run.job import JobCore, TaskJobs, base_row, run_task_job
-from bench.run.plan import RUNNER_VERSION, Job, category_content
+from bench.run.plan import RUNNER_VERSION, Job, bank_identity, category_content
 
 log = logging.getLogger(__name__)
 TASK = "discovery"
@@ -103,6 +103,7 @@ def plan_discovery(cfg: RunConfig, samples: Samples) -> list[Job]:
                          "set": set_hash, "maps": maps_id if "maps" in reads else None}  # fmt: skip
                 job_err = err or (maps_err if "maps" in reads else None)
                 needs_bank = "bank" in reads and not (cfg.maps and reads <= {"maps", "bank"})  # PNG maps need no bank
+                ident.update(bank_identity(cfg, seed, needs_bank))
                 if not job_err and not has_normals and needs_bank:
                     job_err = no_normals_error(spec.name, category, reads)
                 jobs.append(Job(method=spec.name, method_config=mcfg, category=category, shots=0, seed=seed,

@@ -27,7 +27,7 @@ from bench.results import ResultsStore, check_results_file
 from bench.run.config import RunConfig
 from bench.run.job import feature_store, task_jobs
 from bench.run.plan import Job, failure_groups, failure_lines, group_jobs
-from bench.run.workers import worker_pool, worker_setup
+from bench.run.workers import resolve_threads, worker_pool, worker_setup
 
 
 def run_group(
@@ -230,7 +230,10 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
     # Workers load the dataset themselves: give them the exact folder and cache this process resolved (a worker
     # started elsewhere, or reused from an earlier run, has its own $BENCH_CACHE). Keys do not change.
     wcfg = dataclasses.replace(cfg, data_root=str(samples.root), cache_dir=str(cfg.cache_root()))
-    with worker_pool(n_workers, cfg.backend, cfg.scheduler, cfg.threads, results.path) as pool:
+    threads, why = resolve_threads(cfg.threads, n_workers)
+    if why:
+        print(f"note: {why}; every row records env.torch_threads.")
+    with worker_pool(n_workers, cfg.backend, cfg.scheduler, threads, results.path) as pool:
         paths = task_jobs(cfg.task).feature_work(cfg, samples, todo) if pool.parallel else []
         if paths:  # the feature stage, split over the workers (cached images cost a file check)
             chunks = [c.tolist() for c in np.array_split(np.array(paths, dtype=object), pool.workers) if len(c)]

@@ -57,6 +57,7 @@ def make_context(
         train_paths=samples.train_paths(job.category) if train_paths is None else list(train_paths),
         store_factory=lambda: store,
         coreset_ratio=cfg.coreset_ratio,
+        bank_seed=cfg.bank_seed_of(job.seed),
         device=cfg.torch_device(),
         cache_root=cfg.cache_root(),
         textures=cfg.textures,
@@ -80,8 +81,8 @@ def base_row(cfg: RunConfig, samples: Samples, job: Job, store: Any) -> dict[str
         "method": job.method,
         "method_config": job.method_config,
         "method_config_hash": config_hash(job.method_config),
-        "features": {**cfg.features.record(), "coreset_ratio": cfg.coreset_ratio, "key": cfg.features.key(),
-                     "decoding": DECODING},
+        "features": {**cfg.features.record(), "coreset_ratio": cfg.coreset_ratio, "bank": cfg.bank_record(),
+                     "key": cfg.features.key(), "decoding": DECODING},
         "weights": store.weights_info.record() if store is not None else None,
         "dataset": samples.dataset,
         "data_root": str(samples.root),
@@ -91,6 +92,8 @@ def base_row(cfg: RunConfig, samples: Samples, job: Job, store: Any) -> dict[str
         "category": job.category,
         "shots": job.shots,
         "seed": job.seed,
+        "threads": cfg.threads,  # as asked (None: torch's default; "auto"); env.torch_threads: the number chosen
+        "bank_seed": cfg.bank_seed_of(job.seed),  # the memory bank's coreset seed (features.bank: how it was chosen)
         "protocol": cfg.protocol,  # as the user named it (classification's core records its id)
         "class_set": {
             "combined": "excluded" if cfg.exclude_combined else "kept",

@@ -72,14 +72,24 @@ class Job:
         return f"{self.method} {self.category}{shots} seed {self.seed}"
 
 
+def bank_identity(cfg: RunConfig, seed: int, reads_bank: bool) -> dict[str, int]:
+    """The memory bank's part of a job's identity: ``{"bank_seed": N}`` when the job reads the bank and its coreset
+    seed is not the run seed, else nothing. Before ``--bank-seed`` every bank was seeded by the run seed, so the keys of
+    jobs whose bank is the one they always had (seed 1 at the default bank seed 1, every seed with ``per-run-seed``)
+    and of jobs that read no bank stay as they were: their results folders resume, and a job whose bank changed never
+    reuses a row made with another (nor a cache entry: the bank's own key holds its seed)."""
+    bank_seed = cfg.bank_seed_of(seed)
+    return {"bank_seed": bank_seed} if reads_bank and bank_seed != seed else {}
+
+
 def job_identity(
     cfg: RunConfig, samples: Samples, method: str, mcfg: dict, category: str, shots: int, seed: int, episode_hash: str,
-    content: str, task: str = DEFAULT_TASK,
+    content: str, task: str = DEFAULT_TASK, reads_bank: bool = False,
 ) -> dict:
     """What defines a job. ``content`` is the hash of the names and bytes of every image of the category
     (:meth:`Samples.content_hash`): the jobs of a category are redone when any of its images changes. The task is
     part of the identity except for classification, the first task, so the keys of results written before tasks
-    existed stay valid (those folders resume)."""
+    existed stay valid (those folders resume); so is the bank seed where it is the run seed (:func:`bank_identity`)."""
     ident = {
         "runner": RUNNER_VERSION,
         "method": method,
@@ -99,6 +109,7 @@ def job_identity(
     }
     if task != DEFAULT_TASK:
         ident["task"] = task
+    ident.update(bank_identity(cfg, seed, reads_bank))
     return ident
 
 

@@ -111,6 +111,50 @@ def worker_setup(
         set_cache_root(cache_dir)
 
 
+AUTO_THREADS = "auto"
+"""``--threads auto``: torch threads from the machine's free cores (:func:`auto_threads`)."""
+
+
+def machine_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or ``taskset``'s share, not the host's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this platform
+        return max(1, os.cpu_count() or 1)
+
+
+def auto_threads(workers: int = 1) -> tuple[int, str]:
+    """``--threads auto``: the torch threads per process for ``workers`` processes, and how they were chosen.
+
+    The free cores are the cores of :func:`machine_cores` less the 1-minute load average (rounded; other users' work
+    and ours: one busy core stays busy), at least 1; each worker gets an equal share, at least 1. Oversubscription is
+    what this avoids: on a busy 2-core machine 2 torch threads per process were 8-16× slower than 1 (issue #23: a
+    contrastive step 2,500 ms vs 372 ms at load 11), while on a quiet one 2 threads are 1.5× faster than 1.
+
+    Returns:
+        (threads per process, a line that says why, for the run's notes).
+    """
+    cores = machine_cores()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this platform: assume a quiet machine
+        load = 0.0
+    free = max(1, cores - min(cores, round(load)))
+    per = max(1, free // max(1, workers))
+    why = (f"--threads auto: {free} free core(s) of {cores} (1-minute load {load:.1f}) over {workers} process(es): "
+           f"{per} torch thread(s) each")
+    return per, why
+
+
+def resolve_threads(threads: int | str | None, workers: int) -> tuple[int | None, str]:
+    """The run's ``--threads`` as :func:`worker_pool` takes it (torch threads in total, split over the workers), and
+    the note that explains an automatic choice ("" for a number or the default)."""
+    if threads != AUTO_THREADS:
+        return threads, ""  # type: ignore[return-value]
+    per, why = auto_threads(workers)
+    return per * max(1, workers), why
+
+
 @dataclass(frozen=True)
 class WorkerPool:
     """Where tasks run: this process (``workers == 1``) or ``workers`` worker processes.
