@@ -16,6 +16,11 @@ Weights are the method's options (``inside``, ``inside_residual``, ``context``, 
 configuration without residual parts needs no memory bank). Masks are brought to the features' frame by the image
 fit the features used (:meth:`bench.classification.region_episodes.Region.frame_mask`).
 
+The paper's trained heads (``direct``, ``relationnet*``, ``contrastive*``) are not given masks: they read the whole
+28 × 28 grid (the contrastive head and RelationNet flatten it, docs/method-notes.md), so a mask-pooled vector does not
+fit them, and on region units they run on the whole images (their rows say localisation ``none``). The trained
+head on region vectors is ``region-logreg``.
+
 Multi-view (MVREC's idea, ``views``): besides the whole image (view 1), square crops centred on the region's box,
 ``s`` times its longer side (at least a quarter of the image), cut from the source image at full resolution, resized
 to the network input and pooled inside the region's mask cut the same way; cached under the crop's key like every

@@ -365,6 +365,18 @@ def build_report(
     return doc
 
 
+def field_tables(res: Results, group: str, ids: list[str]) -> list[Table]:
+    """The field's published figures under this group's protocol (MVREC on MVTec-FS, UniADC's good-or-which-defect),
+    beside our configurations (:mod:`bench.report.field`)."""
+    from bench.report import field
+
+    protocol = res.configs[ids[0]].get("protocol")
+    ours = {res.labels[c]: cells(res, c) for c in ids}
+    found = {"mvtec_fs": field.mvrec_table, "good_or_defect": field.uniadc_table}.get(str(protocol))
+    table = found(res, group, ours) if found else None
+    return [table] if table is not None else []
+
+
 def classification_sections(res: Results, opts: ReportOptions) -> list[Section]:
     """The classification task's sections of the report (its record's ``report`` hook): per group the categories,
     per configuration, the ablation (with plots) and per class."""
@@ -391,6 +403,8 @@ def classification_sections(res: Results, opts: ReportOptions) -> list[Section]:
             text.append(f"--compare paper: the paper reports no numbers for dataset {dataset!r} (only {', '.join(paper.PAPER_DATASETS)}).")
         elif compare and not any(paper.paper_table_name(res.configs[c]["method"], dataset) for c in ids):
             text.append(f"--compare paper: the paper reports none of these methods on {dataset!r}.")
+        if compare:
+            tables += field_tables(res, group, ids)
         out.append(Section(f"{group}: per configuration", text, tables))
         abl = Section(f"{group}: ablation", tables=[ablation_table(res, group, n_boot, boot_seed, compare)])
         pt = paired_table(res, group)
