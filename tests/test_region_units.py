@@ -224,6 +224,16 @@ def test_mvtec_fs_run_on_the_shared_screw(shared_data: Path, shared_screw: Path,
     (row,) = rows(out)
     assert row["protocol"] == "mvtec_fs" and row["unit"] == "region" and row["n_queries"] == 52
     assert row["episode"]["support_rule"].startswith("seeded draw of n instances per type from MVTec-FS train.csv")
+    from bench.report.load import load_results
+    from bench.report.tables import build_report
+
+    doc = build_report(load_results([out]), compare=True)
+    (mvrec,) = [t for s in doc.sections for t in s.tables if t.key.startswith("mvrec-")]
+    sources = list(mvrec.data["source"])
+    assert "MVREC trained (Zip-Adapter-F), multi-view (AlphaCLIP ViT-L/14)" in sources
+    assert mvrec.data.set_index("source").loc["MVREC trained (Zip-Adapter-F), multi-view (AlphaCLIP ViT-L/14)", "5-shot"] == 90.0
+    assert mvrec.data.set_index("source").loc["ours: region-protonet", "1-shot"] == pytest.approx(row["accuracy"] * 100, abs=0.01)
+    assert "not a reproduction" in mvrec.caption
 
 
 # ------------------------------------------------------------------ real data: the point of region units
