@@ -140,6 +140,20 @@ def test_a_local_vit_weights_file_loads_strictly_and_another_is_refused(
     assert not (tmp_path / "wrong" / "results.jsonl").exists()
 
 
+def test_hub_weights_go_into_the_whole_vit_strictly(test_vit_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path of a user with internet: timm's hub file (served here from the test's file) loads into the ViT built
+    for any input size (dynamic_img_size), every key, then its blocks are taken."""
+    import timm.models._builder as builder
+
+    state = torch.load(test_vit_file, weights_only=True)
+    monkeypatch.setattr(builder, "load_state_dict_from_hf", lambda *a, **k: dict(state))
+    cfg = FeatureConfig(backbone="test_vit", weights="imagenet", resize=64, crop=64)
+    extractor, info = build_extractor(cfg)
+    assert info.source_kind == "hub" and info.source == "timm/test_vit.r160_in1k" and info.head_not_loaded == ""
+    assert extractor.backbone.model.dynamic_img_size and probe_grid(extractor, cfg, CPU) == (4, 4)
+    torch.testing.assert_close(extractor.backbone.model.pos_embed, state["pos_embed"])  # kept at 160 px, resampled on use
+
+
 def test_hub_weights_offline_are_one_line_naming_the_way_out(
     tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:  # fmt: skip
