@@ -117,7 +117,8 @@ class FeatureConfig:
     Derived values (:attr:`resolved_layers`, :attr:`normalisation`, :attr:`layer_channels`, :attr:`layer_dims`,
     :attr:`dim`) are computed on first use from timm's metadata (no weights are loaded) and are part of
     :meth:`key` and :meth:`record`. ``dataclasses.replace`` keeps ``layers=None`` / ``mean=None`` as they were
-    given, so a replaced backbone gets its own stages and normalisation.
+    given, so a replaced backbone gets its own stages and normalisation; not its input size (``resize`` and ``crop``
+    are numbers once made): pass them again, or build a new configuration.
     """
 
     backbone: str = "resnet50"
