@@ -45,7 +45,7 @@ from bench.features.knn import MemoryBank
 @dataclass(frozen=True)
 class PatchCoreKShotConfig:
     coreset_ratio: float = 1.0  # 1.0 = every patch of the k shots (no coreset)
-    top_fraction: float = 0.0  # image score: 0 = the map's maximum; f in (0, 1] = mean of the ⌊f·n⌋ highest patches
+    top_fraction: float = 0.0  # image score: 0 = the map's maximum; f in (0, 1]: mean of the ⌊f·n⌋ highest patches
 
     KEYED_WHEN_SET: ClassVar[tuple[str, ...]] = ("top_fraction",)  # added later: job keys of max-score runs unchanged
 
@@ -53,7 +53,9 @@ class PatchCoreKShotConfig:
         if not 0 < self.coreset_ratio <= 1:
             raise ValueError(f"coreset_ratio must lie in (0, 1], got {self.coreset_ratio}")
         if not (math.isfinite(self.top_fraction) and 0 <= self.top_fraction <= 1):
-            raise ValueError(f"top_fraction must lie in [0, 1] (0 = the maximum; AnomalyDINO: 0.01), got {self.top_fraction}")
+            raise ValueError(
+                f"top_fraction must lie in [0, 1] (0 = the maximum; AnomalyDINO: 0.01), got {self.top_fraction}"
+            )
 
 
 def top_fraction_score(maps: np.ndarray, fraction: float) -> np.ndarray:

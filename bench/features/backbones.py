@@ -130,7 +130,8 @@ def check_backbone_name(name: str) -> None:
     hub weights ``imagenet`` loads and the input normalisation and size)."""
     import timm
 
-    if any(c in name for c in "*?[") or not (timm.list_models(name) or ("." in name and timm.list_models(name, pretrained=True))):
+    tagged = "." in name and bool(timm.list_models(name, pretrained=True))  # arch.tag: one of its pretrained configs
+    if any(c in name for c in "*?[") or not (timm.list_models(name) or tagged):
         import difflib
 
         close = difflib.get_close_matches(name, timm.list_models(), n=3) if len(name) < 200 else []  # quadratic
@@ -204,9 +205,8 @@ def _is_token_model(model: Any) -> bool:
     """Whether a timm model is a plain vision transformer (ViT, DeiT, DINOv2, CLIP's ViTs, EVA): a stack of
     ``blocks`` over patch tokens after ``num_prefix_tokens`` class / register tokens, with ``forward_intermediates``
     and the ``dynamic_img_size`` option (position embeddings resampled to the input's grid)."""
-    return model is not None and all(
-        hasattr(model, a) for a in ("blocks", "patch_embed", "num_prefix_tokens", "forward_intermediates", "dynamic_img_size")
-    ) and isinstance(getattr(model, "feature_info", None), list)
+    needs = ("blocks", "patch_embed", "num_prefix_tokens", "forward_intermediates", "dynamic_img_size")
+    return model is not None and all(hasattr(model, a) for a in needs) and isinstance(getattr(model, "feature_info", None), list)
 
 
 def feature_stages(name: str) -> tuple[Stage, ...]:
@@ -493,7 +493,8 @@ def imagenet_availability(arch: str) -> tuple[str, str]:
 
 # ---------------------------------------------------------------------------------------------- input size
 DEFAULT_INPUT = (256, 224)
-"""(resize, crop) of a backbone whose timm configuration names no input size: the paper's (docs/method-notes.md §4.1)."""
+"""(resize, crop) of a backbone whose timm configuration names no (square) input size: the paper's
+(docs/method-notes.md §4.1)."""
 
 
 def native_input(name: str) -> tuple[int, int]:
