@@ -454,7 +454,18 @@ def check_options(specs: Sequence[MethodSpec], options: dict[str, Any] | None) -
 
 
 def config_dict(config: Any) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    """A method's configuration as JSON values: what its rows record and its job keys hash.
+
+    A config class may name, in a ``KEYED_WHEN_SET`` class variable, options added after rows were written: each is
+    left out while it has its default value, so the dict (and every job key and resumable result made before the
+    option existed) stays the same, and an option that is set is recorded and keyed like any other.
+    """
+    d = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for name in getattr(type(config), "KEYED_WHEN_SET", ()):
+        if name in d and getattr(config, name) == defaults.get(name, dataclasses.MISSING):
+            del d[name]
+    return d
 
 
 def config_hash(obj: Any) -> str:

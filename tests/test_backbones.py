@@ -81,7 +81,7 @@ def test_stages_by_stride_on_a_resnet_and_an_efficientnet() -> None:
         ("blocks.0", 2, 16), ("blocks.1", 4, 24), ("blocks.2", 8, 40), ("blocks.4", 16, 112), ("blocks.6", 32, 320)]
     assert default_layers("tf_efficientnet_lite0") == ("blocks.2", "blocks.4")
     with pytest.raises(ConfigError, match=r"has no feature stage at stride 8 .*--layers"):
-        default_layers("vit_small_patch16_224")  # every ViT block is at stride 16
+        default_layers("cait_xxs24_224")  # every CaiT block is at stride 16 (plain ViTs: tests/test_backbones_vit.py)
     with pytest.raises(ConfigError, match=r"no feature layer\(s\) 'layer2'; available: blocks.0 \(stride 2, 16 ch\)"):
         FeatureConfig(backbone="tf_efficientnet_lite0", layers=("layer2",)).key()
 

@@ -33,7 +33,11 @@ Pretrained weights (file, package or ImageNet) with a NaN or inf value are refus
 
 Feature stages (:func:`feature_stages`) are read off timm's ``feature_info`` of a ``features_only`` model built
 on the ``meta`` device (no memory, no initialisation: a few tens of milliseconds), once per process and name, and so
-is the maps' layout (:func:`channels_last_maps`: Swin-like models return channels-last maps).
+is the maps' layout (:func:`channels_last_maps`: Swin-like models return channels-last maps). A plain vision
+transformer (ViT, DINOv2, CLIP's ViTs: :func:`token_backbone`) has one stage per block; its maps are its patch tokens
+(class and register tokens dropped) as a (D, H/p, W/p) grid, by default from two blocks at half and three quarters of
+its depth (:data:`DEFAULT_BLOCK_DEPTHS`). Every backbone runs at its own input size (:func:`native_input`: timm's
+pretrained ``input_size``; 224 for ResNets and Lite0, 260 for Lite2, 518 for DINOv2).
 """
 
 from __future__ import annotations
@@ -121,10 +125,13 @@ def weights_tag(weights: str) -> str:
 
 
 def check_backbone_name(name: str) -> None:
-    """Raise :class:`WeightsError` (with close matches) unless ``name`` is a timm model name."""
+    """Raise :class:`WeightsError` (with close matches) unless ``name`` is a timm model name, with or without one of
+    its pretrained tags (``vit_small_patch14_dinov2.lvd142m``: the tag chooses timm's pretrained config, i.e. which
+    hub weights ``imagenet`` loads and the input normalisation and size)."""
     import timm
 
-    if not timm.list_models(name) or any(c in name for c in "*?["):
+    tagged = "." in name and bool(timm.list_models(name, pretrained=True))  # arch.tag: one of its pretrained configs
+    if any(c in name for c in "*?[") or not (timm.list_models(name) or tagged):
         import difflib
 
         close = difflib.get_close_matches(name, timm.list_models(), n=3) if len(name) < 200 else []  # quadratic
@@ -143,12 +150,22 @@ class Stage(NamedTuple):
     channels: int
 
 
+class Probe(NamedTuple):
+    """What the extractor needs to know of a backbone before building it (:func:`_feature_probe`)."""
+
+    stages: tuple[Stage, ...]
+    layout: str  # NCHW | NHWC
+    tokens: bool  # a plain vision transformer: its maps are patch tokens (:func:`token_backbone`)
+
+
 @functools.lru_cache(maxsize=None)
-def _feature_probe(name: str) -> tuple[tuple[Stage, ...], str]:
-    """The stages and the map layout (``NCHW`` | ``NHWC``) of timm's ``features_only`` model ``name``; memoised.
+def _feature_probe(name: str) -> Probe:
+    """The stages, the map layout (``NCHW`` | ``NHWC``) and the kind of timm's ``features_only`` model ``name``;
+    memoised.
 
     Built on the ``meta`` device (no weights are allocated or initialised), falling back to a CPU build for the
-    rare model that cannot be built there.
+    rare model that cannot be built there. A plain vision transformer (:func:`token_backbone`) lists every block
+    as a stage (timm's ``features_only`` model lists only the last three by default).
 
     Raises:
         WeightsError: unknown backbone name.
@@ -165,8 +182,13 @@ def _feature_probe(name: str) -> tuple[tuple[Stage, ...], str]:
         except Exception:  # noqa: BLE001 - a model whose constructor computes on tensors: build it for real
             with torch.random.fork_rng(devices=[]):
                 probe = timm.create_model(name, pretrained=False, features_only=True)
-        info = probe.feature_info
-        stages = tuple(Stage(n, int(r), int(c)) for n, r, c in zip(info.module_name(), info.reduction(), info.channels()))
+        tokens = _is_token_model(getattr(probe, "model", None))
+        if tokens:  # every block (module, num_chs, reduction), from the wrapped model's own list
+            info = probe.model.feature_info
+            stages = tuple(Stage(str(i["module"]), int(i["reduction"]), int(i["num_chs"])) for i in info)
+        else:
+            info = probe.feature_info
+            stages = tuple(Stage(n, int(r), int(c)) for n, r, c in zip(info.module_name(), info.reduction(), info.channels()))
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(
             f"backbone {name!r} cannot return feature maps (timm features_only: {type(exc).__name__}: {str(exc)[:150]}). "
@@ -176,13 +198,21 @@ def _feature_probe(name: str) -> tuple[tuple[Stage, ...], str]:
     if layout not in MAP_LAYOUTS:
         raise ConfigError(f"backbone {name!r} returns its feature maps as {brief(layout)}, not as grids (NCHW or "
                           f"NHWC). Choose a backbone with feature stages, e.g. {WORKING_BACKBONES}.")  # fmt: skip
-    return stages, layout
+    return Probe(stages, layout, tokens)
+
+
+def _is_token_model(model: Any) -> bool:
+    """Whether a timm model is a plain vision transformer (ViT, DeiT, DINOv2, CLIP's ViTs, EVA): a stack of
+    ``blocks`` over patch tokens after ``num_prefix_tokens`` class / register tokens, with ``forward_intermediates``
+    and the ``dynamic_img_size`` option (position embeddings resampled to the input's grid)."""
+    needs = ("blocks", "patch_embed", "num_prefix_tokens", "forward_intermediates", "dynamic_img_size")
+    return model is not None and all(hasattr(model, a) for a in needs) and isinstance(getattr(model, "feature_info", None), list)
 
 
 def feature_stages(name: str) -> tuple[Stage, ...]:
     """The feature stages of timm backbone ``name``, from its ``feature_info`` (shallowest first); see
     :func:`_feature_probe` for how and what it raises."""
-    return _feature_probe(name)[0]
+    return _feature_probe(name).stages
 
 
 WORKING_BACKBONES = "resnet50, wide_resnet50_2, tf_efficientnet_lite0, convnext_tiny or swin_tiny_patch4_window7_224"
@@ -208,7 +238,21 @@ def map_layout(model: nn.Module) -> str:
 
 def channels_last_maps(name: str) -> bool:
     """Whether backbone ``name`` returns its feature maps as (B, H, W, C) (:data:`MAP_LAYOUTS`)."""
-    return _feature_probe(name)[1] == "NHWC"
+    return _feature_probe(name).layout == "NHWC"
+
+
+def token_backbone(name: str) -> bool:
+    """Whether backbone ``name`` is a plain vision transformer whose feature maps are its patch tokens.
+
+    Such a model (ViT, DeiT, DINOv2 with or without registers, CLIP's ViTs, EVA) has one stage per block, all at the
+    patch size's stride. The extractor builds it with ``dynamic_img_size=True`` (its position embeddings are
+    resampled to the input's patch grid, so any input size that is a multiple of the patch size works and the
+    weights keep their own shapes) and takes the blocks' outputs through timm's ``forward_intermediates`` with the
+    model's final norm applied (as DINOv2's ``get_intermediate_layers(norm=True)`` and its linear evaluation do: every
+    block's tokens on the scale the weights were trained to end at), the class and register tokens dropped and the
+    patch tokens reshaped to a (D, H/p, W/p) grid (:func:`token_feature_model`).
+    """
+    return _feature_probe(name).tokens
 
 
 def describe_stages(stages: tuple[Stage, ...]) -> str:
@@ -222,12 +266,35 @@ DEFAULT_STRIDES = (8, 16)
 ``blocks.4``), so the patch grid, the receptive fields' scale and everything downstream stay comparable."""
 
 
+DEFAULT_BLOCK_DEPTHS = (2, 3)
+"""A vision transformer's default blocks: the ends of the 2nd and 3rd quarters of its depth (0-based blocks ``L/2 - 1``
+and ``3L/4 - 1``: ``blocks.5`` and ``blocks.8`` of a 12-block ViT-S/B, ``blocks.11`` and ``blocks.17`` of a 24-block
+ViT-L), in 4ths of the depth. Every block of a ViT is at the same stride, so the CNN rule (strides 8 and 16) cannot
+choose; these are the depths of a ResNet's ``layer2`` and ``layer3`` (the ends of its 2nd and 3rd of 4 stages), for
+PatchCore's reason: the middle of the network is local and generic, its last blocks are specialised to the
+pretraining objective (CLIP's text alignment, a classifier's classes), as ``layer4`` is. Both blocks give the same
+(H/p, W/p) grid, so the aggregation needs no interpolation. AnomalyDINO takes the last block instead
+(``--layers blocks.11``)."""
+
+
+def default_token_blocks(name: str) -> tuple[str, ...]:
+    """The default blocks of a vision transformer ``name`` (:data:`DEFAULT_BLOCK_DEPTHS`)."""
+    stages = feature_stages(name)
+    depth = len(stages)
+    picks = sorted({max(0, depth * q // 4 - 1) for q in DEFAULT_BLOCK_DEPTHS})
+    return tuple(stages[i].name for i in picks)
+
+
 def default_layers(name: str) -> tuple[str, ...]:
     """The stages of ``name`` at strides 8 and 16 (:data:`DEFAULT_STRIDES`); the deepest one where a stride has several.
+    A vision transformer (:func:`token_backbone`): two blocks at half and three quarters of its depth
+    (:func:`default_token_blocks`).
 
     Raises:
-        ConfigError: the backbone has no stage at one of these strides (e.g. a ViT: everything at 16).
+        ConfigError: the backbone has no stage at one of these strides.
     """
+    if token_backbone(name):
+        return default_token_blocks(name)
     stages = feature_stages(name)
     out = []
     for stride in DEFAULT_STRIDES:
@@ -422,6 +489,40 @@ def imagenet_availability(arch: str) -> tuple[str, str]:
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
         return "none", "timm has no pretrained weights for it: --weights FILE or random"
     return "none", "timm hub download (needs internet and BENCH_ONLINE=1), or --weights FILE"
+
+
+# ---------------------------------------------------------------------------------------------- input size
+DEFAULT_INPUT = (256, 224)
+"""(resize, crop) of a backbone whose timm configuration names no (square) input size: the paper's
+(docs/method-notes.md §4.1)."""
+
+
+def native_input(name: str) -> tuple[int, int]:
+    """(resize, crop) the backbone's weights were made for: the crop is timm's pretrained ``input_size``
+    (``tf_efficientnet_lite2`` 260, ``tf_efficientnet_lite1`` 240, ``vit_small_patch14_dinov2`` 518, ResNets and
+    Lite0 224), the resize keeps the paper's ratio 256 / 224 (so every 224 backbone keeps 256 / 224, its features and
+    its cache keys; timm's own ``crop_pct`` is not used: it would move ResNets to 236). :data:`DEFAULT_INPUT` when
+    timm has no configuration for ``name`` or a non-square size."""
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except Exception:  # noqa: BLE001 - an unknown name fails later, where the backbone is built, with its message
+        cfg = None
+    size = tuple(getattr(cfg, "input_size", None) or ())
+    if len(size) != 3 or size[1] != size[2] or int(size[2]) < 1:
+        return DEFAULT_INPUT
+    crop = int(size[2])
+    return round(crop * DEFAULT_INPUT[0] / DEFAULT_INPUT[1]), crop
+
+
+def token_feature_model(model: nn.Module, indices: tuple[int, ...]) -> nn.Module:
+    """A vision transformer's blocks ``indices`` as a timm feature model: (B, C, H/p, W/p) maps of the patch tokens,
+    class and register tokens dropped, each block's tokens through the model's final norm (:func:`token_backbone`
+    says why). Blocks after the deepest one asked for, and the head, are dropped (timm's pruning)."""
+    from timm.models._features import FeatureGetterNet
+
+    return FeatureGetterNet(model, out_indices=list(indices), norm=True, prune=True, output_fmt="NCHW")
 
 
 # ---------------------------------------------------------------------------------------------- creation

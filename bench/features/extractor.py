@@ -11,7 +11,10 @@ for a 224 crop, channels = feature dims, dims 0–511 from ``layer2`` and 512–
 Any timm backbone: without ``layers`` the stages at strides 8 and 16 of timm's ``feature_info`` are used
 (:func:`bench.features.backbones.default_layers`: a ResNet's ``layer2`` / ``layer3``, an EfficientNet's ``blocks.2`` /
 ``blocks.4``), and the input is normalised with the backbone's own pretrained mean/std (timm's
-``pretrained_cfg``: the ImageNet statistics for ResNets, 0.5 / 0.5 for the TF-ported ``tf_efficientnet_lite*``).
+``pretrained_cfg``: the ImageNet statistics for ResNets, 0.5 / 0.5 for the TF-ported ``tf_efficientnet_lite*``), at
+its own input size (timm's pretrained ``input_size``: :func:`bench.features.backbones.native_input`). A plain vision
+transformer's maps are its patch tokens from two blocks (:func:`bench.features.backbones.token_backbone`), both on
+the (H/p, W/p) grid: DINOv2 ViT-S/14 at 518 px gives 37 × 37 (16 × 16 at 224), a ViT-B/16 at 224 14 × 14.
 
 Deviations, all exact up to float rounding (``tests/test_features.py`` checks against a direct
 transcription of ``PatchCore._embed``):
@@ -67,7 +70,8 @@ from torch import nn
 
 from bench.features.backbones import (
     WORKING_BACKBONES, WeightsInfo, channels_last_maps, check_layers, create_backbone, default_layers, feature_stages,
-    imagenet_source, map_layout, supports_zero_init_last, weights_tag,
+    imagenet_source, map_layout, native_input, supports_zero_init_last, token_backbone, token_feature_model,
+    weights_tag,
 )  # fmt: skip
 from bench.cache import file_sha256, stable_hash
 from bench.errors import BenchError, ConfigError, brief
@@ -92,8 +96,11 @@ class FeatureConfig:
         layers: backbone stages to aggregate (timm ``feature_info`` module names); the first sets the output grid.
             ``None`` (default): the stages at strides 8 and 16 (:func:`bench.features.backbones.default_layers`;
             ResNets ``layer2``, ``layer3``). :attr:`resolved_layers` holds the names used.
-        resize: shorter side after resizing (docs/method-notes.md §4.1).
-        crop: center-crop side.
+        resize: shorter side after resizing (docs/method-notes.md §4.1); ``None`` (default): the backbone's native
+            one (:func:`bench.features.backbones.native_input`: 256 for every 224 backbone).
+        crop: center-crop side, the network's input side; ``None`` (default): the backbone's native input size,
+            timm's pretrained ``input_size`` (224 for ResNets and Lite0, 260 for Lite2, 518 for DINOv2 ViTs). Both
+            are resolved when the configuration is made, so :meth:`key` and :meth:`record` hold the sizes used.
         patch_size: local neighbourhood (3 → 3×3, padding 1).
         pretrain_dim: each layer's patch vector is pooled to this (``MeanMapper``); when some layer has fewer
             values, every layer is reduced to its channel means instead (:attr:`layer_dims`, module docstring).
@@ -110,15 +117,16 @@ class FeatureConfig:
     Derived values (:attr:`resolved_layers`, :attr:`normalisation`, :attr:`layer_channels`, :attr:`layer_dims`,
     :attr:`dim`) are computed on first use from timm's metadata (no weights are loaded) and are part of
     :meth:`key` and :meth:`record`. ``dataclasses.replace`` keeps ``layers=None`` / ``mean=None`` as they were
-    given, so a replaced backbone gets its own stages and normalisation.
+    given, so a replaced backbone gets its own stages and normalisation; not its input size (``resize`` and ``crop``
+    are numbers once made): pass them again, or build a new configuration.
     """
 
     backbone: str = "resnet50"
     weights: str = "imagenet"
     zero_init_last: bool | None = None
     layers: tuple[str, ...] | None = None
-    resize: int = 256
-    crop: int = 224
+    resize: int | None = None
+    crop: int | None = None
     patch_size: int = 3
     pretrain_dim: int = 1024
     target_dim: int = 1024
@@ -130,6 +138,12 @@ class FeatureConfig:
     std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.resize is None or self.crop is None:
+            # the backbone's native input; resolved here (not lazily) because every reader takes .crop as a number.
+            # dataclasses.replace(config, backbone=...) therefore keeps the old backbone's sizes: pass them again.
+            resize, crop = native_input(self.backbone)
+            object.__setattr__(self, "resize", resize if self.resize is None else self.resize)
+            object.__setattr__(self, "crop", crop if self.crop is None else self.crop)
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.storage not in ("fp32", "fp16"):
@@ -485,9 +499,14 @@ def build_extractor(config: FeatureConfig) -> tuple[PatchCoreExtractor, WeightsI
     idx = _out_indices(config.backbone, config.resolved_layers)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.init_seed)
-        backbone, info = create_backbone(
-            config.backbone, config.weights, zero_init_last=config.zero_init_last, features_only=True, out_indices=tuple(idx)
-        )
+        if token_backbone(config.backbone):  # the whole ViT gets the weights (strictly), then its blocks are taken
+            vit, info = create_backbone(config.backbone, config.weights, dynamic_img_size=True)
+            backbone = token_feature_model(vit, tuple(idx))
+        else:
+            backbone, info = create_backbone(
+                config.backbone, config.weights, zero_init_last=config.zero_init_last, features_only=True,
+                out_indices=tuple(idx),
+            )  # fmt: skip
     channels = list(backbone.feature_info.channels())
     nhwc = channels_last_maps(config.backbone)
     # the meta-device probe and the real model must agree
