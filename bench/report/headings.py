@@ -71,6 +71,9 @@ def group_heading(res: Results, group: str) -> Heading:
     shown = "; ".join(backbones) if len(backbones) <= 3 else many
     if len(backbones) > 3 and any(RANDOM_CAVEAT in b for b in backbones):
         shown += f"; some {RANDOM_CAVEAT}"
-    parts = [f"protocol {first.get('protocol', '?')}", class_set_text(first), shown]
+    unit = ""
+    if "unit" in first:  # region units: the unit and what the methods were given of where the defect is
+        unit = f"unit {first['unit']}, masks {first.get('localisation', 'none')}"
+    parts = [f"protocol {first.get('protocol', '?')}", unit, class_set_text(first), shown]
     return Heading(dataset_name(first.get("dataset", group)), " · ".join(p for p in parts if p))
 
