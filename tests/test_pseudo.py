@@ -327,7 +327,8 @@ def test_cache_keys_follow_image_bytes_not_names(normals: list[str], bank: Textu
     ctx = SimpleNamespace(train_paths=paths, cache_root=tmp_path / "cache", dataset="d", category="user_disc", seed=1,
                           features=SimpleNamespace(config=FeatureConfig(backbone="resnet18", weights="random")),
                           coreset_ratio=0.1)  # fmt: skip
-    method = SimpleNamespace(ctx=ctx, config=SimpleNamespace(pretrain_identity=lambda: {"pretrain": True}))
+    method = SimpleNamespace(ctx=ctx, config=SimpleNamespace(pretrain_identity=lambda: {"pretrain": True}),
+                             reads=lambda config: {"patch"})  # a method's reads() (MethodBase): no memory bank
     source = SimpleNamespace(identity=lambda: {"pseudo": 1})
     keys = (make(paths, bank).content_key(2, 0), PaperMethod.pretrain_key(method, source))  # type: ignore[arg-type]
     st = src.stat()

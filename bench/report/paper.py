@@ -83,6 +83,12 @@ OTHER_NAMES: dict[str, str] = {
     "relationnet": "vanilla + residual, no pretraining (not in paper)",
     "relationnet-raw": "vanilla, raw features, no pretraining (not in paper)",
     "relationnet-raw-pretrain": "vanilla + pretraining, raw features (not in paper)",
+    "region-protonet": "region prototypes, mask-pooled (not in paper)",
+    "region-protonet-inside": "region prototypes, raw features inside the mask (not in paper)",
+    "region-knn": "region kNN, mask-pooled (not in paper)",
+    "region-logreg": "region logistic regression, mask-pooled (not in paper)",
+    "region-cache": "region cache classifier, Tip-Adapter-like (not in paper)",
+    "region-multiview": "region prototypes over multi-view crops, MVREC's idea (not in paper)",
 }
 
 
