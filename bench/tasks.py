@@ -82,7 +82,7 @@ BUILTIN: tuple[Task, ...] = (
          "method", "bench.method:METHODS", "bench.classification:make_episode", "bench.run.classification:JOBS",
          "bench.report.tables:classification_sections", "bench.report.leaderboard:classification_sections",
          "bench.report.summary:classification_blocks", rows="bench.report.rows:CLASSIFICATION",
-         check="bench.run.classification:check_config"),
+         check="bench.run.classification:check_config", options=("maps",)),
     Task("discovery", "Anomaly class discovery", "cluster_accuracy", ("ncd", "defects-only"), 1, "discoverers",
          "discoverer (--task discovery)", "bench.discovery.contract:DISCOVERERS",
          "bench.discovery.protocol:discovery_set", "bench.run.discovery:JOBS", "bench.report.discovery:report_sections",

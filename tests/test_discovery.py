@@ -286,7 +286,10 @@ def test_bad_discovery_input_is_one_error_line(tmp_path: Path, capsys: pytest.Ca
 
 def test_maps_and_classification_methods_stay_in_their_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["run", *TINY, "--method", "protonet", "--maps", str(tmp_path), "--out", str(tmp_path / "o")])
-    assert code == 2 and "anomaly maps are read by --task discovery only" in capsys.readouterr().err
+    assert code == 2 and "--maps gives the estimated masks of region methods" in capsys.readouterr().err  # #22
+    code = main(["run", *TINY, "--task", "detection", "--method", "patchcore-kshot", "--maps", str(tmp_path), "--out",
+                 str(tmp_path / "o")])  # fmt: skip
+    assert code == 2 and "anomaly maps are read by --task classification or discovery only" in capsys.readouterr().err
     code = main(["run", *TINY, "--method", "kmeans", "--out", str(tmp_path / "o")])
     assert code == 2 and "solves the task 'discovery', not 'classification'" in capsys.readouterr().err
     assert main(["list", "discoverers"]) == 0

@@ -200,6 +200,38 @@ def test_region_run_rows_carry_the_protocol_columns(tiny_root: Path, tmp_path: P
 
 
 @pytest.mark.slow
+def test_estimated_masks_from_another_detectors_png_maps(tiny_root: Path, tmp_path: Path) -> None:
+    """``--maps PATH`` gives the estimated masks (``<maps>/<category>/<type>/<stem>.png``, as ``bench maps`` writes
+    them): here a perfect detector's maps (each image's own ground-truth mask), so the estimate is the defect."""
+    from PIL import Image
+
+    samples = load_dataset("folder", tiny_root)
+    cat = samples.categories()[0]
+    t = samples.table
+    for row in t[(t.category == cat) & (t.split == "test") & (t.label != "good")].itertuples():
+        dest = tmp_path / "maps" / cat / row.label / f"{Path(row.image_path).stem}.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(row.mask_path).convert("L").save(dest)
+    out = tmp_path / "out"
+    base = ["run", "--method", "region-knn", "--dataset", "folder", "--data-root", str(tiny_root), "--unit", "region",
+            "--protocol", "random", "--shots", "1", "--seeds", "1", "--categories", cat, *FAST]  # fmt: skip
+    assert main([*base, "--masks", "estimated", "--maps", str(tmp_path / "maps"), "--out", str(out)]) == 0
+    (row,) = rows(out)
+    assert row["status"] == "ok" and row["localisation"]["maps"]["source"] == "png" and "bank" not in row["localisation"]
+    assert row["localisation"]["map"].startswith("png maps")
+    gt = tmp_path / "gt"
+    assert main([*base, "--masks", "gt", "--out", str(gt)]) == 0
+    assert row["key"] != rows(gt)[0]["key"]
+
+
+def test_maps_need_estimated_masks(tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--method", "region-knn", "--dataset", "folder", "--data-root", str(tiny_root), "--unit",
+                 "region", "--protocol", "random", "--maps", str(tmp_path), "--out", str(tmp_path / "o"), *FAST])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--maps gives the estimated masks" in err
+
+
+@pytest.mark.slow
 def test_good_or_defect_run(tiny_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     cat = load_dataset("folder", tiny_root).categories()[0]

@@ -9,6 +9,9 @@ reference does) selected by the estimator:
 * ``topN`` (default ``top3``): the N % highest pixels of the image's own map. [design] A fixed share needs no
   threshold fitted on labelled data, and always gives a region (a query is known to be defective under a region
   unit); measured by the issue that set this work (#22) on MTD with Lite0 at 3 %.
+The maps can also be another detector's, as grey PNG files (``--maps PATH``, ``<PATH>/<category>/<type>/<image
+stem>.png``, the layout ``bench maps`` writes and the discovery task reads).
+
 * ``mebin``: MEBin (the discovery stage's binarisation, :func:`bench.discovery.mebin.mebin`) over the maps of the
   queries, jointly normalised; an image where MEBin finds nothing falls back to ``top3`` (counted in the row).
 
@@ -86,19 +89,28 @@ def estimate_masks(maps: np.ndarray, estimator: str) -> tuple[np.ndarray, dict[s
 
 
 def estimated_regions(
-    store: "FeatureStore", bank: "MemoryBank", paths: Sequence[str], frame: "Frame", estimator: str, keys: Sequence[str]
+    store: "FeatureStore", bank: "MemoryBank | None", paths: Sequence[str], frame: "Frame", estimator: str,
+    keys: Sequence[str], maps: Any = None,
 ) -> tuple[list[Any], dict[str, Any]]:
-    """One estimated :class:`~bench.classification.region_episodes.Region` per distinct image of ``paths`` (in their order, repeated
-    images sharing theirs), and the estimate's record for the row."""
+    """One estimated :class:`~bench.classification.region_episodes.Region` per distinct image of ``paths`` (in their
+    order, repeated images sharing theirs), and the estimate's record for the row. The maps are PatchCore's of
+    ``bank``, or given (``maps``: a :class:`bench.discovery.maps.MapSet` of ``paths``, e.g. ``--maps`` PNG files
+    written by another detector)."""
     from bench.classification.region_episodes import Region
 
     distinct = list(dict.fromkeys(paths))
-    maps = frame_maps(store, bank, distinct, frame)
-    masks, extra = estimate_masks(maps, estimator)
-    by_path = {p: Region(p, f"{k}#estimated", frame_array=m) for p, k, m in zip(distinct, keys, masks)}
+    if maps is None:
+        frames = frame_maps(store, bank, distinct, frame)
+        source: dict[str, Any] = {"bank": bank.key, "sigma": SIGMA}
+    else:
+        first = {p: i for i, p in reversed(list(enumerate(paths)))}
+        frames = maps.maps[[first[p] for p in distinct]].astype(np.float32)
+        source = {"maps": maps.info}
+    masks, extra = estimate_masks(frames, estimator)
+    key_of = dict(zip(paths, keys))
+    by_path = {p: Region(p, f"{key_of[p]}#estimated", frame_array=m) for p, m in zip(distinct, masks)}
     share = float(np.mean([m.mean() for m in masks])) if len(masks) else 0.0
-    info = {"bank": bank.key, "estimator": estimator, "sigma": SIGMA,
-            "mean_mask_share": round(share, 4), **extra}  # fmt: skip
+    info = {**source, "estimator": estimator, "mean_mask_share": round(share, 4), **extra}
     return [by_path[p] for p in paths], info
 
 

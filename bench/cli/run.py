@@ -59,8 +59,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    "(regions of MVTec-FS, --mvtec-fs) or UniADC's good-or-defect (good or which type); detection: "
                    "kshot_normals (its only one); discovery: ncd (default, AnomalyNCD's: combined removed, good kept as "
                    "a class) or defects-only")
-    p.add_argument("--maps", help="discovery: folder of 8-bit PNG anomaly maps <maps>/<category>/<type>/<name>.png "
-                   "written by any detector (default: the harness's PatchCore)")
+    p.add_argument("--maps", help="discovery, and classification's --masks estimated: folder of 8- or 16-bit PNG anomaly "
+                   "maps <maps>/<category>/<type>/<name>.png written by any detector (default: the harness's PatchCore)")
     g = p.add_argument_group("region units (classification; ../shared/docs/field-protocols.md)")
     g.add_argument("--unit", choices=["image", "region"], help="what an item is: a whole image (default) or a defect "
                    "region with its mask (needs ground-truth masks; default with --protocol mvtec-fs)")

@@ -105,8 +105,9 @@ def protocol_columns(cfg: RunConfig, takes_masks: bool, keyed: bool = False) -> 
     if not given:
         loc: dict[str, Any] = {"queries": "none"}
     elif estimated(cfg):
+        source = "patchcore of the normal shots" if god else "patchcore of the category's normal bank"
         loc = {"queries": "estimated", "support": "gt", "estimator": cfg.mask_estimator,
-               "map": "patchcore of the normal shots" if god else "patchcore of the category's normal bank"}
+               "map": f"png maps ({cfg.maps})" if cfg.maps else source}
     else:
         loc = {"queries": "gt", "support": "gt"}
     cols = {"unit": unit, "localisation": loc, "region_rule": cfg.regions if unit == "region" and cfg.protocol != "mvtec-fs" else None}
@@ -155,6 +156,9 @@ def check_config(cfg: RunConfig) -> None:
     if cfg.include_good and (god or unit_of(cfg) == "region"):
         raise ConfigError("--include-good does not apply here: a region has a defect type (good is no region), and "
                           "--protocol good-or-defect has good as a class already. Drop --include-good.")  # fmt: skip
+    if cfg.maps is not None and not estimated(cfg):
+        raise ConfigError("--maps gives the estimated masks of region methods: add --unit region --masks estimated "
+                          "(or --protocol good-or-defect), or drop --maps")  # fmt: skip
     if god and cfg.normal_shots < 2:
         raise ConfigError(f"--normal-shots {cfg.normal_shots} is too few for --protocol good-or-defect: the threshold "
                           "that decides good scores each normal shot against the others, so it needs at least 2")  # fmt: skip
@@ -272,8 +276,16 @@ class ClassificationCore(JobCore):
         if not estimated(cfg):
             return list(ep.query_regions)
         keys = [Persisted.rel(ep, q) for q in ep.queries]
+        maps = None
+        if cfg.maps is not None:  # another detector's PNG maps (bench maps writes them): <maps>/<category>/<type>/<name>.png
+            from bench.discovery.maps import png_map_paths, png_maps
+
+            labels = [ep.class_names[y] for y in ep.query_labels]
+            paths = png_map_paths(Path(cfg.maps).expanduser(), ep.category, labels, list(ep.queries))
+            maps = png_maps(paths, list(ep.queries), frame_of(ctx), cfg.maps)
         with ctx.timer("localise"):
-            regions, info = estimated_regions(store, ctx.bank(), ep.queries, frame_of(ctx), cfg.mask_estimator, keys)
+            regions, info = estimated_regions(store, None if maps else ctx.bank(), ep.queries, frame_of(ctx),
+                                              cfg.mask_estimator, keys, maps=maps)
         row["localisation"] = {**row.get("localisation", {}), **info}
         return regions
 
