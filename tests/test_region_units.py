@@ -243,6 +243,13 @@ def test_good_or_defect_run(tiny_root: Path, tmp_path: Path) -> None:
         assert r["class_set"]["good"] == "included" and r["class_set"]["combined"] == "excluded"
         assert set(r["detector"]) >= {"threshold", "good_recall", "defect_recall", "normal_loo_scores"}
     assert {r["method"]: r["localisation"]["queries"] for r in rows(out)} == {"region-knn": "estimated", "knn": "none"}
+    from bench.report.load import load_results
+    from bench.report.tables import build_report
+
+    build_report(load_results([out]), compare=True, plots_dir=tmp_path / "plots")
+    pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert pngs and not [p for p in pngs if p.startswith("acc-vs-shots")], pngs  # one shot count: no one-point "curve"
+    assert [p for p in pngs if p.startswith("categories-1shot")], pngs
 
 
 @pytest.mark.slow

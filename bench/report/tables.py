@@ -415,11 +415,12 @@ def classification_sections(res: Results, opts: ReportOptions) -> list[Section]:
         if plots_dir is not None and (res.ok().group == group).any():
             curves = {res.labels[c]: averages(res, c, n_boot, boot_seed) for c in ids}
             ref = reference_rows(res, group)
-            abl.figures.append(plots.accuracy_vs_shots(
-                curves, plots_dir / slug(f"acc-vs-shots-{group}"), heading.title("Defect-type accuracy vs shots"),
-                {k: ref.loc[k] for k in ref.index},
-                f"mean over categories; {band_caption(curves, f'95% category-stratified bootstrap CI over seeds ({n_boot:,} resamples)')}; {group}",
-                subtitle=f"mean over categories · {heading.subtitle}"))  # fmt: skip
+            if len(shots) > 1:  # one shot count is one point per method, not a curve: the bars below show it
+                abl.figures.append(plots.accuracy_vs_shots(
+                    curves, plots_dir / slug(f"acc-vs-shots-{group}"), heading.title("Defect-type accuracy vs shots"),
+                    {k: ref.loc[k] for k in ref.index},
+                    f"mean over categories; {band_caption(curves, f'95% category-stratified bootstrap CI over seeds ({n_boot:,} resamples)')}; {group}",
+                    subtitle=f"mean over categories · {heading.subtitle}"))  # fmt: skip
             cs = {res.labels[c]: at_shots(cells(res, c), detail) for c in ids}
             means = pd.DataFrame({k: v.mean_pct for k, v in cs.items()})
             errs = pd.DataFrame({k: v.ci_high_pct - v.mean_pct for k, v in cs.items()})
