@@ -36,7 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.regions import pool_in_mask
+from bench.method import RegionMethod
+from bench.regions import pool_in_mask, threshold_resampled
 
 if TYPE_CHECKING:
     from bench.discovery.maps import Frame
@@ -114,11 +115,7 @@ def crop_view(image: np.ndarray, mask: np.ndarray, box: tuple[float, float, floa
     l, t, r, b = (int(round(v)) for v in box)
     im = Image.fromarray(image).crop((l, t, r, b)).resize((side, side), Image.BILINEAR)
     mk = Image.fromarray(mask.astype(np.uint8) * 255).crop((l, t, r, b)).resize((side, side), Image.BILINEAR)
-    m = np.asarray(mk) > 127
-    if not m.any():
-        a = np.asarray(mk)
-        m = a >= max(1, int(a.max())) if a.max() > 0 else m
-    return np.asarray(im), m
+    return np.asarray(im), threshold_resampled(np.asarray(mk))
 
 
 class RegionEmbedder:
@@ -160,8 +157,7 @@ class RegionEmbedder:
 
 def _in_frame(mask: np.ndarray, frame: "Frame") -> np.ndarray:
     """A source-resolution bool mask in the frame; a region thinner than a frame pixel keeps its strongest pixel."""
-    a = frame.to_frame(mask.astype(np.uint8) * 255)
-    return a > 127 if (a > 127).any() else (a >= max(1, int(a.max())))
+    return threshold_resampled(frame.to_frame(mask.astype(np.uint8) * 255))
 
 
 def _frame_to_source(region: Any, frame: "Frame") -> np.ndarray:
@@ -209,3 +205,22 @@ class RegionFeatures:
 def region_reads(config: RegionFeatures) -> set[str]:
     """What a region method reads of the shared pipeline (:meth:`bench.method.MethodBase.reads`)."""
     return {"patch", "bank"} if config.needs_bank() else {"patch"}
+
+
+class PooledRegionMethod(RegionMethod):
+    """What every ``region-*`` method shares: a :class:`RegionFeatures` config, what it reads, and its region
+    embedding (with the config's ``views`` when it has them, ``region-multiview``)."""
+
+    @classmethod
+    def reads(cls, config: Any) -> set[str]:
+        return region_reads(config)
+
+    def embedder(self) -> RegionEmbedder:
+        c = self.config
+        return RegionEmbedder(self, c.weights(), c.ring, getattr(c, "views", ()))
+
+
+def class_prototypes(x: torch.Tensor, labels: Sequence[int], n_classes: int) -> torch.Tensor:
+    """(C, E) the L2-normalised mean of each class's embeddings ``x`` (N, E)."""
+    y = torch.tensor(labels)
+    return F.normalize(torch.stack([x[y == c].mean(0) for c in range(n_classes)]), dim=1)

@@ -15,7 +15,7 @@ its (D, H, W) grid of raw PatchCore features f or residuals f − NN_bank(f) (pa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -60,13 +60,18 @@ class KNN(Method):
         self.n_classes = support.n_classes
 
     def predict(self, query_paths: Sequence[str]) -> np.ndarray:
-        sim = self._embed(query_paths) @ self.x.T  # (Q, S)
-        k = min(self.config.k, sim.shape[1])
-        top = sim.topk(k, dim=1).indices  # (Q, k)
-        votes = torch.zeros(len(sim), self.n_classes).scatter_add_(1, self.y[top], torch.ones(top.shape))
-        best = torch.full((len(sim), self.n_classes), -1.0)
-        best = best.scatter_reduce(1, self.y.expand(len(sim), -1), sim, reduce="amax", include_self=True)
-        return (votes + 1e-3 * best).numpy()
+        return knn_scores(self._embed(query_paths) @ self.x.T, self.y, self.n_classes, self.config.k)
+
+
+def knn_scores(sim: torch.Tensor, y: torch.Tensor, n_classes: int, k: int) -> np.ndarray:
+    """(Q, C) k-NN scores from query–support similarities ``sim`` (Q, S) and support labels ``y`` (S,): the votes
+    of the k most similar supports plus 10⁻³ × the best similarity to each class (module docstring; ``knn`` and
+    ``region-knn``)."""
+    top = sim.topk(min(k, sim.shape[1]), dim=1).indices  # (Q, k)
+    votes = torch.zeros(len(sim), n_classes).scatter_add_(1, y[top], torch.ones(top.shape))
+    best = torch.full((len(sim), n_classes), -1.0)
+    best = best.scatter_reduce(1, y.expand(len(sim), -1), sim, reduce="amax", include_self=True)
+    return (votes + 1e-3 * best).numpy()
 
 
 @dataclass(frozen=True)
@@ -92,22 +97,32 @@ class LogReg(Method):
     Config = LogRegConfig
 
     def fit(self, support: SupportSet) -> None:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        x = pooled_features(self, support.paths, self.config.features, self.config.pool).numpy().astype(np.float64)
-        seed = int(self.ctx.rng("logreg").integers(2**31 - 1))
-        self.model = make_pipeline(
-            StandardScaler(), LogisticRegression(C=self.config.C, max_iter=self.config.max_iter, random_state=seed)
-        )
-        with self.ctx.timer("finetune"):
-            self.model.fit(x, np.asarray(support.labels))
+        x = pooled_features(self, support.paths, self.config.features, self.config.pool)
+        self.model = fit_probe(self, x, support.labels, self.config.C, self.config.max_iter)
         self.n_classes = support.n_classes
 
     def predict(self, query_paths: Sequence[str]) -> np.ndarray:
-        x = pooled_features(self, query_paths, self.config.features, self.config.pool).numpy().astype(np.float64)
-        proba = self.model.predict_proba(x)
-        out = np.zeros((len(x), self.n_classes))
-        out[:, self.model.classes_] = proba  # every class has support images, but stay explicit
-        return out
+        x = pooled_features(self, query_paths, self.config.features, self.config.pool)
+        return probe_scores(self.model, x, self.n_classes)
+
+
+def fit_probe(method: Method, x: torch.Tensor, labels: Sequence[int], C: float, max_iter: int) -> Any:
+    """The linear probe of ``logreg`` and ``region-logreg``: StandardScaler + LogisticRegression (L2, lbfgs) fitted on
+    the support's (N, D) features, ``random_state`` from the run seed's ``logreg`` stream."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    seed = int(method.ctx.rng("logreg").integers(2**31 - 1))
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
+    with method.ctx.timer("finetune"):
+        model.fit(x.numpy().astype(np.float64), np.asarray(labels))
+    return model
+
+
+def probe_scores(model: Any, x: torch.Tensor, n_classes: int) -> np.ndarray:
+    """(Q, C) class probabilities of a :func:`fit_probe` model (every class has support items, but stay explicit)."""
+    proba = model.predict_proba(x.numpy().astype(np.float64))
+    out = np.zeros((len(proba), n_classes))
+    out[:, model.classes_] = proba
+    return out

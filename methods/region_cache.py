@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.method import RegionMethod, SupportSet, register_method
-from bench.methods._region import RegionEmbedder, RegionFeatures, region_reads
+from bench.method import SupportSet, register_method
+from bench.methods._region import PooledRegionMethod, RegionFeatures, class_prototypes
 
 
 @dataclass(frozen=True)
@@ -35,21 +35,16 @@ class RegionCacheConfig(RegionFeatures):
 
 
 @register_method("region-cache", description="Tip-Adapter-like key-value cache over support regions (training-free)")
-class RegionCache(RegionMethod):
+class RegionCache(PooledRegionMethod):
     """Training-free cache classifier of defect regions."""
 
     Config = RegionCacheConfig
 
-    @classmethod
-    def reads(cls, config: Any) -> set[str]:
-        return region_reads(config)
-
     def fit(self, support: SupportSet) -> None:
-        self.embed = RegionEmbedder(self, self.config.weights(), self.config.ring)
+        self.embed = self.embedder()
         self.keys = F.normalize(self.embed(support.regions), dim=1)  # (S, E)
-        y = torch.tensor(support.labels)
-        self.values = F.one_hot(y, support.n_classes).float()  # (S, C)
-        self.prototypes = F.normalize(torch.stack([self.keys[y == c].mean(0) for c in range(support.n_classes)]), dim=1)
+        self.values = F.one_hot(torch.tensor(support.labels), support.n_classes).float()  # (S, C)
+        self.prototypes = class_prototypes(self.keys, support.labels, support.n_classes)
 
     def predict_regions(self, query_paths: Sequence[str], regions: Sequence[Any]) -> np.ndarray:
         q = F.normalize(self.embed(regions), dim=1)

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.method import RegionMethod, SupportSet, register_method
-from bench.methods._region import RegionEmbedder, RegionFeatures, region_reads
+from bench.method import SupportSet, register_method
+from bench.methods._region import PooledRegionMethod, RegionFeatures
+from bench.methods.baselines import knn_scores
 
 
 @dataclass(frozen=True)
@@ -31,25 +32,17 @@ class RegionKNNConfig(RegionFeatures):
 
 
 @register_method("region-knn", description="k-NN (k=1, cosine) over mask-pooled support regions (training-free)")
-class RegionKNN(RegionMethod):
+class RegionKNN(PooledRegionMethod):
     """Cosine k-nearest-neighbour classifier of defect regions."""
 
     Config = RegionKNNConfig
 
-    @classmethod
-    def reads(cls, config: Any) -> set[str]:
-        return region_reads(config)
-
     def fit(self, support: SupportSet) -> None:
-        self.embed = RegionEmbedder(self, self.config.weights(), self.config.ring)
+        self.embed = self.embedder()
         self.x = F.normalize(self.embed(support.regions), dim=1)
         self.y = torch.tensor(support.labels)
         self.n_classes = support.n_classes
 
     def predict_regions(self, query_paths: Sequence[str], regions: Sequence[Any]) -> np.ndarray:
         sim = F.normalize(self.embed(regions), dim=1) @ self.x.T  # (Q, S)
-        top = sim.topk(min(self.config.k, sim.shape[1]), dim=1).indices
-        votes = torch.zeros(len(sim), self.n_classes).scatter_add_(1, self.y[top], torch.ones(top.shape))
-        best = torch.full((len(sim), self.n_classes), -1.0)
-        best = best.scatter_reduce(1, self.y.expand(len(sim), -1), sim, reduce="amax", include_self=True)
-        return (votes + 1e-3 * best).numpy()
+        return knn_scores(sim, self.y, self.n_classes, self.config.k)

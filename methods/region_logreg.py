@@ -16,8 +16,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bench.method import RegionMethod, SupportSet, register_method
-from bench.methods._region import RegionEmbedder, RegionFeatures, region_reads
+from bench.method import SupportSet, register_method
+from bench.methods._region import PooledRegionMethod, RegionFeatures
+from bench.methods.baselines import fit_probe, probe_scores
 
 
 @dataclass(frozen=True)
@@ -32,32 +33,15 @@ class RegionLogRegConfig(RegionFeatures):
 
 
 @register_method("region-logreg", description="logistic regression on mask-pooled raw + residual region features")
-class RegionLogReg(RegionMethod):
+class RegionLogReg(PooledRegionMethod):
     """Linear probe over defect regions: StandardScaler + LogisticRegression fitted on the support regions."""
 
     Config = RegionLogRegConfig
 
-    @classmethod
-    def reads(cls, config: Any) -> set[str]:
-        return region_reads(config)
-
     def fit(self, support: SupportSet) -> None:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        self.embed = RegionEmbedder(self, self.config.weights(), self.config.ring)
-        x = self.embed(support.regions).numpy().astype(np.float64)
-        seed = int(self.ctx.rng("logreg").integers(2**31 - 1))
-        self.model = make_pipeline(
-            StandardScaler(), LogisticRegression(C=self.config.C, max_iter=self.config.max_iter, random_state=seed)
-        )
-        with self.ctx.timer("finetune"):
-            self.model.fit(x, np.asarray(support.labels))
+        self.embed = self.embedder()
+        self.model = fit_probe(self, self.embed(support.regions), support.labels, self.config.C, self.config.max_iter)
         self.n_classes = support.n_classes
 
     def predict_regions(self, query_paths: Sequence[str], regions: Sequence[Any]) -> np.ndarray:
-        proba = self.model.predict_proba(self.embed(regions).numpy().astype(np.float64))
-        out = np.zeros((len(proba), self.n_classes))
-        out[:, self.model.classes_] = proba
-        return out
+        return probe_scores(self.model, self.embed(regions), self.n_classes)

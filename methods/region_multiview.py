@@ -16,18 +16,13 @@ Shapes: whole image (N, E), crops (N, E') averaged over views → (N, E + E'); p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
-from bench.method import RegionMethod, SupportSet, register_method
-from bench.methods._region import RegionEmbedder, RegionFeatures, region_reads
+from bench.method import register_method
+from bench.methods.region_protonet import RegionProtoConfig, RegionProtoNet
 
 
 @dataclass(frozen=True)
-class RegionMultiViewConfig(RegionFeatures):
+class RegionMultiViewConfig(RegionProtoConfig):
     views: tuple[float, ...] = (1.5, 3.0)  # crop sides, in multiples of the region's box
 
     def __post_init__(self) -> None:
@@ -37,20 +32,8 @@ class RegionMultiViewConfig(RegionFeatures):
 
 
 @register_method("region-multiview", description="prototypes over multi-view crops around each region (MVREC's idea)")
-class RegionMultiView(RegionMethod):
-    """Training-free multi-view prototype classifier of defect regions."""
+class RegionMultiView(RegionProtoNet):
+    """Training-free multi-view prototype classifier of defect regions: ``region-protonet`` whose embedding adds the
+    crops of :attr:`RegionMultiViewConfig.views` (:meth:`bench.methods._region.PooledRegionMethod.embedder`)."""
 
     Config = RegionMultiViewConfig
-
-    @classmethod
-    def reads(cls, config: Any) -> set[str]:
-        return region_reads(config)
-
-    def fit(self, support: SupportSet) -> None:
-        self.embed = RegionEmbedder(self, self.config.weights(), self.config.ring, views=self.config.views)
-        x = self.embed(support.regions)
-        y = torch.tensor(support.labels)
-        self.prototypes = F.normalize(torch.stack([x[y == c].mean(0) for c in range(support.n_classes)]), dim=1)
-
-    def predict_regions(self, query_paths: Sequence[str], regions: Sequence[Any]) -> np.ndarray:
-        return (F.normalize(self.embed(regions), dim=1) @ self.prototypes.T).numpy()

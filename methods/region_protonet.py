@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
-from bench.method import RegionMethod, SupportSet, register_method
-from bench.methods._region import RegionEmbedder, RegionFeatures, region_reads
+from bench.method import SupportSet, register_method
+from bench.methods._region import PooledRegionMethod, RegionFeatures, class_prototypes
 
 
 @dataclass(frozen=True)
@@ -30,20 +29,14 @@ class RegionProtoConfig(RegionFeatures):
 @register_method("region-protonet", description="nearest class mean of mask-pooled region features (training-free)")
 @register_method("region-protonet-inside", overrides={"inside_residual": 0.0, "context": 0.0, "image": 0.0},
                  description="nearest class mean of raw features pooled inside the mask only (training-free)")
-class RegionProtoNet(RegionMethod):
+class RegionProtoNet(PooledRegionMethod):
     """Training-free nearest-prototype classifier of defect regions."""
 
     Config = RegionProtoConfig
 
-    @classmethod
-    def reads(cls, config: Any) -> set[str]:
-        return region_reads(config)
-
     def fit(self, support: SupportSet) -> None:
-        self.embed = RegionEmbedder(self, self.config.weights(), self.config.ring)
-        x = self.embed(support.regions)
-        y = torch.tensor(support.labels)
-        self.prototypes = F.normalize(torch.stack([x[y == c].mean(0) for c in range(support.n_classes)]), dim=1)
+        self.embed = self.embedder()
+        self.prototypes = class_prototypes(self.embed(support.regions), support.labels, support.n_classes)
 
     def predict_regions(self, query_paths: Sequence[str], regions: Sequence[Any]) -> np.ndarray:
         return (F.normalize(self.embed(regions), dim=1) @ self.prototypes.T).numpy()
