@@ -98,6 +98,17 @@ def connected_regions(mask: np.ndarray, min_pixels: int = 1, union: bool = False
     return [labels == i for i in keep]
 
 
+def threshold_resampled(a: np.ndarray) -> np.ndarray:
+    """A bool mask from a mask resampled to another size as 0–255 values (bilinear): the pixels above half; where none
+    is (a region thinner than a pixel of the new size), its strongest pixels, so that a thin defect keeps a place.
+    An all-zero array gives an empty mask."""
+    a = np.asarray(a)
+    m = a > 127
+    if m.any() or a.max() == 0:
+        return m
+    return a >= a.max()
+
+
 def _area_matrix(cells: int, pixels: int) -> np.ndarray:
     """``(cells, pixels)``: the fraction of each grid cell (along one axis) that each pixel covers.
 

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from bench.features.store import FeatureStore
 
 ESTIMATORS = "topN (N % of the map's pixels, e.g. top3) or mebin"
-SIGMA = 4.0
 
 
 def check_estimator(name: str) -> float | None:
@@ -51,18 +50,6 @@ def check_estimator(name: str) -> float | None:
     if not m or not 0 < float(m.group(1)) < 100:
         raise ConfigError(f"--mask-estimator {name!r} is not allowed: {ESTIMATORS}, with 0 < N < 100")
     return float(m.group(1)) / 100.0
-
-
-def frame_maps(store: "FeatureStore", bank: "MemoryBank", paths: Sequence[str], frame: "Frame") -> np.ndarray:
-    """PatchCore maps of ``paths`` on the frame: (N, side, side) float32, smoothed (σ = 4 px), not normalised."""
-    import torch
-    import torch.nn.functional as F
-    from scipy.ndimage import gaussian_filter
-
-    grid = store.anomaly_maps(list(paths), bank)
-    up = F.interpolate(torch.from_numpy(grid)[:, None], size=(frame.side, frame.side), mode="bilinear",
-                       align_corners=False)[:, 0].numpy()  # fmt: skip
-    return np.stack([gaussian_filter(m, sigma=SIGMA) for m in up]).astype(np.float32) if len(up) else up
 
 
 def top_share(a: np.ndarray, share: float) -> np.ndarray:
@@ -100,8 +87,10 @@ def estimated_regions(
 
     distinct = list(dict.fromkeys(paths))
     if maps is None:
-        frames = frame_maps(store, bank, distinct, frame)
-        source: dict[str, Any] = {"bank": bank.key, "sigma": SIGMA}
+        from bench.discovery.maps import PATCHCORE_SIGMA, smoothed_patchcore_maps
+
+        frames = smoothed_patchcore_maps(store, bank, distinct, frame)
+        source: dict[str, Any] = {"bank": bank.key, "sigma": PATCHCORE_SIGMA}
     else:
         first = {p: i for i, p in reversed(list(enumerate(paths)))}
         frames = maps.maps[[first[p] for p in distinct]].astype(np.float32)

@@ -91,47 +91,45 @@ class Region:
         return d
 
 
-@functools.lru_cache(maxsize=4096)
+def _least(m: np.ndarray) -> int:
+    """``--regions components``: the fewest pixels of a region (:data:`MIN_COMPONENT_SHARE` of the image)."""
+    return max(1, int(MIN_COMPONENT_SHARE * m.size))
+
+
+@functools.lru_cache(maxsize=64)  # a few jobs' regions at full resolution; their frame masks are cached below
 def _source_mask(image: str, mask_path: str, component: int, polygons: tuple, stored_size: tuple) -> np.ndarray:
     from bench.discovery.maps import read_mask
     from bench.images import upright_size
-    from bench.regions import EIGHT_NEIGHBOURS, rasterise
+    from bench.regions import connected_regions, rasterise
 
     if polygons:
         return rasterise(polygons, stored_size, upright_size(image))
     m = read_mask(mask_path, image)
     if component < 0:
         return m
-    from scipy import ndimage
+    regions = connected_regions(m, min_pixels=_least(m))
+    if component >= len(regions):
+        raise DatasetError(f"the mask {mask_path} has no region {component} (it has {len(regions)})")
+    return regions[component]
 
-    labels, count = ndimage.label(m, structure=EIGHT_NEIGHBOURS)
-    order = _components(m)
-    if component >= len(order):
-        raise DatasetError(f"the mask {mask_path} has no region {component} (it has {len(order)})")
-    return labels == order[component]
+
+@functools.lru_cache(maxsize=None)
+def _region_count(image: str, mask_path: str) -> int:
+    """How many regions ``--regions components`` makes of a mask file (0: blank), read once per process: every
+    episode of a grid (shots × seeds) enumerates the same regions."""
+    from bench.discovery.maps import read_mask
+    from bench.regions import connected_regions
+
+    m = read_mask(mask_path, image)
+    return len(connected_regions(m, min_pixels=_least(m)))
 
 
 @functools.lru_cache(maxsize=8192)
 def _frame_mask(image: str, mask_path: str, component: int, polygons: tuple, stored_size: tuple, frame: Any) -> np.ndarray:
+    from bench.regions import threshold_resampled
+
     m = _source_mask(image, mask_path, component, polygons, stored_size)
-    fm = frame.to_frame(m.astype(np.uint8) * 255, nearest=False) > 127
-    if not fm.any():  # a region thinner than a frame pixel: keep its brightest frame pixel (nearest keeps it)
-        a = frame.to_frame(m.astype(np.uint8) * 255)
-        fm = a >= max(1, int(a.max())) if a.max() > 0 else fm
-    return fm
-
-
-def _components(m: np.ndarray) -> list[int]:
-    """The labels of the mask's components kept as regions (at least :data:`MIN_COMPONENT_SHARE` of the image), in
-    raster order of their first pixel."""
-    from scipy import ndimage
-
-    from bench.regions import EIGHT_NEIGHBOURS
-
-    labels, count = ndimage.label(m, structure=EIGHT_NEIGHBOURS)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    least = max(1, int(MIN_COMPONENT_SHARE * m.size))
-    return [i for i in range(1, count + 1) if sizes[i] >= least]
+    return threshold_resampled(frame.to_frame(m.astype(np.uint8) * 255))
 
 
 @dataclass(frozen=True)
@@ -218,24 +216,21 @@ def dataset_regions(samples: Samples, category: str, rule: str) -> tuple[dict[st
             f"{samples.dataset!r} ({samples.root}) has one (ground_truth/<type>/<name>_mask.png). Use a dataset with "
             "masks, the MVTec-FS polygons (--protocol mvtec-fs --mvtec-fs CONFIG), or --unit image."
         )
-    from bench.discovery.maps import read_mask
-
     out: dict[str, list[Region]] = {}
     skipped: dict[str, int] = {}
     for row in test.itertuples(index=False):
         if not row.mask_path:
             skipped["defect image without a mask"] = skipped.get("defect image without a mask", 0) + 1
             continue
-        m = read_mask(row.mask_path, row.image_path)
         rel = _rel(samples, row.image_path)
-        comps = _components(m) if m.any() else []
-        if not comps:
+        n_regions = _region_count(row.image_path, row.mask_path)
+        if not n_regions:
             skipped["blank mask (no region)"] = skipped.get("blank mask (no region)", 0) + 1
             continue
         if rule == "image":
             regions = [Region(row.image_path, f"{rel}#mask", row.mask_path, -1)]
         else:
-            regions = [Region(row.image_path, f"{rel}#c{i}", row.mask_path, i) for i in range(len(comps))]
+            regions = [Region(row.image_path, f"{rel}#c{i}", row.mask_path, i) for i in range(n_regions)]
         out.setdefault(row.label, []).extend(regions)
     return out, skipped
 

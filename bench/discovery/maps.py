@@ -218,20 +218,28 @@ class MapSet:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def patchcore_maps(store: "FeatureStore", bank: "MemoryBank", paths: Sequence[str], frame: Frame) -> MapSet:
-    """PatchCore maps of ``paths`` in the frame, jointly normalised (module docstring).
-
-    The feature grid (h × w, 28 × 28 for a 224 input) covers exactly the frame, so it is upsampled to it.
-    """
+def smoothed_patchcore_maps(store: "FeatureStore", bank: "MemoryBank", paths: Sequence[str], frame: Frame) -> np.ndarray:
+    """PatchCore's maps of ``paths`` on the frame, not normalised: (N, side, side) float32, the nearest-bank distance
+    of every patch bilinearly upsampled to the frame and smoothed with σ = :data:`PATCHCORE_SIGMA` px (the discovery
+    maps, :func:`patchcore_maps`, and classification's estimated masks, :mod:`bench.classification.localise`)."""
     import torch
     import torch.nn.functional as F
     from scipy.ndimage import gaussian_filter
 
     grid = store.anomaly_maps(list(paths), bank)  # (N, h, w) Euclidean distances
+    if not len(grid):
+        return np.zeros((0, frame.side, frame.side), np.float32)
     up = F.interpolate(torch.from_numpy(grid)[:, None], size=(frame.side, frame.side), mode="bilinear", align_corners=False)
-    up = up[:, 0].numpy()
-    smooth = np.stack([gaussian_filter(m, sigma=PATCHCORE_SIGMA) for m in up]).astype(np.float32)
-    info = {"source": "patchcore", "bank": bank.key, "bank_size": len(bank), "grid": list(grid.shape[1:]),
+    return np.stack([gaussian_filter(m, sigma=PATCHCORE_SIGMA) for m in up[:, 0].numpy()]).astype(np.float32)
+
+
+def patchcore_maps(store: "FeatureStore", bank: "MemoryBank", paths: Sequence[str], frame: Frame) -> MapSet:
+    """PatchCore maps of ``paths`` in the frame, jointly normalised (module docstring).
+
+    The feature grid (h × w, 28 × 28 for a 224 input) covers exactly the frame, so it is upsampled to it.
+    """
+    smooth = smoothed_patchcore_maps(store, bank, paths, frame)
+    info = {"source": "patchcore", "bank": bank.key, "bank_size": len(bank), "grid": list(store.grid),
             "side": frame.side, "sigma": PATCHCORE_SIGMA, "normalisation": "joint min-max over the set, x255, uint8",
             "raw_range": [float(smooth.min()), float(smooth.max())]}  # fmt: skip
     return MapSet(normalise_jointly(smooth), info)
