@@ -66,21 +66,38 @@ def test_encoder_shapes_init_and_every_parameter_trains() -> None:
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())  # no dead layers
 
 
-def test_relation_head_pairs_equal_explicit_concat_values_and_gradients() -> None:
-    s, q = torch.randn(3, D, H, W), torch.randn(4, D, H, W)
+@pytest.mark.parametrize("chunk_bytes", [1, 10**9])  # one support per chunk; all pairs in one chunk
+def test_relation_head_pairs_equal_explicit_concat_values_and_gradients(monkeypatch, chunk_bytes: int) -> None:
+    import bench.methods.relationnet as rn
+
+    monkeypatch.setattr(rn, "PAIR_CHUNK_BYTES", chunk_bytes)
+    pattern = 2 * torch.randn(1, D, H, W)  # a spatial pattern both halves share: BatchNorm's variance has a cross term
+    s, q = torch.randn(3, D, H, W) + pattern + 0.5, torch.randn(4, D, H, W) + pattern - 0.3
     s_cl, q_cl = (t.contiguous(memory_format=torch.channels_last) for t in (s, q))
     pairs = torch.cat([s.repeat_interleave(4, 0), q.repeat(3, 1, 1, 1)], dim=1)  # support-major, (12, 2D, H, W)
     for train in (True, False):
         a, b = _head(), _head()
         a.train(train), b.train(train)
+        if not train:  # eval mode reads the running statistics: make them non-trivial
+            for bn in (a.bn1, b.bn1):
+                bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2)
+            b.load_state_dict(a.state_dict())
         la, lb = a.forward_pairs(s_cl, q_cl), b(pairs).view(3, 4)
         assert la.shape == (3, 4)
         torch.testing.assert_close(la, lb, atol=1e-5, rtol=1e-4)
         if train:
             la.pow(2).sum().backward()
             lb.pow(2).sum().backward()
-            for pa, pb in zip(a.parameters(), b.parameters()):
-                torch.testing.assert_close(pa.grad, pb.grad, atol=1e-5, rtol=1e-4)
+            for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+                torch.testing.assert_close(pa.grad, pb.grad, atol=1e-5, rtol=1e-4, msg=name)
+            for name, ba in a.bn1.named_buffers():  # BatchNorm2d's running-statistics update, done by hand
+                torch.testing.assert_close(ba, getattr(b.bn1, name), atol=1e-5, rtol=1e-4, msg=name)
+    inputs = [t.clone().requires_grad_() for t in (s_cl, q_cl)]  # gradients reach the grids too
+    _head().forward_pairs(*inputs).pow(2).sum().backward()
+    explicit = [t.clone().requires_grad_() for t in (s, q)]
+    _head()(torch.cat([explicit[0].repeat_interleave(4, 0), explicit[1].repeat(3, 1, 1, 1)], 1)).pow(2).sum().backward()
+    for x, y in zip(inputs, explicit):
+        torch.testing.assert_close(x.grad, y.grad, atol=1e-5, rtol=1e-4)
     head = _head()
     assert head.conv1.weight.shape == (8, 2 * D, 1, 1) and isinstance(head.bn3, nn.BatchNorm1d)
     assert ((torch.sigmoid(head.eval()(pairs)) > 0) & (torch.sigmoid(head(pairs)) < 1)).all()

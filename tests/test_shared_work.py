@@ -136,6 +136,21 @@ def test_the_blocked_search_of_the_nn_benchmark_is_exact() -> None:
     assert list(idx[-3:]) == [999, 517, 0]  # the last bank block and the first
 
 
+def test_the_relation_benchmark_compares_the_same_update() -> None:
+    """``python -m bench perf relation`` runs both implementations of RelationNet's pretraining update on the same
+    inputs (tiny sizes here) and prints time, peak memory and losses that agree."""
+    import re
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "benchmarks" / "relation_episode.py"
+    cmd = [sys.executable, str(script), "--dim", "6", "--grid", "3", "--repeats", "1", "--threads", "1"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
+    losses = [float(v) for v in re.findall(r"last loss (\S+)", out)]
+    assert len(losses) == 2 and abs(losses[0] - losses[1]) < 1e-5, out
+    assert "810 pairs" in out and "peak memory" in out, out
+
+
 @pytest.mark.parametrize(("cores", "load", "workers", "per_worker"), [
     (8, 0.2, 1, 8),   # a quiet machine: every core
     (8, 3.4, 1, 5),   # three cores busy elsewhere

@@ -14,6 +14,8 @@
   as a ratio to ``python -c pass``, with the heavy libraries each imports (``benchmarks/startup.py``).
 * ``python -m bench perf nn [ARGS]``: the residuals' exact nearest-neighbour search (faiss) against the same search
   written as blocked GEMMs, and faiss's approximate HNSW with its recall, on MTD's features (``benchmarks/nn_search.py``).
+* ``python -m bench perf relation [ARGS]``: time and peak memory of one RelationNet pretraining update (810 pairs),
+  the harness's chunked pairs against autograd keeping every activation (``benchmarks/relation_episode.py``).
 
 Everything after the benchmark's name goes to the script: ``python -m bench perf grid --help`` lists its options
 (``features`` and ``grid`` take ``--backbone``, ``--weights`` and ``--layers NAME ...`` like ``bench run``; e.g.
@@ -31,7 +33,8 @@ from pathlib import Path
 from bench.errors import BenchError
 
 BENCHMARKS = {"features": "features.py", "grid": "grid.py", "steps": "steps.py", "detection": "detection.py",
-              "anomalyncd": "anomalyncd_cost.py", "startup": "startup.py", "nn": "nn_search.py"}  # fmt: skip
+              "anomalyncd": "anomalyncd_cost.py", "startup": "startup.py", "nn": "nn_search.py",
+              "relation": "relation_episode.py"}  # fmt: skip
 
 
 def benchmarks_dir() -> Path | None:
