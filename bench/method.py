@@ -190,6 +190,17 @@ class Method(MethodBase):
     def predict(self, query_paths: Sequence[str]) -> np.ndarray:
         """Return class scores of shape (Q, C); higher = more likely."""
 
+    @classmethod
+    def prepares(cls, config: Any) -> bool:
+        """Whether :meth:`prepare` has work for ``config`` (a parallel run plans its preparation stage from this)."""
+        return False
+
+    def prepare(self) -> None:
+        """Do ahead, and cache, the work of this configuration that depends on the category and seed but not on the
+        shots (the paper's pseudo-defect pretraining), so that every shot's :meth:`fit` finds it. A parallel run
+        calls it once per (method configuration, category, seed) before the jobs, spread over its workers; ``fit``
+        must give the same result whether or not it ran."""
+
     takes_masks: ClassVar[bool] = False
     """Whether the method reads the regions' masks (:class:`RegionMethod`): its rows' localisation is the run's
     (``gt`` or ``estimated``); a method that does not take them sees whole images (localisation ``none``)."""

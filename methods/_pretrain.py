@@ -309,6 +309,32 @@ class PaperMethod(Method):
             "finetune_steps": self.ctx.log.get("finetune", {}).get("steps"),
         }
 
+    @classmethod
+    def prepares(cls, config: Any) -> bool:
+        """Pretraining (``pretrain``) is the shot-independent work a run can do ahead (:meth:`prepare`)."""
+        return bool(getattr(config, "pretrain", False))
+
+    def prepare(self) -> None:
+        """Pretrain (or load) the model every shot count of this (category, seed) starts from and cache it: the model
+        built as :meth:`fit` builds it (same init stream) on the grid shape of a normal image, which is the shape of
+        every grid of the run's feature config."""
+        if not self.config.pretrain:
+            return
+        self._build(self.grids(self.ctx.train_paths[:1]).shape[1:])
+        self.load_or_pretrain(self.pretrained_module(), self.opt, self._pretrain)
+
+    def _build(self, grid_shape: Sequence[int]) -> None:
+        """Create the model for (D, H, W) grids and its optimiser (``self.opt``), initialised from the seed."""
+        raise NotImplementedError
+
+    def pretrained_module(self) -> nn.Module:
+        """The module that pretraining trains (and the cache stores)."""
+        raise NotImplementedError
+
+    def _pretrain(self, source: PseudoSource) -> dict[str, Any]:
+        """Pretrain :meth:`pretrained_module` on ``source``'s pseudo episodes; returns the log."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ features
     def grids(self, paths: Sequence[str]) -> torch.Tensor:
         """(N, D, H, W) raw or residual grids of real images, in the configured layout, on the device."""

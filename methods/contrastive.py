@@ -218,6 +218,9 @@ class Contrastive(PaperMethod):
         self.model = ContrastiveEncoder(*grid_shape).to(self.ctx.device)
         self.opt = make_adam(self.model.parameters(), self.config.lr)
 
+    def pretrained_module(self) -> nn.Module:
+        return self.model
+
     def _pretrain(self, source: PseudoSource) -> dict[str, Any]:
         t = self.config.temperature
         return pretrain_loop(self, self.model, self.opt, lambda b: contrastive_episode_loss(self.model, b, t), source)

@@ -58,69 +58,96 @@ from bench.methods._pretrain import (
 )
 
 
-PAIR_CHUNK_BYTES = 64 * 2**20  # one chunk of (pairs, H·W, hidden) float32 activations in forward_pairs
+PAIR_CHUNK_BYTES = 32 * 2**20  # one chunk of (pairs, H·W, hidden) float32 activations in forward_pairs
 
 
 class _PairBlock(torch.autograd.Function):
-    """u = conv2(relu(γ·(a[s] + b[q] − μ)·ρ + β)) for all S × Q pairs, support-major, a chunk of supports at a time.
+    """v = relu(BN2(conv2(relu(BN1(a[s] + b[q]))))) for all S × Q pairs, support-major, a chunk of supports at a time.
 
-    The part of the relation head where the pairs are born and die: the first 1×1 conv of the concatenation split
-    into its support and query halves (``a``, ``b``), BatchNorm's normalisation (μ, ρ = 1/√(var + ε), γ, β), ReLU and
-    the second 1×1 conv (``w2``, ``b2``). Only the (S·Q, mid, H, W) output is kept: the (S·Q, hidden, H, W)
-    activations between (hidden = 512: 1.3 GB each for a pseudo episode's 810 pairs of 28 × 28 grids, six of them
-    alive in autograd's version) exist one chunk at a time, and the backward pass recomputes them from ``a`` and
-    ``b`` (elementwise work only: the second conv's matrix products are done once forward and twice backward, as
-    autograd does them). Same values and gradients as the unfused modules up to float rounding (tested against
-    the explicit concatenation).
+    The part of the relation head where the pairs are born: the first 1×1 conv of the concatenation split into its
+    support and query halves (``a``, ``b``: ``a`` carries the conv's bias), the first BatchNorm (μ, ρ = 1/√(var + ε),
+    γ, β), ReLU, the second 1×1 conv (``w2``, ``b2``), the second BatchNorm (μ2, ρ2, γ2, β2) and ReLU. Kept for the
+    backward pass: the halves and the second conv's (S·Q, mid, H, W) output ``u``; the (S·Q, hidden, H, W)
+    activations (hidden = 512: 1.3 GB each for a pseudo episode's 810 pairs of 28 × 28 grids, six of them alive in
+    autograd's version) exist one chunk at a time and are recomputed from ``a`` and ``b`` in backward (elementwise
+    work: the second conv's matrix products are done once forward and twice backward, as autograd does them). Same
+    values and gradients as the modules applied to the explicit concatenation, up to float rounding (tested).
 
-    With ``batch_stats`` (training), μ and ρ are the pairs' batch statistics (:func:`pair_batch_stats`, computed
-    without a graph) and their gradients are folded into those of ``a`` and ``b`` here, in closed form:
-    ∂μ/∂a[s] = 1/(S·H·W) and ∂var/∂a[s] = 2·(a'[s] + E_q b')/(S·H·W) with centred halves a', b' (the terms through
-    μ cancel, Σ (z − μ) = 0); symmetrically for b. Otherwise (evaluation) they are the running statistics.
+    With ``batch_stats`` (training) both BatchNorms normalise with batch statistics. The first's come from
+    :func:`pair_batch_stats` (computed without a graph) and their gradients are folded into those of ``a`` and ``b``
+    in closed form: ∂μ/∂a[s] = 1/(S·H·W) and ∂var/∂a[s] = 2·(a'[s] + E_q b')/(S·H·W) with centred halves a', b' (the
+    terms through μ cancel, Σ (z − μ) = 0); symmetrically for b. The second's are computed here from ``u`` and
+    returned (for the running statistics), with BatchNorm's usual backward. Otherwise (evaluation) the running
+    statistics are passed in.
 
-    Shapes: a (S, C, H, W), b (Q, C, H, W) channels-last; μ, ρ, γ, β (C,); w2 (M, C, 1, 1); b2 (M,); returns
-    (S·Q, M, H, W) channels-last.
+    Shapes: a (S, C, H, W), b (Q, C, H, W) channels-last; μ, ρ, γ, β (C,); w2 (M, C, 1, 1); b2, γ2, β2 (M,); μ2, ρ2
+    (M,) or None with ``batch_stats``; returns v (S·Q, M, H, W) contiguous and the second BatchNorm's batch mean
+    and biased variance (M,) (the running ones as given in evaluation).
     """
 
     @staticmethod
-    def forward(ctx: Any, a, b, mu, rstd, gamma, beta, w2, b2, chunk: int, batch_stats: bool):  # noqa: D102
+    def forward(ctx: Any, a, b, mu, rstd, gamma, beta, w2, b2, gamma2, beta2, mu2, var2, eps2: float, chunk: int,
+                batch_stats: bool):  # noqa: D102  # fmt: skip
         (s, c, h, w), q, m = a.shape, len(b), w2.shape[0]
         af, bf = _rows(a), _rows(b)  # (S, H·W, C), (Q, H·W, C)
         scale = rstd * gamma
         shift = beta - mu * scale
         weight = w2.reshape(m, c)
-        out = a.new_empty(s, q, h * w, m)
+        u = a.new_empty(s, q, h * w, m)
         for i in range(0, s, chunk):
             y = (af[i : i + chunk, None] + bf[None]).mul_(scale).add_(shift).relu_()  # (cs, Q, H·W, C)
-            torch.addmm(b2, y.view(-1, c), weight.t(), out=out[i : i + chunk].view(-1, m))
-        ctx.save_for_backward(a, b, mu, rstd, gamma, beta, w2)
+            torch.addmm(b2, y.view(-1, c), weight.t(), out=u[i : i + chunk].view(-1, m))
+        if batch_stats:
+            var2, mu2 = torch.var_mean(u.view(-1, m), dim=0, unbiased=False)
+        rstd2 = torch.rsqrt(var2 + eps2)
+        v = u.new_empty(s * q, m, h, w)  # channel-major: the head flattens it (M, H, W) without a copy
+        torch.addcmul(beta2 - mu2 * rstd2 * gamma2, u, rstd2 * gamma2, out=v.view(s, q, m, h * w).transpose(2, 3))
+        ctx.save_for_backward(a, b, mu, rstd, gamma, beta, w2, u, mu2, rstd2, gamma2, beta2)
         ctx.chunk, ctx.batch_stats = chunk, batch_stats
-        return out.view(s * q, h, w, m).permute(0, 3, 1, 2)
+        ctx.mark_non_differentiable(mu2, var2)
+        return v.relu_(), mu2, var2
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):  # noqa: D102
-        a, b, mu, rstd, gamma, beta, w2 = ctx.saved_tensors
+    def backward(ctx: Any, grad: torch.Tensor, _mu2: Any, _var2: Any):  # noqa: D102
+        a, b, mu, rstd, gamma, beta, w2, u, mu2, rstd2, gamma2, beta2 = ctx.saved_tensors
         (s, c, h, w), q, m = a.shape, len(b), w2.shape[0]
         af, bf = _rows(a), _rows(b)
         g = grad.permute(0, 2, 3, 1).reshape(s, q, h * w, m)
+        cs = ctx.chunk
+
+        def second_norm(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            """Chunk i's normalised u and the gradient at the second BatchNorm's output (the ReLU's mask applied)."""
+            xhat = (u[i : i + cs] - mu2).mul_(rstd2)
+            return xhat, g[i : i + cs] * (torch.addcmul(beta2, xhat, gamma2) > 0)
+
+        g_beta2, g_gamma2 = torch.zeros_like(mu2), torch.zeros_like(mu2)
+        for i in range(0, s, cs):
+            xhat, gv = second_norm(i)
+            g_beta2 += gv.sum((0, 1, 2))
+            g_gamma2 += (gv * xhat).sum((0, 1, 2))
+        n2 = s * q * h * w
         scale = rstd * gamma
         weight = w2.reshape(m, c)
         ga, gb = torch.empty_like(af), torch.zeros_like(bf)
-        g_w2, g_b2 = torch.zeros_like(weight), g.sum((0, 1, 2))
+        g_w2, g_b2 = torch.zeros_like(weight), torch.zeros_like(mu2)
         g_shift, g_centred, g_mu = (torch.zeros_like(mu) for _ in range(3))
-        for i in range(0, s, ctx.chunk):
-            gc = g[i : i + ctx.chunk].reshape(-1, m)
-            d = (af[i : i + ctx.chunk, None] + bf[None]).sub_(mu)  # z − μ, (cs, Q, H·W, C)
+        for i in range(0, s, cs):
+            xhat, gv = second_norm(i)
+            if ctx.batch_stats:  # BatchNorm's backward through its batch statistics
+                gv.sub_(g_beta2 / n2).sub_(xhat.mul_(g_gamma2 / n2))
+            gc = gv.mul_(rstd2 * gamma2).reshape(-1, m)  # gradient at u (a copy when the grad came channel-major)
+            g_b2 += gc.sum(0)
+            d = (af[i : i + cs, None] + bf[None]).sub_(mu)  # z − μ, (cs, Q, H·W, C)
             y = torch.addcmul(beta, d, scale)
             keep = y > 0
             y.relu_()
             g_w2.addmm_(gc.t(), y.view(-1, c))
-            gy = (gc @ weight).view(d.shape).mul_(keep)  # gradient at BatchNorm's output (after the ReLU's mask)
+            gy = (gc @ weight).view(d.shape).mul_(keep)  # gradient at the first BatchNorm's output
             g_shift += gy.sum((0, 1, 2))
             g_centred += torch.mul(gy, d, out=y).sum((0, 1, 2))  # Σ grad · (z − μ), for γ and ρ
             gz = gy.mul_(scale)
             g_mu -= gz.sum((0, 1, 2))
-            ga[i : i + ctx.chunk] = gz.sum(1)
+            ga[i : i + cs] = gz.sum(1)
             gb += gz.sum(0)
         g_rstd = g_centred * gamma
         if ctx.batch_stats:  # through μ and var = ρ^-2 − ε into the halves (closed form, see the class)
@@ -134,7 +161,7 @@ class _PairBlock(torch.autograd.Function):
             g_mu = g_rstd = None
         back = lambda t, n: t.view(n, h, w, c).permute(0, 3, 1, 2)  # noqa: E731
         return (back(ga, s), back(gb, q), g_mu, g_rstd, g_centred * rstd, g_shift, g_w2.view_as(w2), g_b2,
-                None, None)  # fmt: skip
+                g_gamma2, g_beta2, None, None, None, None, None)  # fmt: skip
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -150,10 +177,10 @@ def pair_batch_stats(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, to
     Var z = E a'² + E b'² + 2·E_hw(E_s a' · E_q b') (exact; the cross term is the positional correlation of the two
     halves' means).
     """
-    ma, mb = a.mean((0, 2, 3)), b.mean((0, 2, 3))
-    ac, bc = a - ma.view(1, -1, 1, 1), b - mb.view(1, -1, 1, 1)
-    var = ac.pow(2).mean((0, 2, 3)) + bc.pow(2).mean((0, 2, 3)) + 2 * (ac.mean(0) * bc.mean(0)).mean((1, 2))
-    return ma + mb, var
+    var_a, ma = torch.var_mean(a, dim=(0, 2, 3), unbiased=False)
+    var_b, mb = torch.var_mean(b, dim=(0, 2, 3), unbiased=False)
+    cross = ((a.mean(0) - ma.view(-1, 1, 1)) * (b.mean(0) - mb.view(-1, 1, 1))).mean((1, 2))
+    return ma + mb, var_a + var_b + 2 * cross
 
 
 class RelationHead(nn.Module):
@@ -181,8 +208,11 @@ class RelationHead(nn.Module):
 
     def _tail(self, u: torch.Tensor) -> torch.Tensor:
         """(B, mid, H, W) second-conv output (before its BatchNorm) → (B,) relation logits."""
-        z = F.relu(self.bn2(u), inplace=True)  # in place: saves large allocations, autograd-safe after BN
-        z = F.relu(self.bn3(self.fc1(z.flatten(1))), inplace=True)
+        return self._fc(F.relu(self.bn2(u), inplace=True))  # in place: saves large allocations, autograd-safe after BN
+
+    def _fc(self, v: torch.Tensor) -> torch.Tensor:
+        """(B, mid, H, W) after the second BatchNorm and ReLU → (B,) relation logits."""
+        z = F.relu(self.bn3(self.fc1(v.flatten(1))), inplace=True)
         return self.fc2(z).squeeze(1)
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
@@ -193,36 +223,40 @@ class RelationHead(nn.Module):
         """All pairs: support (S, D, H, W) × query (Q, D, H, W) → (S, Q) logits, = forward(concat) pairwise.
 
         Without the (S·Q, 2D, H, W) concatenation and without the (S·Q, hidden, H, W) activations (see
-        :class:`_PairBlock`): a pseudo episode's update holds about 1.2 GB instead of 6.4 GB. In training mode the
-        first BatchNorm's batch statistics come from :func:`pair_batch_stats` and its running statistics are
-        updated as ``nn.BatchNorm2d`` does (momentum, unbiased variance).
+        :class:`_PairBlock`). In training mode both BatchNorms' running statistics are updated as
+        ``nn.BatchNorm2d`` does (momentum, unbiased variance).
         """
-        d, bn = self.in_dim, self.bn1
+        d, bn1, bn2 = self.in_dim, self.bn1, self.bn2
         a = F.conv2d(support, self.conv1.weight[:, :d], self.conv1.bias)  # (S, hidden, H, W)
         b = F.conv2d(query, self.conv1.weight[:, d:])  # (Q, hidden, H, W)
         a, b = (t.contiguous(memory_format=torch.channels_last) for t in (a, b))
-        batch_stats = self.training or not bn.track_running_stats
+        batch_stats = self.training or not bn1.track_running_stats
         if batch_stats:
             with torch.no_grad():  # their gradients are folded in by _PairBlock
                 mu, var = pair_batch_stats(a, b)
-            if self.training and bn.track_running_stats:
-                self._update_running_stats(mu.detach(), var.detach(), len(a) * len(b) * a.shape[2] * a.shape[3])
+            mu2 = var2 = None
         else:
-            mu, var = bn.running_mean, bn.running_var
-        rstd = torch.rsqrt(var + bn.eps)
+            mu, var, mu2, var2 = bn1.running_mean, bn1.running_var, bn2.running_mean, bn2.running_var
         per_support = len(b) * a.shape[1] * a.shape[2] * a.shape[3] * a.element_size()
         chunk = max(1, PAIR_CHUNK_BYTES // max(1, per_support))
-        u = _PairBlock.apply(a, b, mu, rstd, bn.weight, bn.bias, self.conv2.weight, self.conv2.bias, chunk, batch_stats)
-        return self._tail(u).view(len(support), len(query))
+        v, mean2, var2 = _PairBlock.apply(
+            a, b, mu, torch.rsqrt(var + bn1.eps), bn1.weight, bn1.bias, self.conv2.weight, self.conv2.bias,
+            bn2.weight, bn2.bias, mu2, var2, bn2.eps, chunk, batch_stats,
+        )  # fmt: skip
+        if self.training and bn1.track_running_stats:
+            n = len(a) * len(b) * a.shape[2] * a.shape[3]
+            _update_running_stats(bn1, mu, var, n)
+            _update_running_stats(bn2, mean2, var2, n)
+        return self._fc(v).view(len(support), len(query))
 
-    @torch.no_grad()
-    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
-        """``nn.BatchNorm2d``'s running-statistics update for a batch of ``n`` values per channel."""
-        bn = self.bn1
-        bn.num_batches_tracked += 1
-        momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-        bn.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-        bn.running_var.mul_(1 - momentum).add_(var * (n / max(1, n - 1)), alpha=momentum)
+
+@torch.no_grad()
+def _update_running_stats(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+    """``nn.BatchNorm2d``'s running-statistics update for a batch of ``n`` values per channel (biased ``var``)."""
+    bn.num_batches_tracked += 1
+    momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+    bn.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+    bn.running_var.mul_(1 - momentum).add_(var * (n / max(1, n - 1)), alpha=momentum)
 
 
 def weighted_bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> torch.Tensor:
@@ -317,12 +351,18 @@ class RelationNet(PaperMethod):
         info = pretrain_loop(self, self.head, self.opt, lambda b: relation_episode_loss(self.head, b, metric), source)
         return {**info, "stop_metric": metric}
 
+    def _build(self, grid_shape: Sequence[int]) -> None:
+        self.ctx.seed_torch("relationnet-init")  # independent of the shots: the pretrained model is shared
+        self.head = RelationHead(*grid_shape).to(self.ctx.device)
+        self.opt = make_adam(self.head.parameters(), self.config.lr)
+
+    def pretrained_module(self) -> nn.Module:
+        return self.head
+
     def fit(self, support: SupportSet) -> None:
         cfg = self.config
         sup = self.support_grids(support)  # (C, n, D, H, W)
-        self.ctx.seed_torch("relationnet-init")  # independent of the shots: the pretrained model is shared
-        self.head = RelationHead(*sup.shape[2:]).to(self.ctx.device)
-        self.opt = make_adam(self.head.parameters(), cfg.lr)
+        self._build(sup.shape[2:])
         if cfg.pretrain:
             self.load_or_pretrain(self.head, self.opt, self._pretrain)
         with self.ctx.timer("finetune"):

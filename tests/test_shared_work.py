@@ -327,3 +327,29 @@ def test_direct_reads_its_pooled_features_from_the_cache_in_a_new_process(tmp_pa
     assert second["computed"] == 0 and second["disk"] == first["computed"]
     assert runs["first"]["y_pred"] == runs["second"]["y_pred"]
     assert runs["first"]["accuracy"] == runs["second"]["accuracy"]
+
+
+@pytest.mark.slow
+def test_a_parallel_run_pretrains_each_model_once_before_the_jobs(tmp_path: Path) -> None:
+    """--jobs 2: the shot-independent pretrainings (one per method and seed) run first, spread over the workers, so
+    every job loads its model from the cache; the predictions equal a serial run's, which pretrains inside the
+    first shot's job (each run with its own cache)."""
+    from bench.cli import main
+
+    small = ["max_episodes=2", "episode_groups=2", "episode_classes=5", "episode_queries=3", "finetune_passes=0,1",
+             "finetune_steps=2"]  # fmt: skip
+    common = ["run", "--method", "contrastive", "relationnet-residual-pretrain", "--dataset", "synthetic-tiny",
+              "--categories", "screw", "--shots", "1,2", "--seeds", "1,2", "--weights", "random", "--backbone",
+              "resnet18", "--no-progress", *[a for s in small for a in ("--set", s)]]  # fmt: skip
+    assert main([*common, "--jobs", "2", "--threads", "2", "--out", str(tmp_path / "par"), "--cache-dir", str(tmp_path / "c1")]) == 0
+    assert main([*common, "--threads", "1", "--out", str(tmp_path / "ser"), "--cache-dir", str(tmp_path / "c2")]) == 0
+    read = lambda name: sorted(  # noqa: E731
+        (json.loads(line) for line in (tmp_path / name / "results.jsonl").read_text().splitlines()),
+        key=lambda r: (r["method"], r["seed"], r["shots"]))
+    par, ser = read("par"), read("ser")
+    assert len(par) == len(ser) == 8 and all(r["status"] == "ok" for r in par + ser)
+    assert all(r["method_info"]["pretrained_from_cache"] for r in par)  # the stage pretrained all four models
+    assert sum(not r["method_info"]["pretrained_from_cache"] for r in ser) == 4  # one per (method, seed)
+    assert {r["env"]["torch_threads"] for r in par + ser} == {1}
+    assert [r["y_pred"] for r in par] == [r["y_pred"] for r in ser]
+    assert [r["train_log"]["pretrain"]["loss"] for r in par] == [r["train_log"]["pretrain"]["loss"] for r in ser]

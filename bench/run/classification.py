@@ -28,7 +28,7 @@ from bench.features.store import FeatureStore
 from bench.method import SupportSet, TaskContext, config_dict, config_hash, get_method
 from bench.metrics import episode_metrics
 from bench.run.config import RunConfig
-from bench.run.job import JobCore, TaskJobs, base_row, build_method, run_task_job
+from bench.run.job import JobCore, TaskJobs, base_row, build_method, feature_store, make_context, run_task_job
 from bench.episodes import Persisted
 from bench.classification.region_episodes import RegionEpisode
 from bench.run.plan import Job, category_content, job_identity
@@ -321,6 +321,28 @@ class ClassificationCore(JobCore):
 CORE = ClassificationCore()
 
 
+def prepare_work(cfg: RunConfig, jobs: Sequence[Job]) -> list[Job]:
+    """One job per (method configuration, category, seed, normal images) whose method prepares shot-independent work
+    (:meth:`bench.method.Method.prepares`: the paper's pretraining), method by method in the run's order and seed by
+    seed: workers then pretrain one method at different seeds side by side (different pseudo episodes), and the next
+    method of a seed finds that seed's pseudo-defect features cached."""
+    chosen: dict[tuple, Job] = {}
+    for job in jobs:
+        if job.error or job.episode is None or not get_method(job.method).cls.prepares(job.config):
+            continue
+        normals = tuple(CORE.train_paths(job.episode) or ())  # good-or-defect: the episode's normal shots
+        chosen.setdefault((job.method, config_hash(job.method_config), job.category, job.seed, normals), job)
+    order = {m: i for i, m in enumerate(cfg.methods)}
+    return sorted(chosen.values(), key=lambda j: (order.get(j.method, len(order)), j.category, j.seed))
+
+
+def prepare_job(cfg: RunConfig, samples: Samples, job: Job) -> None:
+    """The shot-independent work of ``job``'s method (:meth:`bench.method.Method.prepare`), cached for its jobs."""
+    store = feature_store(cfg)
+    ctx = make_context(cfg, samples, job, store, CORE.train_paths(job.episode))
+    build_method(job, ctx).prepare()
+
+
 def run_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, Any]:
     """Run one classification job and return its row (status ok or error). Never raises for a job-level failure.
 
@@ -331,7 +353,7 @@ def run_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, 
 
 
 JOBS = TaskJobs(
-    plan=plan, feature_work=feature_work, run=run_job,
+    plan=plan, feature_work=feature_work, run=run_job, prepare_work=prepare_work, prepare=prepare_job,
     episode_at=lambda cfg, samples, cat, k: episode_for(cfg, samples, cat, k, cfg.seeds[0]),
 )
 """The run side of the classification task (:data:`bench.tasks.BUILTIN`)."""

@@ -4,7 +4,9 @@
 One loop serves a serial and a parallel run: groups of jobs (one category and seed) go through
 :meth:`~bench.run.workers.WorkerPool.map_unordered`, in this process one job at a time or spread over ``--jobs``
 worker processes with joblib (torch threads split between them), and every finished job is counted as its
-status arrives. Parallel runs first extract the features every job will read, split over the workers. A failed
+status arrives. Parallel runs first extract the features every job will read, split over the workers, then do the
+work that does not depend on the shots (the paper's pretraining, one task per model: a task's ``prepare_work``)
+spread over the workers too, so that one seed's pretrainings no longer run one after another in its group. A failed
 job becomes a row with its error, never a crash of the grid; the command exits non-zero at the end if any job
 failed.
 """
@@ -20,6 +22,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from bench.cache import hash_memo_dir
+from bench.compat import release_free_memory
 from bench.datasets import Samples, check_image_files, describe_ignored, load_dataset
 from bench.errors import BenchError, ConfigError, DatasetError, WeightsError, brief_list, clip
 from bench.paths import probe_writable, set_cache_root
@@ -64,6 +67,36 @@ def prefetch_features(
     worker_setup(cfg.plugins, cfg.cache_dir, threads, parent_pid)
     feature_store(cfg).ensure(paths)
     return len(paths)
+
+
+_SAMPLES: dict[tuple, Samples] = {}
+
+
+def prepare_in_worker(
+    cfg: RunConfig, job: Job, threads: int | None = None, parent_pid: int | None = None, samples: Samples | None = None
+) -> tuple[str, str | None]:
+    """Worker side of the preparation stage: the shot-independent work of ``job``'s method (pretraining), cached
+    for every shot's job; returns ``(job description, error or None)``. An error is left to the jobs, which do the
+    work themselves and record it in their rows; a full or read-only disk stops the run as in a job."""
+    from bench.run.job import FATAL_ERRNOS, fatal_disk_error
+
+    worker_setup(cfg.plugins, cfg.cache_dir, threads, parent_pid)
+    if samples is None:  # a worker loads the dataset once per process
+        ident = (cfg.dataset, str(cfg.data_root), repr(cfg.dataset_options()))
+        if ident not in _SAMPLES:
+            _SAMPLES[ident] = load_dataset(cfg.dataset, cfg.data_root, cfg.dataset_options())
+        samples = _SAMPLES[ident]
+    try:
+        task_jobs(job.task).prepare(cfg, samples, job)  # type: ignore[misc]
+    except OSError as exc:
+        if exc.errno in FATAL_ERRNOS:
+            raise fatal_disk_error(exc, cfg, Path(cfg.out)) from None
+        return job.describe(), f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - the jobs redo it and record the error
+        return job.describe(), f"{type(exc).__name__}: {exc}"
+    finally:
+        release_free_memory()  # as after a job: the model is gone, the heap's free pages go back
+    return job.describe(), None
 
 
 def is_regular_file(path: Path) -> bool:
@@ -240,6 +273,15 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
             bar = tqdm(total=len(paths), desc="features", unit="img", disable=not progress)
             for n in pool.map_unordered(prefetch_features, [(wcfg, c, pool.threads, pool.parent_pid) for c in chunks]):
                 bar.update(n)
+            bar.close()
+        hooks = task_jobs(cfg.task)
+        prep = hooks.prepare_work(cfg, todo) if pool.parallel and hooks.prepare is not None else []
+        if prep:  # shot-independent work (pretraining), one task per model, spread over the workers before the jobs
+            bar = tqdm(total=len(prep), desc="pretraining", unit="model", disable=not progress)
+            for what, error in pool.map_unordered(prepare_in_worker, [(wcfg, j, pool.threads, pool.parent_pid) for j in prep]):
+                if error:
+                    print(f"note: preparing {what} failed ({clip(error, 300)}); its jobs will try again and record it")
+                bar.update(1)
             bar.close()
         # One task per group: in this process a generator (the bar moves per job), in a worker the group's list.
         task = run_group_in_worker if pool.parallel else run_group

@@ -248,12 +248,17 @@ def run_task_job(core: JobCore, cfg: RunConfig, samples: Samples, job: Job, out:
 @dataclass(frozen=True)
 class TaskJobs:
     """The run side of a task (its record's ``jobs`` hook, :class:`bench.tasks.Task`): how its jobs are planned,
-    listed for the feature stage, run (through :func:`run_task_job`) and announced."""
+    listed for the feature stage, prepared, run (through :func:`run_task_job`) and announced."""
 
     plan: Callable[[RunConfig, Samples], list[Job]]
     feature_work: Callable[[RunConfig, Samples, list[Job]], list[str]]
     run: Callable[[RunConfig, Samples, Job, Path], dict]
     notes: Callable[[RunConfig], list[str]] = lambda cfg: []
+    prepare_work: Callable[[RunConfig, list[Job]], list[Job]] = lambda cfg, jobs: []
+    """One job per piece of shot-independent work its method does ahead (:meth:`bench.method.Method.prepare`), in
+    the order to start them; a parallel run spreads them over its workers before the jobs."""
+    prepare: Callable[[RunConfig, Samples, Job], None] | None = None
+    """Do that work for one such job (in a worker)."""
     episode_at: Callable[[RunConfig, Samples, str, int], object] | None = None
     """The episode of (category, shots) at the run's first seed, for the shots check; ``None``: no shots."""
 
