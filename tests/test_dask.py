@@ -94,3 +94,26 @@ def test_local_cluster_run_from_the_command_line_is_quiet(tiny_root: Path, tmp_p
     rows = read_rows([tmp_path / "o" / "results.jsonl"]).rows
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
     assert "INFO" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_dask_workers_pretrain_before_the_jobs(cluster, tiny_root: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """The preparation stage goes through the cluster too: each (method, seed) model is pretrained once by a Dask
+    worker before the jobs, which all load it from the cache; the predictions equal a serial run's with the same
+    torch threads per process."""
+    import torch
+
+    threads = max(1, torch.get_num_threads() // 2)  # what each of the cluster's two workers gets
+    small = ["max_episodes=2", "episode_groups=2", "episode_classes=5", "episode_queries=3", "finetune_passes=0,1"]
+    common = [*TINY, "--data-root", str(tiny_root), "--method", "contrastive", "--categories", "tile", "--shots", "1,2",
+              "--seeds", "1-2", *[a for s in small for a in ("--set", s)]]  # fmt: skip
+    assert main(["run", *common, "--threads", str(threads), "--out", str(tmp_path / "serial"),
+                 "--cache-dir", str(tmp_path / "cache-serial")]) == 0  # fmt: skip
+    assert main(["run", *common, "--jobs", "2", "--backend", "dask", "--scheduler", cluster.scheduler_address,
+                 "--out", str(tmp_path / "dask"), "--cache-dir", str(tmp_path / "cache-dask")]) == 0  # fmt: skip
+    order = lambda r: (r["seed"], r["shots"])  # noqa: E731
+    serial = sorted(read_rows([tmp_path / "serial" / "results.jsonl"]).rows, key=order)
+    dask_rows = sorted(read_rows([tmp_path / "dask" / "results.jsonl"]).rows, key=order)
+    assert len(dask_rows) == 4 and all(r["status"] == "ok" for r in dask_rows)
+    assert all(r["method_info"]["pretrained_from_cache"] for r in dask_rows)
+    assert len(list((tmp_path / "cache-dask" / "pretrained").glob("*.pt"))) == 2  # one model per seed
+    assert [r["y_pred"] for r in dask_rows] == [r["y_pred"] for r in serial]
