@@ -30,11 +30,11 @@ evaluation during pretraining (§11 item 15), shapes from the data (§11 item 17
 instead of an explicit Python loop of concatenations (same values), the sigmoid folded into the loss (above),
 the pixel-mean prototype rounded to uint8 before pre-processing (≤ 0.5/255 per pixel), fused Adam.
 
-CPU cost: one 810-pair pretraining episode is the expensive part. ``python benchmarks/relation_episode.py --dim 152
---threads 1`` (Lite0's grids; 2-core machine at load 3): 12.0 s per update and 2.32 GiB peak resident memory for the
-whole process with the chunked pairs of :class:`_PairBlock`, against 24.8 s and 5.93 GiB with every (810, 512, 28,
-28) activation kept by autograd (the harness before); the losses agree to 9e-7. Fine-tuning is C × C(n−1) pairs per
-step.
+CPU cost: one 810-pair pretraining episode is the expensive part. ``python -m bench perf relation --dim 152
+--threads 1`` (Lite0's grids; 2-core machine at load 3, 2026-12-07): 13.6 s per update and 1.97 GiB peak resident
+memory for the whole process (interpreter, torch, model, Adam state and inputs included) with :class:`_PairBlock`,
+against 18.7 s and 5.79 GiB with every (810, 512, 28, 28) activation kept by autograd (the harness before); the
+losses agree to 2e-6. Fine-tuning is C × C(n−1) pairs per step.
 """
 
 from __future__ import annotations
