@@ -353,7 +353,7 @@ def run_job(cfg: RunConfig, samples: Samples, job: Job, out: Path) -> dict[str, 
 
 
 JOBS = TaskJobs(
-    plan=plan, feature_work=feature_work, run=run_job, prepare_work=prepare_work, prepare=prepare_job,
+    plan=plan, feature_work=feature_work, run=run_job, prepare_work=prepare_work, prepare=prepare_job, group_by_method=True,
     episode_at=lambda cfg, samples, cat, k: episode_for(cfg, samples, cat, k, cfg.seeds[0]),
 )
 """The run side of the classification task (:data:`bench.tasks.BUILTIN`)."""

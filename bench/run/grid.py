@@ -257,7 +257,7 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
                          f"({len(doomed)} distinct reason(s)):", *failure_lines(doomed, max_errors=5)]))
     failed: list[tuple[Job, str]] = []
     ok = 0
-    groups = group_jobs(todo)
+    groups = group_jobs(todo, task_jobs(cfg.task).group_by_method)
     by_key = {j.key: j for j in todo}
     n_workers = max(1, min(cfg.jobs, len(groups)))
     # Workers load the dataset themselves: give them the exact folder and cache this process resolved (a worker

@@ -259,6 +259,8 @@ class TaskJobs:
     the order to start them; a parallel run spreads them over its workers before the jobs."""
     prepare: Callable[[RunConfig, Samples, Job], None] | None = None
     """Do that work for one such job (in a worker)."""
+    group_by_method: bool = False
+    """Whether a parallel run's groups are (category, seed, method) instead of (category, seed) (:func:`group_jobs`)."""
     episode_at: Callable[[RunConfig, Samples, str, int], object] | None = None
     """The episode of (category, shots) at the run's first seed, for the shots check; ``None``: no shots."""
 

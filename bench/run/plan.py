@@ -5,8 +5,8 @@ One job = (method config, feature config, dataset, category, shots, seed, protoc
 a hash of all of that plus the episode hash and the content of the category's images (names and bytes,
 :meth:`~bench.datasets.Samples.content_hash`), so re-running the same command skips finished jobs (resume) and any
 change to an input that matters makes a new job: an image replaced under the same name too. Jobs of one
-(category, seed) form a group (:func:`group_jobs`) that runs in one process, so the memory bank and the cached
-features and pretraining of that group are shared.
+(category, seed), or one (category, seed, method) for classification, form a group (:func:`group_jobs`) that runs in
+one process, so the memory bank and the cached features and pretraining of that group are shared.
 """
 
 from __future__ import annotations
@@ -149,9 +149,15 @@ def failure_lines(groups: dict[str, list[Job]], max_errors: int = 10) -> list[st
     return lines
 
 
-def group_jobs(jobs: Sequence[Job]) -> list[list[Job]]:
-    """The jobs by (category, seed), in plan order: a group runs in one process and shares its bank and features."""
-    groups: dict[tuple[str, int], list[Job]] = {}
+def group_jobs(jobs: Sequence[Job], by_method: bool = False) -> list[list[Job]]:
+    """The jobs by (category, seed), or by (category, seed, method) with ``by_method``, in plan order: a group runs in
+    one process (a worker keeps its bank, features and models in memory for the next group it gets).
+
+    Classification groups by method too (:attr:`bench.run.job.TaskJobs.group_by_method`): a seed's paper methods
+    fine-tune for minutes each, so one group per seed left a worker idle on a 1-seed grid and for the last seeds of
+    a 5-seed grid on 2 workers (3 rounds of 2 seeds); their shot-independent work is done before the groups
+    (the preparation stage) and everything else they share is cached on disk."""
+    groups: dict[tuple, list[Job]] = {}
     for j in jobs:
-        groups.setdefault((j.category, j.seed), []).append(j)
+        groups.setdefault((j.category, j.seed, j.method) if by_method else (j.category, j.seed), []).append(j)
     return list(groups.values())
