@@ -21,6 +21,7 @@ Usage::
     python benchmarks/grid.py --methods contrastive direct --shots 1-5 --seeds 1-2   # a quicker version
     python benchmarks/grid.py --backbone resnet18 --category tile --jobs 1,2 --keep --work /tmp/grid
     python benchmarks/grid.py --dataset synthetic-tiny --category tile --backbone resnet18 --jobs 1 --set max_episodes=10
+    python benchmarks/grid.py --from runs/paper-grid-mtd           # the figures of a run you made (no run)
 
 Prints figures and writes them to ``<work>/grid-benchmark.json``; asserts nothing. The machine may be shared:
 the 1-minute load average is printed with every run. The grid is the library's :class:`bench.run.RunConfig` (it
@@ -165,6 +166,25 @@ def run_mode(args: argparse.Namespace, cfg: RunConfig, work: Path, jobs: int) ->
     from bench.results import read_rows
 
     rows = read_rows([out / "results.jsonl"]).rows if (out / "results.jsonl").exists() else []
+    figures = summarize(rows, jobs)
+    return {
+        "jobs": jobs,
+        "exit_code": code,
+        "wall_s": round(wall, 2),
+        **figures,
+        "jobs_per_min": round(60 * len(rows) / wall, 3) if wall else None,
+        "outside_jobs_s": round(wall - figures["job_time_s"] / figures["workers"], 2),
+        "peak_tree_rss": mem.peak_total or ru_peak,
+        "peak_process_rss": mem.peak_single or ru_peak,
+        "max_processes": mem.peak_processes,
+        "load_after": os.getloadavg()[0],
+        "out": str(out),
+    }
+
+
+def summarize(rows: list[dict[str, Any]], jobs: int) -> dict[str, Any]:
+    """Figures of a run's rows: counts, time per stage, method and seed (summed over jobs), cache hit rates,
+    pretrained models trained and reused, where pretraining stopped, torch threads and code commits."""
     ok = [r for r in rows if r.get("status") == "ok"]
     stages: dict[str, float] = defaultdict(float)
     per_method: dict[str, float] = defaultdict(float)
@@ -182,32 +202,67 @@ def run_mode(args: argparse.Namespace, cfg: RunConfig, work: Path, jobs: int) ->
             hits[stage][0] += int(d.get("hits", 0))
             hits[stage][1] += int(d.get("misses", 0))
     job_total = sum((r.get("timing") or {}).get("total", 0.0) for r in rows)
-    groups = {(r["category"], r["seed"]) for r in rows}  # the runner's unit of work per worker
-    workers = max(1, min(jobs, len(groups)))
-    threads = sorted({(r.get("env") or {}).get("torch_threads") for r in rows} - {None})
+    groups = {(r["category"], r["seed"], r["method"]) for r in rows}  # classification's unit of work per worker
+    per_seed: dict[int, float] = defaultdict(float)
+    stops: dict[str, list[int]] = defaultdict(list)
+    for r in rows:
+        per_seed[r["seed"]] += (r.get("timing") or {}).get("total", 0.0)
+        info = r.get("method_info") or {}
+        if info.get("pretrain_stop_episode") is not None and r.get("shots") == min(x["shots"] for x in rows):
+            stops[r["method"]].append(int(info["pretrain_stop_episode"]))
     return {
-        "jobs": jobs,
-        "exit_code": code,
-        "wall_s": round(wall, 2),
         "n_rows": len(rows),
         "n_ok": len(ok),
         "n_failed": len(rows) - len(ok),
-        "jobs_per_min": round(60 * len(rows) / wall, 3) if wall else None,
         "stage_s": {k: round(v, 2) for k, v in sorted(stages.items())},
         "method_s": {k: round(v, 2) for k, v in sorted(per_method.items())},
+        "seed_s": {k: round(v, 2) for k, v in sorted(per_seed.items())},
         "job_time_s": round(job_total, 2),
         "groups": len(groups),
-        "workers": workers,
-        "outside_jobs_s": round(wall - job_total / workers, 2),
-        "peak_tree_rss": mem.peak_total or ru_peak,
-        "peak_process_rss": mem.peak_single or ru_peak,
-        "max_processes": mem.peak_processes,
-        "torch_threads_per_worker": threads,
+        "workers": max(1, min(jobs, len(groups))),
+        "torch_threads_per_worker": sorted({(r.get("env") or {}).get("torch_threads") for r in rows} - {None}),
         "cache_hit_rate": {k: (round(h / (h + m), 3) if h + m else None, h, m) for k, (h, m) in sorted(hits.items())},
         "pretrained": {"from_cache": pretrained[0], "trained": pretrained[1]},
-        "load_after": os.getloadavg()[0],
-        "out": str(out),
+        "pretrain_stop_episodes": {k: sorted(v) for k, v in sorted(stops.items())},
+        "commits": sorted({str((r.get("env") or {}).get("git_commit"))[:7] for r in rows}),
     }
+
+
+def print_figures(r: dict[str, Any]) -> None:
+    """The per-run lines of :func:`report` (also for ``--from``)."""
+    print(f"  time in jobs {r['job_time_s']:.1f} s (summed over workers)")
+    print("  per stage (s, summed over jobs): " + ", ".join(f"{k} {v:.1f}" for k, v in r["stage_s"].items()))
+    print("  per method (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r["method_s"].items()))
+    print("  per seed (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r["seed_s"].items()))
+    print("  cache hit rate: " + ", ".join(
+        f"{k} {'-' if rate is None else f'{100 * rate:.0f}%'} ({h} hits / {m} misses)" for k, (rate, h, m) in r["cache_hit_rate"].items()
+    ))  # fmt: skip
+    pre = r["pretrained"]
+    if pre["from_cache"] + pre["trained"]:
+        print(f"  pretrained models: {pre['trained']} trained in jobs, {pre['from_cache']} jobs loaded one from the cache "
+              "(a parallel run's preparation stage trains them before the jobs)")
+        print("  pretraining stopped at episode: " + "; ".join(f"{k} {v}" for k, v in r["pretrain_stop_episodes"].items()))
+    print(f"  torch threads per process {r['torch_threads_per_worker']}; code {', '.join(r['commits'])}")
+
+
+def from_results(folder: Path) -> int:
+    """``--from FOLDER``: the figures of a finished (or partial) run, from its rows; no run."""
+    from bench.results import read_rows
+
+    path = folder / "results.jsonl"
+    if not path.is_file():
+        print(f"no results file at {path}: pass the --out folder of a bench run")
+        return 2
+    rows = read_rows([path]).rows
+    if not rows:
+        print(f"{path} holds no rows")
+        return 2
+    figures = summarize(rows, jobs=1)
+    print(f"{path}: {figures['n_ok']}/{figures['n_rows']} jobs ok; methods {sorted({r['method'] for r in rows})}; "
+          f"categories {sorted({r['category'] for r in rows})}; shots {sorted({r['shots'] for r in rows})}; "
+          f"seeds {sorted({r['seed'] for r in rows})}")  # fmt: skip
+    print_figures(figures)
+    return 0
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace, methods: list[str], n_full: int) -> None:
@@ -218,20 +273,12 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, methods: lis
     for r in results:
         print(f"\n--jobs {r['jobs']}: {r['n_ok']}/{r['n_rows']} jobs ok, wall {r['wall_s']:.1f} s, "
               f"{r['jobs_per_min']:.2f} jobs/min (x{r['jobs_per_min'] / base['jobs_per_min']:.2f} vs --jobs {base['jobs']}), "
-              f"{r['workers']} worker(s) for {r['groups']} (category, seed) group(s), torch threads per worker "
+              f"{r['workers']} worker(s) for {r['groups']} (category, seed, method) group(s), torch threads per worker "
               f"{r['torch_threads_per_worker']}")  # fmt: skip
         print(f"  peak memory: {gib(r['peak_tree_rss'])} whole process tree ({r['max_processes']} processes), "
               f"{gib(r['peak_process_rss'])} largest process")  # fmt: skip
-        print(f"  time in jobs {r['job_time_s']:.1f} s (summed over workers); outside jobs ~{r['outside_jobs_s']:.1f} s")
-        print("  per stage (s, summed over jobs): " + ", ".join(f"{k} {v:.1f}" for k, v in r["stage_s"].items()))
-        print("  per method (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r["method_s"].items()))
-        print("  cache hit rate: " + ", ".join(
-            f"{k} {'-' if rate is None else f'{100 * rate:.0f}%'} ({h} hits / {m} misses)" for k, (rate, h, m) in r["cache_hit_rate"].items()
-        ))  # fmt: skip
-        pre = r["pretrained"]
-        if pre["from_cache"] + pre["trained"]:
-            print(f"  pretrained models: {pre['trained']} trained, {pre['from_cache']} jobs reused one from the cache "
-                  "(one per method and seed is the minimum: pretraining does not depend on the shots)")
+        print(f"  outside jobs ~{r['outside_jobs_s']:.1f} s")
+        print_figures(r)
     print("\ntargets:")
     serial = next((r for r in results if r["jobs"] == 1), None)
     if serial and serial["n_rows"]:
@@ -270,7 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", help="where synthetic-mvtec is (generated once; default: the bench cache)")
     p.add_argument("--work", help="folder for caches, results and logs (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the caches and results of the runs")
+    p.add_argument("--from", dest="from_dir", metavar="FOLDER",
+                   help="print the figures of an existing run's results (its --out folder) instead of running one")
     args = p.parse_args(argv)
+    if args.from_dir:
+        return from_results(Path(args.from_dir))
 
     from bench.datasets.synthetic import PRESETS, default_root, generate
 
