@@ -30,11 +30,12 @@ evaluation during pretraining (§11 item 15), shapes from the data (§11 item 17
 instead of an explicit Python loop of concatenations (same values), the sigmoid folded into the loss (above),
 the pixel-mean prototype rounded to uint8 before pre-processing (≤ 0.5/255 per pixel), fused Adam.
 
-CPU cost: one 810-pair pretraining episode is the expensive part. ``python -m bench perf relation --dim 152
---threads 1`` (Lite0's grids; 2-core machine at load 3, 2026-12-07): 13.6 s per update and 1.97 GiB peak resident
-memory for the whole process (interpreter, torch, model, Adam state and inputs included) with :class:`_PairBlock`,
-against 18.7 s and 5.79 GiB with every (810, 512, 28, 28) activation kept by autograd (the harness before); the
-losses agree to 2e-6. Fine-tuning is C × C(n−1) pairs per step.
+CPU cost: one 810-pair pretraining episode is the expensive part. ``python -m bench perf relation`` on a quiet 2-core
+machine (2026-12-07), peak resident memory of the whole process (interpreter, torch, model, Adam state and inputs
+included) with :class:`_PairBlock` against every (810, 512, 28, 28) activation kept by autograd (the harness
+before): Lite0's D = 152, 1 thread: 10.8 s and 1.69 GiB against 13.0 s and 5.85 GiB; 2 threads: 5.0 s and 1.74 GiB
+against 7.1 s and 5.86 GiB; D = 1024 (ResNet-50), 2 threads: 5.8 s and 1.91 GiB against 7.5 s and 6.03 GiB; the losses
+agree to 1e-5. Fine-tuning is C × C(n−1) pairs per step.
 """
 
 from __future__ import annotations
@@ -62,14 +63,15 @@ PAIR_CHUNK_BYTES = 32 * 2**20  # one chunk of (pairs, H·W, hidden) float32 acti
 
 
 class _PairBlock(torch.autograd.Function):
-    """v = relu(BN2(conv2(relu(BN1(a[s] + b[q]))))) for all S × Q pairs, support-major, a chunk of supports at a time.
+    """fc1(relu(BN2(conv2(relu(BN1(a[s] + b[q])))))) for all S × Q pairs, support-major, a chunk of supports at a time.
 
     The part of the relation head where the pairs are born: the first 1×1 conv of the concatenation split into its
     support and query halves (``a``, ``b``: ``a`` carries the conv's bias), the first BatchNorm (μ, ρ = 1/√(var + ε),
-    γ, β), ReLU, the second 1×1 conv (``w2``, ``b2``), the second BatchNorm (μ2, ρ2, γ2, β2) and ReLU. Kept for the
-    backward pass: the halves and the second conv's (S·Q, mid, H, W) output ``u``; the (S·Q, hidden, H, W)
-    activations (hidden = 512: 1.3 GB each for a pseudo episode's 810 pairs of 28 × 28 grids, six of them alive in
-    autograd's version) exist one chunk at a time and are recomputed from ``a`` and ``b`` in backward (elementwise
+    γ, β), ReLU, the second 1×1 conv (``w2``, ``b2``), the second BatchNorm (μ2, ρ2, γ2, β2), ReLU and the first
+    linear layer (``w3``, ``b3``) of the flattened (mid, H, W) grid. Kept for the backward pass: the halves and the
+    second conv's (S·Q, mid, H, W) output ``u`` (its normalised, rectified copy is remade a chunk at a time, and the
+    linear layer's input gradient too). The (S·Q, hidden, H, W) activations (hidden = 512: 1.3 GB each for a pseudo
+    episode's 810 pairs of 28 × 28 grids, six of them alive in autograd's version) exist one chunk at a time and are recomputed from ``a`` and ``b`` in backward (elementwise
     work: the second conv's matrix products are done once forward and twice backward, as autograd does them). Same
     values and gradients as the modules applied to the explicit concatenation, up to float rounding (tested).
 
@@ -80,14 +82,14 @@ class _PairBlock(torch.autograd.Function):
     returned (for the running statistics), with BatchNorm's usual backward. Otherwise (evaluation) the running
     statistics are passed in.
 
-    Shapes: a (S, C, H, W), b (Q, C, H, W) channels-last; μ, ρ, γ, β (C,); w2 (M, C, 1, 1); b2, γ2, β2 (M,); μ2, ρ2
-    (M,) or None with ``batch_stats``; returns v (S·Q, M, H, W) contiguous and the second BatchNorm's batch mean
-    and biased variance (M,) (the running ones as given in evaluation).
+    Shapes: a (S, C, H, W), b (Q, C, H, W) channels-last; μ, ρ, γ, β (C,); w2 (M, C, 1, 1); b2, γ2, β2 (M,); μ2, var2
+    (M,) or None with ``batch_stats``; w3 (F, M·H·W), b3 (F,); returns (S·Q, F) and the second BatchNorm's batch
+    mean and biased variance (M,) (the running ones as given in evaluation).
     """
 
     @staticmethod
-    def forward(ctx: Any, a, b, mu, rstd, gamma, beta, w2, b2, gamma2, beta2, mu2, var2, eps2: float, chunk: int,
-                batch_stats: bool):  # noqa: D102  # fmt: skip
+    def forward(ctx: Any, a, b, mu, rstd, gamma, beta, w2, b2, gamma2, beta2, mu2, var2, w3, b3, eps2: float,
+                chunk: int, batch_stats: bool):  # noqa: D102  # fmt: skip
         (s, c, h, w), q, m = a.shape, len(b), w2.shape[0]
         af, bf = _rows(a), _rows(b)  # (S, H·W, C), (Q, H·W, C)
         scale = rstd * gamma
@@ -100,29 +102,38 @@ class _PairBlock(torch.autograd.Function):
         if batch_stats:
             var2, mu2 = torch.var_mean(u.view(-1, m), dim=0, unbiased=False)
         rstd2 = torch.rsqrt(var2 + eps2)
-        v = u.new_empty(s * q, m, h, w)  # channel-major: the head flattens it (M, H, W) without a copy
-        torch.addcmul(beta2 - mu2 * rstd2 * gamma2, u, rstd2 * gamma2, out=v.view(s, q, m, h * w).transpose(2, 3))
-        ctx.save_for_backward(a, b, mu, rstd, gamma, beta, w2, u, mu2, rstd2, gamma2, beta2)
+        out = u.new_empty(s * q, w3.shape[0])
+        for i in range(0, s, chunk):
+            v = _second_norm_relu(u[i : i + chunk], mu2, rstd2, gamma2, beta2)  # (cs·Q, M·H·W), channel-major
+            torch.addmm(b3, v, w3.t(), out=out[i * q : (i + chunk) * q])
+        ctx.save_for_backward(a, b, mu, rstd, gamma, beta, w2, u, mu2, rstd2, gamma2, beta2, w3)
         ctx.chunk, ctx.batch_stats = chunk, batch_stats
         ctx.mark_non_differentiable(mu2, var2)
-        return v.relu_(), mu2, var2
+        return out, mu2, var2
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor, _mu2: Any, _var2: Any):  # noqa: D102
-        a, b, mu, rstd, gamma, beta, w2, u, mu2, rstd2, gamma2, beta2 = ctx.saved_tensors
+        a, b, mu, rstd, gamma, beta, w2, u, mu2, rstd2, gamma2, beta2, w3 = ctx.saved_tensors
         (s, c, h, w), q, m = a.shape, len(b), w2.shape[0]
         af, bf = _rows(a), _rows(b)
-        g = grad.permute(0, 2, 3, 1).reshape(s, q, h * w, m)
         cs = ctx.chunk
+        g_w3, g_b3 = torch.zeros_like(w3), grad.sum(0)
 
-        def second_norm(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-            """Chunk i's normalised u and the gradient at the second BatchNorm's output (the ReLU's mask applied)."""
-            xhat = (u[i : i + cs] - mu2).mul_(rstd2)
-            return xhat, g[i : i + cs] * (torch.addcmul(beta2, xhat, gamma2) > 0)
+        def second_norm(i: int, first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+            """Chunk i's normalised u and the gradient at the second BatchNorm's output (the ReLU's mask applied),
+            both (cs, Q, H·W, M); on the first pass also the linear layer's weight gradient."""
+            uc = u[i : i + cs]
+            xhat = (uc - mu2).mul_(rstd2)
+            pre = torch.addcmul(beta2, xhat, gamma2)
+            gc = grad[i * q : (i + cs) * q]
+            if first:
+                g_w3.addmm_(gc.t(), pre.relu().transpose(2, 3).reshape(len(gc), -1))
+            gv = (gc @ w3).view(uc.shape[0], q, m, h * w).transpose(2, 3)  # (cs, Q, H·W, M)
+            return xhat, gv * (pre > 0)
 
         g_beta2, g_gamma2 = torch.zeros_like(mu2), torch.zeros_like(mu2)
         for i in range(0, s, cs):
-            xhat, gv = second_norm(i)
+            xhat, gv = second_norm(i, first=True)
             g_beta2 += gv.sum((0, 1, 2))
             g_gamma2 += (gv * xhat).sum((0, 1, 2))
         n2 = s * q * h * w
@@ -161,7 +172,15 @@ class _PairBlock(torch.autograd.Function):
             g_mu = g_rstd = None
         back = lambda t, n: t.view(n, h, w, c).permute(0, 3, 1, 2)  # noqa: E731
         return (back(ga, s), back(gb, q), g_mu, g_rstd, g_centred * rstd, g_shift, g_w2.view_as(w2), g_b2,
-                g_gamma2, g_beta2, None, None, None, None, None)  # fmt: skip
+                g_gamma2, g_beta2, None, None, g_w3, g_b3, None, None, None)  # fmt: skip
+
+
+def _second_norm_relu(u: torch.Tensor, mu2: torch.Tensor, rstd2: torch.Tensor, gamma2: torch.Tensor,
+                      beta2: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """relu(BN2(u)) of a chunk (cs, Q, H·W, M), flattened channel-major to (cs·Q, M·H·W) as the head's linear layer
+    reads it."""
+    v = torch.addcmul(beta2 - mu2 * rstd2 * gamma2, u, rstd2 * gamma2).relu_()
+    return v.transpose(2, 3).reshape(u.shape[0] * u.shape[1], -1)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -222,9 +241,9 @@ class RelationHead(nn.Module):
     def forward_pairs(self, support: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """All pairs: support (S, D, H, W) × query (Q, D, H, W) → (S, Q) logits, = forward(concat) pairwise.
 
-        Without the (S·Q, 2D, H, W) concatenation and without the (S·Q, hidden, H, W) activations (see
-        :class:`_PairBlock`). In training mode both BatchNorms' running statistics are updated as
-        ``nn.BatchNorm2d`` does (momentum, unbiased variance).
+        Without the (S·Q, 2D, H, W) concatenation, the (S·Q, hidden, H, W) activations and the second BatchNorm's
+        output (see :class:`_PairBlock`). In training mode the first two BatchNorms' running statistics are updated
+        as ``nn.BatchNorm2d`` does (momentum, unbiased variance).
         """
         d, bn1, bn2 = self.in_dim, self.bn1, self.bn2
         a = F.conv2d(support, self.conv1.weight[:, :d], self.conv1.bias)  # (S, hidden, H, W)
@@ -239,15 +258,15 @@ class RelationHead(nn.Module):
             mu, var, mu2, var2 = bn1.running_mean, bn1.running_var, bn2.running_mean, bn2.running_var
         per_support = len(b) * a.shape[1] * a.shape[2] * a.shape[3] * a.element_size()
         chunk = max(1, PAIR_CHUNK_BYTES // max(1, per_support))
-        v, mean2, var2 = _PairBlock.apply(
+        y1, mean2, var2 = _PairBlock.apply(
             a, b, mu, torch.rsqrt(var + bn1.eps), bn1.weight, bn1.bias, self.conv2.weight, self.conv2.bias,
-            bn2.weight, bn2.bias, mu2, var2, bn2.eps, chunk, batch_stats,
+            bn2.weight, bn2.bias, mu2, var2, self.fc1.weight, self.fc1.bias, bn2.eps, chunk, batch_stats,
         )  # fmt: skip
         if self.training and bn1.track_running_stats:
             n = len(a) * len(b) * a.shape[2] * a.shape[3]
             _update_running_stats(bn1, mu, var, n)
             _update_running_stats(bn2, mean2, var2, n)
-        return self._fc(v).view(len(support), len(query))
+        return self.fc2(F.relu(self.bn3(y1))).view(len(support), len(query))
 
 
 @torch.no_grad()
