@@ -205,10 +205,11 @@ def summarize(rows: list[dict[str, Any]], jobs: int) -> dict[str, Any]:
     groups = {(r["category"], r["seed"], r["method"]) for r in rows}  # classification's unit of work per worker
     per_seed: dict[int, float] = defaultdict(float)
     stops: dict[str, list[int]] = defaultdict(list)
+    first_shots = min((x["shots"] for x in rows), default=None)  # one row per (method, seed) for its pretraining
     for r in rows:
         per_seed[r["seed"]] += (r.get("timing") or {}).get("total", 0.0)
         info = r.get("method_info") or {}
-        if info.get("pretrain_stop_episode") is not None and r.get("shots") == min(x["shots"] for x in rows):
+        if info.get("pretrain_stop_episode") is not None and r.get("shots") == first_shots:
             stops[r["method"]].append(int(info["pretrain_stop_episode"]))
     return {
         "n_rows": len(rows),

@@ -318,10 +318,15 @@ class PaperMethod(Method):
         """Pretrain (or load) the model every shot count of this (category, seed) starts from and cache it: the model
         built as :meth:`fit` builds it (same init stream) on the grid shape of a normal image, which is the shape of
         every grid of the run's feature config."""
-        if not self.config.pretrain:
-            return
-        self._build(self.grids(self.ctx.train_paths[:1]).shape[1:])
-        self.load_or_pretrain(self.pretrained_module(), self.opt, self._pretrain)
+        if self.config.pretrain:
+            self.start_model(self.grids(self.ctx.train_paths[:1]).shape[1:])
+
+    def start_model(self, grid_shape: Sequence[int]) -> None:
+        """Build the model for (D, H, W) grids (:meth:`_build`) and, with ``pretrain``, load or pretrain it: the
+        model every shot's :meth:`fit` starts from, and what :meth:`prepare` caches."""
+        self._build(grid_shape)
+        if self.config.pretrain:
+            self.load_or_pretrain(self.pretrained_module(), self.opt, self._pretrain)
 
     def _build(self, grid_shape: Sequence[int]) -> None:
         """Create the model for (D, H, W) grids and its optimiser (``self.opt``), initialised from the seed."""

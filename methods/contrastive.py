@@ -228,9 +228,7 @@ class Contrastive(PaperMethod):
     def fit(self, support: SupportSet) -> None:
         cfg = self.config
         sup = self.support_grids(support)  # (C, n, D, H, W)
-        self._build(sup.shape[2:])
-        if cfg.pretrain:
-            self.load_or_pretrain(self.model, self.opt, self._pretrain)
+        self.start_model(sup.shape[2:])
         passes = cfg.passes(support.shots) if support.shots > 1 else 0
         with self.ctx.timer("finetune"):
             losses = finetune_contrastive(self.model, self.opt, sup, passes, cfg.temperature)

@@ -227,12 +227,12 @@ class RelationHead(nn.Module):
 
     def _tail(self, u: torch.Tensor) -> torch.Tensor:
         """(B, mid, H, W) second-conv output (before its BatchNorm) → (B,) relation logits."""
-        return self._fc(F.relu(self.bn2(u), inplace=True))  # in place: saves large allocations, autograd-safe after BN
+        v = F.relu(self.bn2(u), inplace=True)  # in place: saves large allocations, autograd-safe after BN
+        return self._fc(self.fc1(v.flatten(1)))
 
-    def _fc(self, v: torch.Tensor) -> torch.Tensor:
-        """(B, mid, H, W) after the second BatchNorm and ReLU → (B,) relation logits."""
-        z = F.relu(self.bn3(self.fc1(v.flatten(1))), inplace=True)
-        return self.fc2(z).squeeze(1)
+    def _fc(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, fc_dim) first linear layer's output → (B,) relation logits."""
+        return self.fc2(F.relu(self.bn3(y), inplace=True)).squeeze(1)
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
         """(B, 2D, H, W) concat[support, query] → (B,) logits; ``torch.sigmoid`` gives the relation score."""
@@ -266,7 +266,7 @@ class RelationHead(nn.Module):
             n = len(a) * len(b) * a.shape[2] * a.shape[3]
             _update_running_stats(bn1, mu, var, n)
             _update_running_stats(bn2, mean2, var2, n)
-        return self.fc2(F.relu(self.bn3(y1))).view(len(support), len(query))
+        return self._fc(y1).view(len(support), len(query))
 
 
 @torch.no_grad()
@@ -381,9 +381,7 @@ class RelationNet(PaperMethod):
     def fit(self, support: SupportSet) -> None:
         cfg = self.config
         sup = self.support_grids(support)  # (C, n, D, H, W)
-        self._build(sup.shape[2:])
-        if cfg.pretrain:
-            self.load_or_pretrain(self.head, self.opt, self._pretrain)
+        self.start_model(sup.shape[2:])
         with self.ctx.timer("finetune"):
             losses = finetune_relation(self.head, self.opt, sup, cfg.finetune_steps)
         self.ctx.log["finetune"] = {

@@ -42,9 +42,7 @@ def run_group(
 
     Jobs finished meanwhile by another run into the same folder are skipped (status ``"skipped"``).
     """
-    worker_setup(cfg.plugins, cfg.cache_dir, threads, parent_pid)
-    if samples is None:
-        samples = load_dataset(cfg.dataset, cfg.data_root, cfg.dataset_options())
+    samples = worker_start(cfg, threads, parent_pid, samples)
     store = ResultsStore(out / "results.jsonl")
     for job in jobs:
         if store.is_finished(job.key):
@@ -53,6 +51,14 @@ def run_group(
         row = task_jobs(job.task).run(cfg, samples, job, out)
         store.append_new(row)
         yield job.key, row["status"], row.get("error")
+
+
+def worker_start(cfg: RunConfig, threads: int | None, parent_pid: int | None, samples: Samples | None) -> Samples:
+    """The prologue of a group or preparation task (:func:`worker_setup`) and the run's dataset: ``samples`` when
+    given (this process), else loaded from the folder the main process resolved (a worker, a quarter of a second for
+    MTD; not kept between tasks, so a reused worker never sees an earlier run's files)."""
+    worker_setup(cfg.plugins, cfg.cache_dir, threads, parent_pid)
+    return samples if samples is not None else load_dataset(cfg.dataset, cfg.data_root, cfg.dataset_options())
 
 
 def run_group_in_worker(*args: object) -> list[tuple[str, str, str | None]]:
@@ -69,9 +75,6 @@ def prefetch_features(
     return len(paths)
 
 
-_SAMPLES: dict[tuple, Samples] = {}
-
-
 def prepare_in_worker(
     cfg: RunConfig, job: Job, threads: int | None = None, parent_pid: int | None = None, samples: Samples | None = None
 ) -> tuple[str, str | None]:
@@ -80,12 +83,7 @@ def prepare_in_worker(
     work themselves and record it in their rows; a full or read-only disk stops the run as in a job."""
     from bench.run.job import FATAL_ERRNOS, fatal_disk_error
 
-    worker_setup(cfg.plugins, cfg.cache_dir, threads, parent_pid)
-    if samples is None:  # a worker loads the dataset once per process
-        ident = (cfg.dataset, str(cfg.data_root), repr(cfg.dataset_options()))
-        if ident not in _SAMPLES:
-            _SAMPLES[ident] = load_dataset(cfg.dataset, cfg.data_root, cfg.dataset_options())
-        samples = _SAMPLES[ident]
+    samples = worker_start(cfg, threads, parent_pid, samples)
     try:
         task_jobs(job.task).prepare(cfg, samples, job)  # type: ignore[misc]
     except OSError as exc:
@@ -241,9 +239,10 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
         source = "--image-fit" if cfg.image_fit else f"the default of dataset {cfg.dataset!r}"
         print(f"note: images are fitted to {fcfg.crop}x{fcfg.crop} by {fcfg.image_fit!r} ({source}; --image-fit crop "
               "for the paper's resize + centre crop); every row records features.image_fit.")
-    for line in task_jobs(cfg.task).notes(cfg):
+    hooks = task_jobs(cfg.task)
+    for line in hooks.notes(cfg):
         print(line)
-    jobs = task_jobs(cfg.task).plan(cfg, samples)
+    jobs = hooks.plan(cfg, samples)
     results = ResultsStore(out / "results.jsonl")
     done = results.finished_keys()
     todo = [j for j in jobs if j.key not in done]
@@ -257,7 +256,7 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
                          f"({len(doomed)} distinct reason(s)):", *failure_lines(doomed, max_errors=5)]))
     failed: list[tuple[Job, str]] = []
     ok = 0
-    groups = group_jobs(todo, task_jobs(cfg.task).group_by_method)
+    groups = group_jobs(todo, hooks.group_by_method)
     by_key = {j.key: j for j in todo}
     n_workers = max(1, min(cfg.jobs, len(groups)))
     # Workers load the dataset themselves: give them the exact folder and cache this process resolved (a worker
@@ -267,14 +266,13 @@ def execute(cfg: RunConfig, progress: bool = True) -> RunReport:
     if why:
         print(f"note: {why}; every row records env.torch_threads.")
     with worker_pool(n_workers, cfg.backend, cfg.scheduler, threads, results.path) as pool:
-        paths = task_jobs(cfg.task).feature_work(cfg, samples, todo) if pool.parallel else []
+        paths = hooks.feature_work(cfg, samples, todo) if pool.parallel else []
         if paths:  # the feature stage, split over the workers (cached images cost a file check)
             chunks = [c.tolist() for c in np.array_split(np.array(paths, dtype=object), pool.workers) if len(c)]
             bar = tqdm(total=len(paths), desc="features", unit="img", disable=not progress)
             for n in pool.map_unordered(prefetch_features, [(wcfg, c, pool.threads, pool.parent_pid) for c in chunks]):
                 bar.update(n)
             bar.close()
-        hooks = task_jobs(cfg.task)
         prep = hooks.prepare_work(cfg, todo) if pool.parallel and hooks.prepare is not None else []
         if prep:  # shot-independent work (pretraining), one task per model, spread over the workers before the jobs
             bar = tqdm(total=len(prep), desc="pretraining", unit="model", disable=not progress)
