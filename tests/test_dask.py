@@ -1,8 +1,8 @@
 """The Dask path: a grid run on a local ``distributed`` cluster equals the serial run.
 
 The cluster is real (a scheduler and two worker processes, one thread each, on the loopback interface);
-``bench run --jobs 2 --backend dask --scheduler <address>`` sends (category, seed) groups to it through
-joblib's Dask backend, the workers write the rows and the cache themselves (see docs/distributed.md).
+``bench run --jobs 2 --backend dask --scheduler <address>`` sends its groups (classification: one per
+(category, seed, method)) to it through joblib's Dask backend, the workers write the rows and the cache themselves (see docs/distributed.md).
 Skipped with a reason when the optional dependency ``distributed`` is not installed.
 """
 
@@ -22,7 +22,7 @@ from bench.cli import main  # noqa: E402
 from bench.results import read_rows  # noqa: E402
 
 TINY = ["--dataset", "synthetic-tiny", "--backbone", "resnet18", "--weights", "random", "--no-progress"]
-# Training-free methods (exactly reproducible in any process), both categories, 2 seeds: 4 groups, 16 jobs.
+# Training-free methods (exactly reproducible in any process), both categories, 2 seeds: 8 groups, 16 jobs.
 GRID = ["--method", "protonet", "protonet-residual", "--shots", "1,3", "--seeds", "1-2"]
 
 
