@@ -252,11 +252,12 @@ def from_results(folder: Path) -> int:
 
     path = folder / "results.jsonl"
     if not path.is_file():
-        print(f"no results file at {path}: pass the --out folder of a bench run")
+        print(f"error: no results file at {path}: pass the --out folder of a bench run", file=sys.stderr)
         return 2
     rows = read_rows([path]).rows
     if not rows:
-        print(f"{path} holds no rows")
+        print(f"error: {path} holds no rows yet: pass the --out folder of a run that finished at least one job",
+              file=sys.stderr)
         return 2
     figures = summarize(rows, jobs=1)
     print(f"{path}: {figures['n_ok']}/{figures['n_rows']} jobs ok; methods {sorted({r['method'] for r in rows})}; "

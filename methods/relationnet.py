@@ -71,9 +71,10 @@ class _PairBlock(torch.autograd.Function):
     linear layer (``w3``, ``b3``) of the flattened (mid, H, W) grid. Kept for the backward pass: the halves and the
     second conv's (S·Q, mid, H, W) output ``u`` (its normalised, rectified copy is remade a chunk at a time, and the
     linear layer's input gradient too). The (S·Q, hidden, H, W) activations (hidden = 512: 1.3 GB each for a pseudo
-    episode's 810 pairs of 28 × 28 grids, six of them alive in autograd's version) exist one chunk at a time and are recomputed from ``a`` and ``b`` in backward (elementwise
-    work: the second conv's matrix products are done once forward and twice backward, as autograd does them). Same
-    values and gradients as the modules applied to the explicit concatenation, up to float rounding (tested).
+    episode's 810 pairs of 28 × 28 grids, six of them alive in autograd's version) exist one chunk at a time and are
+    recomputed from ``a`` and ``b`` in backward (elementwise work: the second conv's matrix products are done once
+    forward and twice backward, as autograd does them). Same values and gradients as the modules applied to the
+    explicit concatenation, up to float rounding (tested).
 
     With ``batch_stats`` (training) both BatchNorms normalise with batch statistics. The first's come from
     :func:`pair_batch_stats` (computed without a graph) and their gradients are folded into those of ``a`` and ``b``

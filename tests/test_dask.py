@@ -2,7 +2,8 @@
 
 The cluster is real (a scheduler and two worker processes, one thread each, on the loopback interface);
 ``bench run --jobs 2 --backend dask --scheduler <address>`` sends its groups (classification: one per
-(category, seed, method)) to it through joblib's Dask backend, the workers write the rows and the cache themselves (see docs/distributed.md).
+(category, seed, method)) to it through joblib's Dask backend, the workers write the rows and the cache themselves
+(see docs/distributed.md).
 Skipped with a reason when the optional dependency ``distributed`` is not installed.
 """
 

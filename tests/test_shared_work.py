@@ -61,6 +61,33 @@ def test_a_bank_per_run_seed_stays_an_option(bank_runs: dict[str, dict]) -> None
     assert rows[("protonet-residual", 2)]["cache"]["bank"]["misses"] == 1  # its own coreset (seed 1's was built)
 
 
+def test_perf_grid_from_a_run_folder_prints_its_figures(
+    bank_runs: dict[str, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``bench perf grid --from FOLDER`` summarises a run's rows (no run); a folder without rows is one error line on
+    stderr and exit 2."""
+    from bench.cli import main
+
+    rows = list(bank_runs["default"].values())
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["perf", "grid", "--from", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(rows)}/{len(rows)} jobs ok; methods ['knn', 'protonet-residual']" in out
+    seconds = {s: sum(r["timing"]["total"] for r in rows if r["seed"] == s) for s in (1, 2)}
+    assert f"per seed (s): 1 {seconds[1]:.1f}, 2 {seconds[2]:.1f}" in out
+    bank = [sum(r["cache"]["bank"][k] for r in rows if "bank" in r["cache"]) for k in ("hits", "misses")]
+    assert f"bank {100 * bank[0] / sum(bank):.0f}% ({bank[0]} hits / {bank[1]} misses)" in out
+
+    for folder in (tmp_path / "missing", tmp_path / "empty"):
+        if folder.name == "empty":
+            folder.mkdir()
+            (folder / "results.jsonl").write_text("")
+        assert main(["perf", "grid", "--from", str(folder)]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+        assert "pass the --out folder" in err
+
+
 def test_job_keys_change_only_where_the_bank_changed(bank_runs: dict[str, dict]) -> None:
     """Seed 1 (bank seed 1 either way) and methods that read no bank keep the keys they had before --bank-seed
     (results folders resume); a residual job of seed 2 reads another bank and never reuses the other's row."""
