@@ -126,8 +126,11 @@ def deterministic(rows: list[dict]) -> dict[str, tuple]:
     }  # fmt: skip
 
 
-def check_results(out: Path, reference: dict[str, tuple], before: Sequence[bytes] = (), max_cut_lines: int = 0) -> list[dict]:
-    """The final results equal the reference; nothing lost, duplicated or half-written."""
+def check_results(
+    out: Path, reference: dict[str, tuple], before: Sequence[bytes] = (), max_cut_lines: int = 0, gated: int = 0
+) -> list[dict]:
+    """The final results equal the reference; nothing lost, duplicated or half-written. ``gated``: the number of
+    ``gated-protonet`` rows expected besides the reference's, each predicting as protonet on its episode."""
     path = out / "results.jsonl"
     res = read_rows([path])
     assert res.skipped_lines <= max_cut_lines, f"unreadable lines: {res.skipped_detail}"
@@ -136,7 +139,11 @@ def check_results(out: Path, reference: dict[str, tuple], before: Sequence[bytes
     assert not errors, errors
     keys = [r["key"] for r in ok]
     assert len(keys) == len(set(keys)), "a job was stored twice"
-    got = deterministic(ok)
+    got_gated = deterministic([r for r in ok if r["method"] == "gated-protonet"])
+    assert len(got_gated) == gated, f"{len(got_gated)} gated-protonet rows, expected {gated}"
+    proto = {(v[2], v[3]): v[4:] for v in reference.values() if v[0] == "protonet"}
+    assert all(v[4:] == proto[(v[2], v[3])] for v in got_gated.values()), "gated-protonet predicts as protonet"
+    got = deterministic([r for r in ok if r["method"] != "gated-protonet"])
     assert set(got) == set(reference), f"missing {set(reference) - set(got)}, unexpected {set(got) - set(reference)}"
     diff = {k: (got[k], reference[k]) for k in reference if got[k] != reference[k]}
     assert not diff, f"results differ from the uninterrupted run: {diff}"
@@ -250,18 +257,28 @@ def test_kill_resume_trained_method(tiny_root: Path, reference: tuple[dict, Path
 
 def test_kill_parallel_run_worker_then_main(tiny_root: Path, reference: tuple[dict, Path], tmp_path: Path) -> None:
     """--jobs 2. (1) SIGKILL one worker process: the run stops with a clear message and exit 2. (2) Resume and
-    SIGKILL the main process only: its workers exit by themselves. (3) Resume to the end serially (a grid
-    started with --jobs 2 can be finished with any --jobs)."""
+    SIGKILL the main process only, its workers busy: they exit by themselves. (3) Resume to the end serially (a grid
+    started with --jobs 2 can be finished with any --jobs).
+
+    GRID plus ``gated-protonet`` (tests/gated_plugin.py), whose jobs wait for a gate file opened only in (3): the
+    run cannot finish before a kill, however fast the machine (CI, 2026-12-07: a warm resume wrote its last row
+    before the main process was killed)."""
     psutil = pytest.importorskip("psutil")
     out, cache = tmp_path / "out", warm_cache(reference, tmp_path)
     results = out / "results.jsonl"
-    args = run_args(tiny_root, out, cache, extra=["--jobs", "2"])
+    gate = tmp_path / "gate"
+    grid = [*GRID[:3], "gated-protonet", *GRID[3:]]
+    args = run_args(tiny_root, out, cache, grid, extra=["--jobs", "2"])
+    with_plugin(args)
+    env = plugin_env(gate)
     logs = tmp_path / "logs"
 
     def loky_workers(proc: subprocess.Popen[bytes]) -> list:
-        return [c for c in psutil.Process(proc.pid).children(recursive=True) if "popen_loky_posix" in " ".join(c.cmdline())]
+        # Direct children only: a worker's own child (its `git rev-parse` for the row's code version, caught between
+        # fork and exec) carries the worker's command line too (CI, 2026-12-07: three "workers", one of them git).
+        return [c for c in psutil.Process(proc.pid).children() if "popen_loky_posix" in " ".join(c.cmdline())]
 
-    proc = start(args, cache, logs)
+    proc = start(args, cache, logs, env)
     wait_until(lambda: n_rows(results) >= 1, proc, "the first row")
     workers = loky_workers(proc)
     assert len(workers) == 2, workers
@@ -271,11 +288,13 @@ def test_kill_parallel_run_worker_then_main(tiny_root: Path, reference: tuple[di
     assert code == 2, err[-3000:]
     assert "a worker process died" in err and "run the same command again to resume" in err and "Traceback" not in err
     before = complete_lines(results)
+    assert not any(json.loads(x)["method"] == "gated-protonet" for x in before), "a gated job finished before its gate opened"
     check_results_partial(out, reference[0], before)
 
     n0 = len(before)
-    proc = start(args, cache, logs)
-    wait_until(lambda: n_rows(results) >= n0 + 1, proc, "one more row")
+    proc = start(args, cache, logs, env)
+    wait_until(lambda: len(loky_workers(proc)) == 2, proc, "two workers")
+    wait_until(lambda: n_rows(results) >= GRID_JOBS, proc, "the rows of GRID's methods (the gated ones wait)")
     children = psutil.Process(proc.pid).children(recursive=True)  # loky workers and resource trackers
     sigkill(proc)
     gone, alive = psutil.wait_procs(children, timeout=20)
@@ -284,10 +303,11 @@ def test_kill_parallel_run_worker_then_main(tiny_root: Path, reference: tuple[di
     assert not alive, f"processes still running 20 s after their main process was killed: {alive}"
     assert complete_lines(results)[:n0] == before
     before = complete_lines(results)
-    assert len(before) < GRID_JOBS
+    assert len(before) == GRID_JOBS
 
-    run_to_end(args[: args.index("--jobs")], cache)
-    check_results(out, reference[0], before, max_cut_lines=2)
+    gate.touch()
+    run_to_end(args[: args.index("--jobs")], cache, env)
+    check_results(out, reference[0], before, max_cut_lines=2, gated=GRID_JOBS // 2)
 
 
 @pytest.mark.slow
