@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import pytest
 
@@ -276,7 +276,14 @@ def test_kill_parallel_run_worker_then_main(tiny_root: Path, reference: tuple[di
     def loky_workers(proc: subprocess.Popen[bytes]) -> list:
         # Direct children only: a worker's own child (its `git rev-parse` for the row's code version, caught between
         # fork and exec) carries the worker's command line too (CI, 2026-12-07: three "workers", one of them git).
-        return [c for c in psutil.Process(proc.pid).children() if "popen_loky_posix" in " ".join(c.cmdline())]
+        # A child may exit between the listing and the read of its command line (CI, 2026-12-07: a git process).
+        def cmdline(c: Any) -> str:
+            try:
+                return " ".join(c.cmdline())
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                return ""
+
+        return [c for c in psutil.Process(proc.pid).children() if "popen_loky_posix" in cmdline(c)]
 
     proc = start(args, cache, logs, env)
     wait_until(lambda: n_rows(results) >= 1, proc, "the first row")
