@@ -19,8 +19,9 @@ _here = _Path(__file__).resolve().parent
 if not (_here / "datasets").exists() and (_here.parent / "datasets" / "__init__.py").exists():
     __path__.append(str(_here.parent))  # type: ignore[name-defined]  # noqa: F821
 
-from bench.compat import install_torchvision_hook, offline_defaults, tune_malloc  # noqa: E402
+from bench.compat import install_torchvision_hook, offline_defaults, tune_malloc, tune_numpy_hugepages  # noqa: E402
 
 offline_defaults()
 install_torchvision_hook()  # torchvision is patched when first imported: no torch at start-up
 tune_malloc()
+tune_numpy_hugepages()  # before NumPy loads (bench.compat: first touches of large arrays stall otherwise)

@@ -172,3 +172,43 @@ def release_free_memory() -> None:
     libc = _MALLOC.get("libc")
     if libc is not None:
         libc.malloc_trim(0)  # type: ignore[attr-defined]
+
+
+
+def _numpy_multiarray():  # noqa: ANN202 - numpy's C module (numpy 2: numpy._core, 1.x: numpy.core)
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    return multiarray
+
+
+def tune_numpy_hugepages() -> None:
+    """Keep NumPy from advising huge pages (``madvise(MADV_HUGEPAGE)``) for its arrays, unless the user chose.
+
+    NumPy advises huge pages for every large array on Linux. Where the kernel's THP ``defrag`` setting compacts
+    memory on the fault of an advised region (``madvise``, the common default, ``always``, ``defer+madvise``), each
+    first touch can stall on compaction, and when no huge page can be had (this build machine: ``AnonHugePages`` 0)
+    nothing is gained. Measured on the 2-core build machine (defrag ``madvise``): filling a fresh 300 MB array (the
+    patch features of 96 images at 28 × 28 × 1024) took 0.49–0.83 s with the advice and 0.13–0.15 s without; the
+    feature extraction end to end went from 0.79 to 0.89–0.91 of a bare resnet50 forward (``python -m bench perf
+    features --backbone resnet50 --weights random --threads 1``; a figure of issue #23). Results are unchanged: this
+    is advice on memory, not arithmetic. A ``NUMPY_MADVISE_HUGEPAGE`` already set (0 or 1) is the user's choice and
+    is kept.
+
+    Called by ``import bench``: before NumPy is imported it sets the variable NumPy reads at import (worker processes
+    inherit it); after, it sets NumPy's switch as well.
+    """
+    if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
+        return
+    os.environ["NUMPY_MADVISE_HUGEPAGE"] = "0"
+    if "numpy" in sys.modules:
+        _numpy_multiarray()._set_madvise_hugepage(False)
+
+
+def numpy_hugepage_advice() -> bool:
+    """Whether NumPy advises huge pages for its arrays in this process (recorded in every row's ``env``)."""
+    multiarray = _numpy_multiarray()
+    previous = multiarray._set_madvise_hugepage(False)
+    multiarray._set_madvise_hugepage(previous)
+    return bool(previous)

@@ -114,19 +114,47 @@ def test_heap_mode_is_on_by_default_and_bounded(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "system"
 
 
+_HUGEPAGE_PROBE = """
+import sys
+if sys.argv[1] == "numpy-first":
+    import numpy
+import bench, numpy
+from bench.compat import numpy_hugepage_advice
+from numpy._core import multiarray
+print(numpy_hugepage_advice(), multiarray._set_madvise_hugepage(True))
+"""
+
+
+@pytest.mark.parametrize("order", ["bench-first", "numpy-first"])
+def test_import_bench_turns_numpys_huge_page_advice_off_unless_the_user_chose(order: str) -> None:
+    """``import bench`` stops NumPy advising huge pages (first touches of large arrays stalled on compaction:
+    bench.compat.tune_numpy_hugepages), whether NumPy was imported before it or after; ``NUMPY_MADVISE_HUGEPAGE``
+    set by the user wins. The second printed value is NumPy's own switch, read back independently."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}  # this process imported bench
+    for user, expected in ((None, "False False"), ("1", "True True"), ("0", "False False")):
+        run_env = env if user is None else {**env, "NUMPY_MADVISE_HUGEPAGE": user}
+        proc = subprocess.run([sys.executable, "-c", _HUGEPAGE_PROBE, order], cwd=REPO, env=run_env,
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        assert proc.stdout.strip() == expected, (user, proc.stdout, proc.stderr[-2000:])
+
+
 @pytest.mark.slow
 def test_allocation_mode_does_not_change_results(tmp_path: Path) -> None:
-    """The same trained run with ``BENCH_MALLOC=heap`` (default) and ``system``: identical predictions and losses."""
+    """The same trained run with the harness's allocation settings (default: ``BENCH_MALLOC=heap``, no NumPy huge-page
+    advice) and with the system's (``BENCH_MALLOC=system``, ``NUMPY_MADVISE_HUGEPAGE=1``): identical predictions and
+    losses."""
     rows = {}
     for mode in ("heap", "system"):
         out = tmp_path / mode
         env = {**os.environ, "BENCH_MALLOC": mode, "HF_HUB_OFFLINE": "1", "BENCH_CACHE": str(tmp_path / f"cache-{mode}")}
+        env["NUMPY_MADVISE_HUGEPAGE"] = "1" if mode == "system" else "0"  # NumPy's own default with the system's malloc
         args = [sys.executable, "-m", "bench", "run", *TINY, "--method", "contrastive", "--set", "max_episodes=2",
                 "--set", "episode_groups=2", "--set", "finetune_passes=[0,2]", "--out", str(out)]  # fmt: skip
         proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
         (row,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
         assert row["env"]["malloc"] == (mode if sys.platform.startswith("linux") else "system")
+        assert row["env"]["numpy_hugepages"] is (mode == "system")
         rows[mode] = row
     h, s = rows["heap"], rows["system"]
     assert h["y_pred"] == s["y_pred"] and h["accuracy"] == s["accuracy"]

@@ -10,7 +10,7 @@ import subprocess
 
 import torch
 
-from bench.compat import tune_malloc
+from bench.compat import numpy_hugepage_advice, tune_malloc
 
 _PACKAGES = ("torch", "torchvision", "timm", "faiss-cpu", "scikit-learn", "numpy", "pandas", "scipy", "opencv-python-headless", "pillow")
 
@@ -56,4 +56,5 @@ def environment(device: str = "cpu") -> dict[str, object]:
     env["cpu_count"] = os.cpu_count()
     env["deterministic_algorithms"] = torch.are_deterministic_algorithms_enabled()
     env["malloc"] = tune_malloc()  # "heap" (large blocks reused, bench.compat) or "system"; speed only
+    env["numpy_hugepages"] = numpy_hugepage_advice()  # False unless NUMPY_MADVISE_HUGEPAGE=1 (bench.compat); speed only
     return env
