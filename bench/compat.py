@@ -174,7 +174,6 @@ def release_free_memory() -> None:
         libc.malloc_trim(0)  # type: ignore[attr-defined]
 
 
-
 def _numpy_multiarray():  # noqa: ANN202 - numpy's C module (numpy 2: numpy._core, 1.x: numpy.core)
     try:
         from numpy._core import multiarray

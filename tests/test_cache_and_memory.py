@@ -119,9 +119,8 @@ import sys
 if sys.argv[1] == "numpy-first":
     import numpy
 import bench, numpy
-from bench.compat import numpy_hugepage_advice
-from numpy._core import multiarray
-print(numpy_hugepage_advice(), multiarray._set_madvise_hugepage(True))
+from bench.compat import _numpy_multiarray, numpy_hugepage_advice
+print(numpy_hugepage_advice(), _numpy_multiarray()._set_madvise_hugepage(True))
 """
 
 
